@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up .venv first if needed.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup test demo lint clean
+
+setup: $(STAMP)
+
+# torch goes in first, pinned to the CPU wheel on this machine's disk, so that no
+# other package's torch requirement pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check src tests benchmarks
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+demo: setup
+	$(BIN)/agro tabular --actions 20 --beta 0.5 --data reference --mode exact --steps 5000 --lr 0.5 --out runs/tabular
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

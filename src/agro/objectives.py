@@ -1,0 +1,304 @@
+"""Policy-gradient objectives as pure functions of per-token tensors.
+
+Common inputs (B generations, T completion positions):
+    logprobs       [B,T]  log π(y_t | x, y_<t) of the policy being trained (differentiable)
+    ref_logprobs   [B,T]  log π_ref of the same tokens (no gradient)
+    mask           [B,T]  1 on completion tokens, 0 on padding
+    rewards        [B]    r(x, y)
+    group_ids      [B]    which prompt each generation answers (any integers)
+    weights        [B]    optional per-sample weights (e.g. per data source); all 1 by default
+    behavior_logprobs [B,T]  log μ of the policy that generated y, when known
+    old_logprobs   [B,T]  log-probs at generation time, for clipped ratios
+
+Each function returns a `LossOutput(loss, metrics)`. Weighted averages use Σ w_i (·) / Σ w_i, so
+with unit weights "mean" means (1/N) Σ_i. In the tabular lab, feeding all K actions with
+weights μ turns these sample estimators into their exact expectations under μ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+OBJECTIVES = ("agro", "grpo", "rloo", "kl_pg", "is_pg")
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def sequence_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t mask_t · values_t, per sequence: [B,T] -> [B]."""
+    return (values * mask).sum(dim=-1)
+
+
+def _weights_like(rewards: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return torch.ones_like(rewards)
+    return weights.to(rewards.dtype)
+
+
+def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Map arbitrary group ids to 0..G-1."""
+    _, index = torch.unique(group_ids, return_inverse=True)
+    return index, int(index.max().item()) + 1 if index.numel() else 0
+
+
+def _group_sum(values: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per-sample sum of `values` over the sample's group."""
+    sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
+    return sums[index]
+
+
+def group_mean(values: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """V_i = Σ_{j∈g(i)} w_j v_j / Σ_{j∈g(i)} w_j, the (weighted) mean of the sample's group."""
+    w = _weights_like(values, weights)
+    index, num_groups = _group_index(group_ids)
+    return _group_sum(w * values, index, num_groups) / _group_sum(w, index, num_groups).clamp_min(1e-12)
+
+
+def group_loo_mean(
+    values: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """V_i = Σ_{j∈g(i), j≠i} w_j v_j / Σ_{j≠i} w_j, the leave-one-out mean.
+
+    A group of one has no other sample; its baseline is its own value (advantage 0), as with
+    the plain mean.
+    """
+    w = _weights_like(values, weights)
+    index, num_groups = _group_index(group_ids)
+    other_sum = _group_sum(w * values, index, num_groups) - w * values
+    other_weight = _group_sum(w, index, num_groups) - w
+    alone = other_weight <= 1e-12
+    return torch.where(alone, values, other_sum / other_weight.clamp_min(1e-12))
+
+
+def group_std(values: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample (weighted) standard deviation of the group, with Bessel's n/(n-1) correction.
+
+    With unit weights this is `torch.std` of each group (what TRL's GRPO uses); a group of one
+    has std 0.
+    """
+    w = _weights_like(values, weights)
+    index, num_groups = _group_index(group_ids)
+    mean = group_mean(values, group_ids, w)
+    var = _group_sum(w * (values - mean) ** 2, index, num_groups) / _group_sum(w, index, num_groups).clamp_min(1e-12)
+    count = _group_sum(torch.ones_like(values), index, num_groups)
+    bessel = torch.where(count > 1, count / (count - 1).clamp_min(1), torch.zeros_like(count))
+    return (var * bessel).sqrt()
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (weights * values).sum() / weights.sum().clamp_min(1e-12)
+
+
+def _stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
+    v = values.detach().float()
+    return {
+        f"{prefix}_mean": v.mean().item(),
+        f"{prefix}_std": v.std().item() if v.numel() > 1 else 0.0,
+        f"{prefix}_min": v.min().item(),
+        f"{prefix}_max": v.max().item(),
+    }
+
+
+def _common_metrics(
+    rewards: torch.Tensor, log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    metrics = {
+        "reward_mean": rewards.detach().float().mean().item(),
+        "log_ratio_mean": log_ratio.detach().float().mean().item(),
+        "completion_length_mean": mask.sum(-1).float().mean().item(),
+    }
+    metrics.update(_stats("advantage", advantages))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- AGRO
+
+
+def agro_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    baseline: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """Any-Generation Reward Optimization, for generations from any sampling distribution μ.
+
+        Δ_i  = Σ_t mask·(log π − log π_ref)          sequence-level log-ratio
+        R̃_i = r_i − β·Δ_i                             regularised reward, no gradient
+        V̂_i = mean (or leave-one-out mean) of R̃ over the group of x_i
+        loss = −Σ_i w_i (R̃_i − V̂_i) · Σ_t mask·log π  /  Σ_i w_i
+
+    Its expected gradient E_μ[(R̃ − V_μ) ∇log π] vanishes only where R̃ is constant over the
+    support of μ, i.e. at π* = π_ref·exp(r/β)/Z (generation consistency); on-policy it is the
+    KL-regularised policy gradient.
+    """
+    if baseline not in ("mean", "loo"):
+        raise ValueError(f"baseline must be 'mean' or 'loo', got {baseline!r}")
+    w = _weights_like(rewards, weights)
+    seq_logprob = sequence_sum(logprobs, mask)
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    regularised = rewards - beta * log_ratio
+    value = group_mean(regularised, group_ids, w) if baseline == "mean" else group_loo_mean(regularised, group_ids, w)
+    advantages = (regularised - value).detach()
+    loss = -_weighted_mean(advantages * seq_logprob, w)
+    metrics = _common_metrics(rewards, log_ratio, advantages, mask)
+    metrics["regularised_reward_mean"] = regularised.detach().float().mean().item()
+    return LossOutput(loss, metrics)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    old_logprobs: torch.Tensor | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "grpo",
+    weights: torch.Tensor | None = None,
+    std_epsilon: float = 1e-4,
+) -> LossOutput:
+    """Group Relative Policy Optimization, as in TRL's GRPOTrainer.
+
+        A_i       = (r_i − mean_g r) / (std_g r + 1e-4)                 group-normalised advantage
+        ρ_it      = exp(log π − log π_old)                              per-token ratio
+        k3_it     = exp(log π_ref − log π) − (log π_ref − log π) − 1   per-token KL estimate
+        ℓ_it      = −min(ρ A_i, clip(ρ, 1−ε, 1+ε_high) A_i) + β·k3_it
+        loss_type "grpo": mean_i [Σ_t mask ℓ_it / Σ_t mask]  (per-sequence token mean)
+        loss_type "dapo": Σ_it mask ℓ_it / Σ_it mask          (token mean over the batch)
+
+    `old_logprobs` defaults to `logprobs.detach()` (one update per generation: ρ = 1).
+    """
+    if loss_type not in ("grpo", "dapo"):
+        raise ValueError(f"loss_type must be 'grpo' or 'dapo', got {loss_type!r}")
+    w = _weights_like(rewards, weights)
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    old = logprobs.detach() if old_logprobs is None else old_logprobs
+    advantages = (rewards - group_mean(rewards, group_ids, w)) / (group_std(rewards, group_ids, w) + std_epsilon)
+    ratio = torch.exp(logprobs - old)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    adv = advantages.unsqueeze(-1)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    ref_minus_pi = ref_logprobs - logprobs
+    k3 = torch.exp(ref_minus_pi) - ref_minus_pi - 1
+    per_token = per_token + beta * k3
+    tokens = mask.sum(-1)
+    if loss_type == "grpo":
+        loss = _weighted_mean(sequence_sum(per_token, mask) / tokens.clamp_min(1), w)
+    else:
+        loss = (w * sequence_sum(per_token, mask)).sum() / (w * tokens).sum().clamp_min(1)
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    metrics = _common_metrics(rewards, log_ratio, advantages, mask)
+    metrics["k3_kl_mean"] = (sequence_sum(k3.detach(), mask) / tokens.clamp_min(1)).mean().item()
+    was_clipped = ((ratio.detach() - clipped.detach()).abs() > 0).float()
+    metrics["clip_fraction"] = (sequence_sum(was_clipped, mask).sum() / tokens.sum().clamp_min(1)).item()
+    return LossOutput(loss, metrics)
+
+
+def rloo_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """REINFORCE Leave-One-Out (Ahmadian et al. 2024) with the KL as a k1 penalty in the reward.
+
+        r̃_i = r_i − β Σ_t mask·(log π − log π_ref)          (no gradient)
+        A_i  = r̃_i − mean_{j∈g(i), j≠i} r̃_j
+        loss = −Σ_i w_i A_i Σ_t mask·log π / Σ_i w_i
+
+    With the KL in the reward and a leave-one-out baseline of that penalised reward, this is the
+    same estimator as `agro_loss(..., baseline="loo")`: the generation-consistent choice.
+    """
+    w = _weights_like(rewards, weights)
+    seq_logprob = sequence_sum(logprobs, mask)
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    penalised = rewards - beta * log_ratio
+    advantages = (penalised - group_loo_mean(penalised, group_ids, w)).detach()
+    loss = -_weighted_mean(advantages * seq_logprob, w)
+    return LossOutput(loss, _common_metrics(rewards, log_ratio, advantages, mask))
+
+
+def kl_pg_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """The naive KL-regularised policy gradient: what fails off-policy.
+
+    REINFORCE on the reward with a reward-mean baseline, plus β times the score-function
+    gradient of the KL estimate Δ_i (k1) taken on the same samples:
+
+        A_i  = (r_i − mean_g r) − β Δ_i,   Δ_i = Σ_t mask·(log π − log π_ref)   (no gradient)
+        loss = −Σ_i w_i A_i Σ_t mask·log π / Σ_i w_i
+
+    On-policy its expectation is ∇J. From μ ≠ π the baseline E_μ[r] no longer cancels the
+    −β E_μ[Δ] term, and its fixed point is not π*.
+    """
+    w = _weights_like(rewards, weights)
+    seq_logprob = sequence_sum(logprobs, mask)
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    advantages = (rewards - group_mean(rewards, group_ids, w) - beta * log_ratio).detach()
+    loss = -_weighted_mean(advantages * seq_logprob, w)
+    return LossOutput(loss, _common_metrics(rewards, log_ratio, advantages, mask))
+
+
+def is_pg_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    behavior_logprobs: torch.Tensor | None = None,
+    max_importance_weight: float = 2.0,
+    weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """Off-policy REINFORCE with truncated sequence-level importance weights.
+
+        ρ_i  = min(exp(Σ_t mask·(log π − log μ)), c)          (no gradient)
+        r̃_i = r_i − β Δ_i,  A_i = r̃_i − mean_g r̃            (no gradient)
+        loss = −Σ_i w_i ρ_i A_i Σ_t mask·log π / Σ_i w_i
+
+    Untruncated (c = ∞) its expectation under μ is the on-policy gradient; truncation trades
+    that bias for bounded variance. Needs the generating policy's log-probs.
+    """
+    if behavior_logprobs is None:
+        raise ValueError("is_pg_loss needs behavior_logprobs (the generating policy's log-probs)")
+    w = _weights_like(rewards, weights)
+    seq_logprob = sequence_sum(logprobs, mask)
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    log_importance = sequence_sum(logprobs.detach() - behavior_logprobs, mask)
+    importance = torch.exp(log_importance.clamp(max=math.log(max_importance_weight)))
+    regularised = rewards - beta * log_ratio
+    advantages = (regularised - group_mean(regularised, group_ids, w)).detach()
+    loss = -_weighted_mean(importance * advantages * seq_logprob, w)
+    metrics = _common_metrics(rewards, log_ratio, advantages, mask)
+    metrics.update(_stats("importance_weight", importance))
+    metrics["importance_truncated_fraction"] = (log_importance.exp() > max_importance_weight).float().mean().item()
+    return LossOutput(loss, metrics)

@@ -1,0 +1,258 @@
+"""Each loss's gradient w.r.t. the per-token log-probs against a hand-derived formula.
+
+The reference advantages are recomputed here with plain Python loops over groups, independently
+of the vectorised helpers in agro.objectives.
+"""
+
+import math
+
+import pytest
+import torch
+
+from agro import objectives
+
+BETA = 0.3
+
+
+def make_batch(seed=0, lengths=(3, 5, 1, 4, 2, 5), groups=(7, 7, 7, 2, 2, 9), width=6):
+    """Random batch with right padding, groups of unequal size and a group of one (id 9)."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(lengths)
+    mask = torch.zeros(b, width, dtype=torch.float64)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    logprobs = -torch.rand(b, width, generator=g, dtype=torch.float64) * 3
+    # garbage on padding: must not matter
+    logprobs = torch.where(mask.bool(), logprobs, torch.full_like(logprobs, 123.0))
+    ref = -torch.rand(b, width, generator=g, dtype=torch.float64) * 3
+    behavior = -torch.rand(b, width, generator=g, dtype=torch.float64) * 3
+    rewards = torch.rand(b, generator=g, dtype=torch.float64)
+    weights = torch.rand(b, generator=g, dtype=torch.float64) + 0.5
+    return {
+        "logprobs": logprobs.requires_grad_(True),
+        "ref_logprobs": ref,
+        "mask": mask,
+        "rewards": rewards,
+        "group_ids": torch.tensor(groups),
+        "behavior": behavior,
+        "weights": weights,
+    }
+
+
+def seq_sums(x, mask):
+    return [sum(float(x[i, t]) for t in range(x.shape[1]) if mask[i, t] > 0) for i in range(x.shape[0])]
+
+
+def members(groups, i):
+    return [j for j in range(len(groups)) if groups[j] == groups[i]]
+
+
+def ref_mean(values, groups, weights, i, leave_out=False):
+    js = [j for j in members(groups, i) if not (leave_out and j == i)]
+    if not js:
+        return values[i]
+    return sum(weights[j] * values[j] for j in js) / sum(weights[j] for j in js)
+
+
+def expected_seq_grad(batch, coef):
+    """d loss / d logprobs[i,t] = −coef_i · mask[i,t] / Σ w for loss = −Σ_i coef_i Σ_t mask log π / Σ w."""
+    w = batch["weights"].tolist() if batch.get("use_weights") else [1.0] * len(coef)
+    total = sum(w)
+    return -torch.tensor([[w[i] * coef[i] / total] for i in range(len(coef))], dtype=torch.float64) * batch["mask"]
+
+
+def grad_of(out, batch):
+    (g,) = torch.autograd.grad(out.loss, batch["logprobs"])
+    return g
+
+
+@pytest.mark.parametrize("use_weights", [False, True])
+@pytest.mark.parametrize("baseline", ["mean", "loo"])
+def test_agro_gradient_matches_formula(baseline, use_weights):
+    batch = make_batch()
+    batch["use_weights"] = use_weights
+    w = batch["weights"] if use_weights else None
+    out = objectives.agro_loss(
+        batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"],
+        beta=BETA, baseline=baseline, weights=w,
+    )
+    groups = batch["group_ids"].tolist()
+    delta = [a - b for a, b in zip(seq_sums(batch["logprobs"].detach(), batch["mask"]),
+                                   seq_sums(batch["ref_logprobs"], batch["mask"]))]
+    reg = [r - BETA * d for r, d in zip(batch["rewards"].tolist(), delta)]
+    ws = batch["weights"].tolist() if use_weights else [1.0] * len(reg)
+    adv = [reg[i] - ref_mean(reg, groups, ws, i, leave_out=baseline == "loo") for i in range(len(reg))]
+    assert adv[5] == pytest.approx(0.0)  # the group of one carries no signal
+    torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, adv))
+
+
+def test_rloo_equals_agro_leave_one_out():
+    batch = make_batch(seed=1)
+    args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
+    rloo = objectives.rloo_loss(*args, beta=BETA)
+    agro = objectives.agro_loss(*args, beta=BETA, baseline="loo")
+    torch.testing.assert_close(grad_of(rloo, batch), grad_of(agro, batch))
+
+
+def test_kl_pg_gradient_matches_formula():
+    batch = make_batch(seed=2)
+    out = objectives.kl_pg_loss(
+        batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"], beta=BETA
+    )
+    groups = batch["group_ids"].tolist()
+    r = batch["rewards"].tolist()
+    delta = [a - b for a, b in zip(seq_sums(batch["logprobs"].detach(), batch["mask"]),
+                                   seq_sums(batch["ref_logprobs"], batch["mask"]))]
+    ones = [1.0] * len(r)
+    adv = [r[i] - ref_mean(r, groups, ones, i) - BETA * delta[i] for i in range(len(r))]
+    torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, adv))
+
+
+def test_is_pg_gradient_matches_formula_with_truncation():
+    batch = make_batch(seed=3)
+    cap = 1.5
+    out = objectives.is_pg_loss(
+        batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"],
+        beta=BETA, behavior_logprobs=batch["behavior"], max_importance_weight=cap,
+    )
+    groups = batch["group_ids"].tolist()
+    lp = seq_sums(batch["logprobs"].detach(), batch["mask"])
+    delta = [a - b for a, b in zip(lp, seq_sums(batch["ref_logprobs"], batch["mask"]))]
+    rho = [min(math.exp(a - b), cap) for a, b in zip(lp, seq_sums(batch["behavior"], batch["mask"]))]
+    assert any(x == cap for x in rho) and any(x < cap for x in rho)  # both branches exercised
+    reg = [r - BETA * d for r, d in zip(batch["rewards"].tolist(), delta)]
+    ones = [1.0] * len(reg)
+    coef = [rho[i] * (reg[i] - ref_mean(reg, groups, ones, i)) for i in range(len(reg))]
+    torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, coef))
+
+
+def test_is_pg_requires_behavior_logprobs():
+    batch = make_batch()
+    with pytest.raises(ValueError, match="behavior_logprobs"):
+        objectives.is_pg_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                              batch["group_ids"], beta=BETA)
+
+
+def grpo_advantages(batch):
+    groups = batch["group_ids"].tolist()
+    r = batch["rewards"].tolist()
+    adv = []
+    for i in range(len(r)):
+        js = members(groups, i)
+        mean = sum(r[j] for j in js) / len(js)
+        std = math.sqrt(sum((r[j] - mean) ** 2 for j in js) / (len(js) - 1)) if len(js) > 1 else 0.0
+        adv.append((r[i] - mean) / (std + 1e-4))
+    return adv
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_grpo_gradient_matches_formula(loss_type):
+    batch = make_batch(seed=4)
+    g = torch.Generator().manual_seed(5)
+    # old log-probs off by up to ±0.4 so some ratios leave [1-ε, 1+ε]
+    old = batch["logprobs"].detach() + (torch.rand(batch["mask"].shape, generator=g, dtype=torch.float64) - 0.5) * 0.8
+    eps = 0.2
+    out = objectives.grpo_loss(
+        batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"],
+        beta=BETA, old_logprobs=old, epsilon=eps, loss_type=loss_type,
+    )
+    adv = grpo_advantages(batch)
+    lp, ref, mask = batch["logprobs"].detach(), batch["ref_logprobs"], batch["mask"]
+    b, t = mask.shape
+    lengths = mask.sum(-1).tolist()
+    expected = torch.zeros(b, t, dtype=torch.float64)
+    clipped_somewhere = False
+    for i in range(b):
+        for k in range(t):
+            if mask[i, k] == 0:
+                continue
+            rho = math.exp(lp[i, k] - old[i, k])
+            # d/dlogπ of −min(ρA, clip(ρ)A): zero where the clipped branch is the (strict) minimum
+            clipped_branch = (adv[i] > 0 and rho > 1 + eps) or (adv[i] < 0 and rho < 1 - eps)
+            clipped_somewhere |= clipped_branch
+            d_policy = 0.0 if clipped_branch else -adv[i] * rho
+            d_kl = BETA * (1 - math.exp(ref[i, k] - lp[i, k]))  # d k3 / d logπ
+            scale = 1 / (lengths[i] * b) if loss_type == "grpo" else 1 / sum(lengths)
+            expected[i, k] = (d_policy + d_kl) * scale
+    assert clipped_somewhere
+    torch.testing.assert_close(grad_of(out, batch), expected)
+
+
+def test_grpo_group_of_one_has_zero_advantage():
+    batch = make_batch()
+    out = objectives.grpo_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                               batch["group_ids"], beta=0.0)
+    assert out.metrics["advantage_min"] < 0 < out.metrics["advantage_max"]
+    torch.testing.assert_close(grad_of(out, batch)[5], torch.zeros(6, dtype=torch.float64))
+
+
+LOSSES = {
+    "agro": lambda b, **k: objectives.agro_loss(**b, beta=BETA, **k),
+    "grpo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, **k),
+    "grpo_dapo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, loss_type="dapo", **k),
+    "rloo": lambda b, **k: objectives.rloo_loss(**b, beta=BETA, **k),
+    "kl_pg": lambda b, **k: objectives.kl_pg_loss(**b, beta=BETA, **k),
+    "is_pg": lambda b, **k: objectives.is_pg_loss(**b, beta=BETA, **k),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_padding_length_and_masked_values_do_not_matter(name):
+    batch = make_batch(seed=6)
+    extra = 4
+    kwargs = {"behavior_logprobs": batch["behavior"]} if name == "is_pg" else {}
+    core = {k: batch[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids")}
+    out = LOSSES[name](core, **kwargs)
+    grad = grad_of(out, batch)
+
+    def pad(x, value):
+        return torch.cat([x, torch.full((x.shape[0], extra), value, dtype=x.dtype)], dim=1)
+
+    wide_lp = pad(batch["logprobs"].detach(), -7.0).requires_grad_(True)
+    wide = {
+        "logprobs": wide_lp, "ref_logprobs": pad(batch["ref_logprobs"], 5.0), "mask": pad(batch["mask"], 0.0),
+        "rewards": batch["rewards"], "group_ids": batch["group_ids"],
+    }
+    wide_kwargs = {"behavior_logprobs": pad(batch["behavior"], 9.0)} if name == "is_pg" else {}
+    wide_out = LOSSES[name](wide, **wide_kwargs)
+    (wide_grad,) = torch.autograd.grad(wide_out.loss, wide_lp)
+    torch.testing.assert_close(wide_out.loss, out.loss)
+    torch.testing.assert_close(wide_grad[:, :6], grad)
+    assert torch.all(wide_grad[:, 6:] == 0)
+    assert torch.all(grad[batch["mask"] == 0] == 0)
+
+
+def test_agro_gradient_vanishes_at_optimum_for_any_data():
+    """Generation consistency: at π* the regularised reward is constant, whatever μ shows."""
+    g = torch.Generator().manual_seed(7)
+    k = 12
+    reward = torch.rand(k, generator=g, dtype=torch.float64)
+    log_ref = torch.log_softmax(torch.randn(k, generator=g, dtype=torch.float64), 0)
+    log_opt = torch.log_softmax(log_ref + reward / BETA, 0)
+    theta = log_opt.clone().requires_grad_(True)
+    log_pi = torch.log_softmax(theta, 0)
+    for mu in (torch.rand(k, generator=g, dtype=torch.float64), log_ref.exp()):
+        out = objectives.agro_loss(
+            log_pi.unsqueeze(-1), log_ref.unsqueeze(-1), torch.ones(k, 1, dtype=torch.float64), reward,
+            torch.zeros(k, dtype=torch.long), beta=BETA, weights=mu / mu.sum(),
+        )
+        (grad,) = torch.autograd.grad(out.loss, theta, retain_graph=True)
+        assert grad.abs().max() < 1e-12
+
+
+def test_metrics_are_floats():
+    batch = make_batch()
+    out = objectives.agro_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                               batch["group_ids"], beta=BETA)
+    assert out.loss.dim() == 0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in out.metrics.values())
+    assert out.metrics["reward_mean"] == pytest.approx(batch["rewards"].mean().item())
+
+
+def test_bad_options_raise():
+    batch = make_batch()
+    args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
+    with pytest.raises(ValueError, match="baseline"):
+        objectives.agro_loss(*args, beta=BETA, baseline="median")
+    with pytest.raises(ValueError, match="loss_type"):
+        objectives.grpo_loss(*args, beta=BETA, loss_type="ppo")

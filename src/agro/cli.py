@@ -82,9 +82,166 @@ def _run_tabular(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    from agro.config import describe_keys
+
+    p = sub.add_parser(
+        "train",
+        help="RL fine-tuning of a causal LM from on-policy, replayed and offline data",
+        description="Train with a YAML config. Every key (also settable with --set key=value):\n\n" + describe_keys()
+        + "\n\nExample configs: configs/demo.yaml (CPU), configs/*.yaml (GPU).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", type=Path, nargs="?", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (value parsed as YAML); repeatable")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from agro.config import load_config
+    from agro.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    metrics = Trainer(config, resume=args.resume).train()
+    summary = {k: v for k, v in metrics.items() if k in ("step", "loss", "kl", "reward/on_policy", "eval/accuracy")}
+    print(f"agro: done; {summary}; outputs in {config.output_dir}")
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="accuracy (greedy) or pass@k / mean@k (sampling) of a model on a problem set",
+        description="Evaluate a model on problems (MATH-, GSM8K-style or generic prompt/answer records). "
+        "Writes JSON with overall and per-category accuracy and every completion.",
+    )
+    p.add_argument("--model", required=True, help="model directory or hub id")
+    p.add_argument("--data", required=True, help="problem set (jsonl/json/parquet or datasets name)")
+    p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
+    p.add_argument("--split", default="test", help="split, for datasets hub names")
+    p.add_argument("--prompt-template", default="plain", help="plain | chat | raw")
+    p.add_argument("--reward", default="math", help="exact | math | module:function | file.py:function")
+    p.add_argument("--num-samples", type=int, default=1, help="k samples per problem (k > 1: pass@k with sampling)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (k > 1)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (k > 1)")
+    p.add_argument("--max-completion-length", type=int, default=512, help="maximum generated tokens")
+    p.add_argument("--max-problems", type=int, default=0, help="evaluate the first N problems (0: all)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+    p.add_argument("--backend", default="hf", help="hf | vllm")
+    p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", type=Path, default=Path("eval.json"), help="output JSON")
+    p.set_defaults(func=_run_eval)
+
+
+def _load_eval_problems(args):
+    from agro import data
+
+    if args.format not in data.PROBLEM_FORMATS:
+        raise AgroError(f"--format must be one of {', '.join(data.PROBLEM_FORMATS)}, got {args.format!r}")
+    if args.prompt_template not in data.TEMPLATES:
+        raise AgroError(f"--prompt-template must be one of {', '.join(data.TEMPLATES)}, got {args.prompt_template!r}")
+    problems, _ = data.load_problems(args.data, format=args.format, template=args.prompt_template,
+                                     require_answer=True, split=args.split)
+    return problems[: args.max_problems] if args.max_problems else problems
+
+
+def _run_eval(args) -> int:
+    import json
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from agro.evaluate import evaluate
+    from agro.rollout import make_generator
+    from agro.trainer import load_model, load_tokenizer
+
+    if args.num_samples < 1:
+        raise AgroError(f"--num-samples must be at least 1, got {args.num_samples}")
+    problems = _load_eval_problems(args)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    model = load_model(args.model, "float32", args.trust_remote_code)
+    generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature, args.top_p,
+                               args.batch_size)
+    with _scorer(args.reward, args.reward_timeout) as scorer:
+        result = evaluate(model, tokenizer, problems, scorer, args.max_completion_length,
+                          num_samples=args.num_samples, greedy=args.num_samples == 1, generator=generator)
+    result["model"], result["data"] = args.model, args.data
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    k = result["num_samples"]
+    table = Table(title=f"{args.model} on {args.data} ({len(problems)} problems)")
+    table.add_column("category")
+    table.add_column("greedy accuracy" if k == 1 else f"pass@{k}", justify="right")
+    for cat, acc in result["by_category"].items():
+        table.add_row(cat, f"{acc:.3f}")
+    table.add_row("all", f"{result[f'pass@{k}']:.3f}")
+    console = Console()
+    console.print(table)
+    if k > 1:
+        console.print(f"mean@{k} = {result[f'mean@{k}']:.3f}")
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def _scorer(spec: str, timeout: float):
+    from agro.rewards import RewardScorer
+
+    try:
+        return RewardScorer(spec, timeout=timeout)
+    except ValueError as err:
+        raise AgroError(f"reward {spec!r}: {err}") from None
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="write an offline JSONL of a model's generations (the format agro train reads)",
+        description="Sample completions of any model for a problem set and write offline records "
+        "(prompt, completion, answer, reward, source, behavior_logprobs) to train on later.",
+    )
+    p.add_argument("--model", required=True, help="model directory or hub id")
+    p.add_argument("--data", required=True, help="problem set")
+    p.add_argument("--out", type=Path, required=True, help="output JSONL (must not exist)")
+    p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
+    p.add_argument("--split", default="train", help="split, for datasets hub names")
+    p.add_argument("--prompt-template", default="plain", help="plain | chat | raw")
+    p.add_argument("--num-generations", type=int, default=4, help="completions per problem")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--max-completion-length", type=int, default=512, help="maximum generated tokens")
+    p.add_argument("--max-problems", type=int, default=0, help="use the first N problems (0: all)")
+    p.add_argument("--reward", default=None, help="also score with exact | math | module:function")
+    p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
+    p.add_argument("--source", default=None, help="source tag (default: the model path)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from agro.generate import write_generations
+
+    if args.out.exists():
+        raise AgroError(f"{args.out}: already exists; choose another --out (nothing is overwritten)")
+    problems = _load_eval_problems(args)
+    count = write_generations(args, problems)
+    print(f"agro: wrote {count} records to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="agro", description="RL fine-tuning of LLMs from on- and off-policy data with AGRO.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_generate(sub)
     _add_tabular(sub)
     return parser
 

@@ -1,0 +1,90 @@
+"""Generations from every source, and the replay buffer that keeps earlier on-policy ones.
+
+Every generation carries its source tag (`on_policy`, `replay`, `offline`), its loss weight and,
+when known, the log-probs of the policy that made it (used by importance-sampled baselines; AGRO
+ignores them). One group = one prompt, with any mix of sources.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+import torch
+
+SOURCES = ("on_policy", "replay", "offline")
+
+
+@dataclass
+class Generation:
+    group: str  # prompt key
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    source: str
+    weight: float = 1.0
+    reward: float | None = None
+    answer: str | None = None
+    prompt: str = ""  # the prompt text the reward function sees
+    completion: str = ""
+    step: int = 0  # optimizer step at which it was generated
+    ref_logprobs: torch.Tensor | None = field(default=None, repr=False)  # [C], cached
+    behavior_logprobs: torch.Tensor | None = field(default=None, repr=False)  # [C], when known
+
+    def to_state(self) -> dict:
+        state = {k: getattr(self, k) for k in ("group", "prompt_ids", "completion_ids", "source", "weight", "reward",
+                                              "answer", "prompt", "completion", "step")}
+        for k in ("ref_logprobs", "behavior_logprobs"):
+            value = getattr(self, k)
+            state[k] = None if value is None else value.tolist()
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> Generation:
+        tensors = {k: None if state[k] is None else torch.tensor(state[k], dtype=torch.float32)
+                   for k in ("ref_logprobs", "behavior_logprobs")}
+        return cls(**{**state, **tensors})
+
+
+class ReplayBuffer:
+    """Earlier on-policy generations per prompt, kept while at most `max_staleness` steps old.
+
+    Replayed generations keep the reward, reference log-probs and the generating policy's
+    log-probs computed when they were trained on, so nothing is recomputed but the current
+    policy's log-probs.
+    """
+
+    def __init__(self, max_staleness: int, weight: float):
+        self.max_staleness = max_staleness
+        self.weight = weight
+        self.by_group: dict[str, list[Generation]] = defaultdict(list)
+
+    def add(self, generations: list[Generation]) -> None:
+        for g in generations:
+            self.by_group[g.group].append(g)
+
+    def evict(self, step: int) -> None:
+        """Drop generations older than `max_staleness` steps at `step`."""
+        for key in list(self.by_group):
+            kept = [g for g in self.by_group[key] if step - g.step <= self.max_staleness]
+            if kept:
+                self.by_group[key] = kept
+            else:
+                del self.by_group[key]
+
+    def sample(self, group: str, step: int, count: int, generator: torch.Generator) -> list[Generation]:
+        """Up to `count` generations of `group` made before `step`, as replay copies."""
+        eligible = [g for g in self.by_group.get(group, []) if 0 < step - g.step <= self.max_staleness]
+        if not eligible or count <= 0:
+            return []
+        order = torch.randperm(len(eligible), generator=generator)[:count].tolist()
+        return [replace(eligible[i], source="replay", weight=self.weight) for i in order]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_group.values())
+
+    def state(self) -> list[dict]:
+        return [g.to_state() for gens in self.by_group.values() for g in gens]
+
+    def load_state(self, state: list[dict]) -> None:
+        self.by_group.clear()
+        self.add([Generation.from_state(s) for s in state])

@@ -1,0 +1,116 @@
+"""Atomic checkpoints: write into a temporary directory, fsync, then rename.
+
+A `kill -9` at any moment leaves either the previous complete checkpoint or the new one, never a
+half-written one. Model weights go through safetensors; optimizer and scheduler states are
+loaded with `torch.load(weights_only=True)` and RNG states are JSON (no arbitrary pickle).
+
+Layout of `checkpoint-<step>/`: model (save_pretrained, safetensors), `optimizer.pt`,
+`scheduler.pt`, `rng_state_<rank>.json`, `trainer_state.json` (step, data position, replay buffer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def rng_state() -> dict:
+    """torch, CUDA, Python and NumPy generator states as plain JSON values."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "python": [version, list(mt), gauss],
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    np_state = state["numpy"]
+    np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+
+
+def staging_dir(output_dir: Path, step: int | str) -> Path:
+    """Temporary directory a checkpoint is written into before `publish` renames it."""
+    path = output_dir / (f".tmp-checkpoint-{step}" if isinstance(step, int) else f".tmp-{step}")
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(staging: Path, output_dir: Path, step: int, keep: int) -> Path:
+    """fsync and atomically rename `staging` to `checkpoint-<step>`; keep the newest `keep`."""
+    final = replace_dir(staging, output_dir / f"checkpoint-{step}")
+    if keep > 0:
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def replace_dir(staging: Path, final: Path) -> Path:
+    """fsync `staging`, then rename it to `final` (an existing `final` is moved aside first, then removed)."""
+    _fsync_tree(staging)
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staging, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (staging directories are never listed)."""
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def save_states(path: Path, optimizer, scheduler, trainer_state: dict, rank: int) -> None:
+    (path / f"rng_state_{rank}.json").write_text(json.dumps(rng_state()))
+    if rank == 0:
+        torch.save(optimizer.state_dict(), path / "optimizer.pt")
+        torch.save(scheduler.state_dict(), path / "scheduler.pt")
+        (path / "trainer_state.json").write_text(json.dumps(trainer_state))
+
+
+def load_states(path: Path, optimizer, scheduler, rank: int) -> dict:
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    set_rng_state(json.loads((path / f"rng_state_{rank}.json").read_text()))
+    return json.loads((path / "trainer_state.json").read_text())

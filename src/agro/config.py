@@ -1,0 +1,261 @@
+"""Training configuration: one dataclass, loaded from YAML with `--set key=value` overrides.
+
+Field names follow TRL where TRL has one (`beta`, `num_generations`, `learning_rate`,
+`max_completion_length`, `temperature`, `epsilon`, `loss_type`, ...). Validation happens up
+front, before anything is written, and every error names the file, line and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from agro.errors import AgroError
+from agro.objectives import OBJECTIVES
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model_name_or_path: str = _f("", "local directory or hub id of an AutoModelForCausalLM (required)")
+    tokenizer_name_or_path: str | None = _f(None, "tokenizer location; default: model_name_or_path")
+    trust_remote_code: bool = _f(False, "allow custom model code from the model repository")
+    torch_dtype: str = _f("float32", "float32 | bfloat16 | float16: dtype of policy and reference")
+    use_peft: bool = _f(False, "train LoRA adapters; the reference is the base model with adapters disabled")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA adapters")
+    # objective
+    objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg")
+    beta: float = _f(0.05, "KL coefficient β (> 0)")
+    baseline: str = _f("mean", "agro: mean | loo (leave-one-out) group baseline of the regularised reward")
+    epsilon: float = _f(0.2, "grpo: lower clip range of the ratio")
+    epsilon_high: float | None = _f(None, "grpo: upper clip range (default: epsilon)")
+    loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo")
+    max_importance_weight: float = _f(2.0, "is_pg: truncation c of the sequence importance weight π/μ")
+    # data
+    train_data: str | None = _f(None, "problem set for on-policy prompts (jsonl/json/parquet or datasets name)")
+    train_data_format: str = _f("auto", "auto | math | gsm8k | generic")
+    dataset_split: str = _f("train", "split used when a data path is a datasets hub name")
+    prompt_template: str = _f("plain", "plain | chat | raw: how problems become prompts")
+    offline_data: str | None = _f(None, "offline records: prompt, completion, [reward, answer, source, behavior_logprobs]")
+    offline_per_group: int = _f(4, "offline records that join each prompt's group (0: none)")
+    offline_weight: float = _f(1.0, "loss weight of offline generations")
+    replay_per_group: int = _f(0, "replayed earlier on-policy generations that join each group (0: no replay)")
+    replay_max_staleness: int = _f(4, "replay only generations made at most this many steps ago")
+    replay_weight: float = _f(1.0, "loss weight of replayed generations")
+    on_bad_record: str = _f("error", "error | skip: what a malformed data record does")
+    # generation
+    num_generations: int = _f(8, "on-policy samples per prompt (0: offline/replay only)")
+    prompts_per_step: int = _f(8, "prompts (groups) per optimizer step, over all processes")
+    max_prompt_length: int = _f(512, "prompts longer than this (tokens) are bad records")
+    max_completion_length: int = _f(256, "maximum generated tokens; longer offline completions are bad records")
+    temperature: float = _f(1.0, "sampling temperature of on-policy generation")
+    top_p: float = _f(1.0, "nucleus sampling threshold")
+    generation_backend: str = _f("hf", "hf (transformers generate) | vllm (colocated, needs vllm and a GPU)")
+    generation_batch_size: int = _f(64, "sequences per generate call")
+    vllm_gpu_memory_utilization: float = _f(0.3, "vllm: fraction of GPU memory for the colocated engine")
+    # reward
+    reward_function: str = _f("math", "exact | math | module:function | path/file.py:function")
+    reward_timeout: float = _f(10.0, "seconds per reward call before it counts as failed (reward 0)")
+    reward_workers: int = _f(1, "worker processes for reward calls")
+    max_reward_failure_fraction: float = _f(0.5, "abort when more than this fraction of a step's rewards fail")
+    # optimisation
+    learning_rate: float = _f(1e-6, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_beta1: float = _f(0.9, "AdamW β1")
+    adam_beta2: float = _f(0.999, "AdamW β2")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
+    lr_scheduler_type: str = _f("constant", "constant | linear | cosine")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    max_steps: int = _f(100, "optimizer steps")
+    mini_batch_size: int = _f(64, "generations per forward/backward pass (gradient is exact over the step)")
+    logprob_chunk_size: int = _f(1024, "positions per chunk of the vocabulary projection")
+    max_nonfinite_steps: int = _f(3, "abort after this many consecutive steps with a non-finite loss/gradient")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    # run management
+    output_dir: str = _f("runs/agro", "where config, metrics, checkpoints and final/ go")
+    seed: int = _f(0, "seed of data order, sampling and initialisation")
+    logging_steps: int = _f(1, "write metrics every N steps")
+    report_to: list[str] = _f(["tensorboard"], "tensorboard and/or wandb (when installed)")
+    save_steps: int = _f(50, "checkpoint every N steps (0: only at the end)")
+    save_total_limit: int = _f(2, "keep this many latest checkpoints")
+    eval_data: str | None = _f(None, "held-out problem set for periodic evaluation")
+    eval_steps: int = _f(0, "evaluate every N steps (0: only at start and end when eval_data is set)")
+    eval_max_problems: int = _f(0, "evaluate on at most this many problems (0: all)")
+    num_threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "objective": OBJECTIVES,
+    "baseline": ("mean", "loo"),
+    "loss_type": ("grpo", "dapo"),
+    "torch_dtype": ("float32", "bfloat16", "float16"),
+    "train_data_format": ("auto", "math", "gsm8k", "generic"),
+    "prompt_template": ("plain", "chat", "raw"),
+    "on_bad_record": ("error", "skip"),
+    "generation_backend": ("hf", "vllm"),
+    "lr_scheduler_type": ("constant", "linear", "cosine"),
+}
+POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length",
+            "temperature", "generation_batch_size", "mini_batch_size", "logprob_chunk_size", "reward_timeout",
+            "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps")
+NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
+                "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
+                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "lora_dropout")
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value, where: str):
+    """Check `value` against the field's annotation (int, float, str, bool, list[str], optional)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise AgroError(f"{where}: key '{name}': must not be empty")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(base) is list:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    expected = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(base, "a list of strings")
+    raise AgroError(f"{where}: key '{name}': expected {expected}, got {value!r}")
+
+
+def _validate(config: TrainConfig, where: dict[str, str]) -> None:
+    def fail(key: str, message: str):
+        raise AgroError(f"{where.get(key, 'config')}: key '{key}': {message}")
+
+    for key, choices in CHOICES.items():
+        if getattr(config, key) not in choices:
+            fail(key, f"must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
+    for key in POSITIVE:
+        if not getattr(config, key) > 0:
+            fail(key, f"must be > 0, got {getattr(config, key)}")
+    for key in NON_NEGATIVE:
+        if getattr(config, key) < 0:
+            fail(key, f"must be ≥ 0, got {getattr(config, key)}")
+    if not config.model_name_or_path:
+        fail("model_name_or_path", "is required")
+    if not 0 < config.top_p <= 1:
+        fail("top_p", f"must be in (0, 1], got {config.top_p}")
+    if not 0 <= config.max_reward_failure_fraction <= 1:
+        fail("max_reward_failure_fraction", f"must be in [0, 1], got {config.max_reward_failure_fraction}")
+    for key in ("report_to",):
+        bad = [v for v in getattr(config, key) if v not in ("tensorboard", "wandb", "none")]
+        if bad:
+            fail(key, f"unknown logger {bad[0]!r}; choose tensorboard, wandb or none")
+    per_group = config.num_generations + config.offline_per_group + config.replay_per_group
+    if per_group == 0:
+        fail("num_generations", "no data: num_generations, offline_per_group and replay_per_group are all 0")
+    if config.num_generations == 0 and not config.offline_data:
+        fail("num_generations", "is 0 (no on-policy generation) but no offline_data is given")
+    if config.num_generations > 0 and not (config.train_data or config.offline_data):
+        fail("train_data", "is required for on-policy generation (or give offline_data to take prompts from)")
+    if config.replay_per_group > 0 and config.num_generations == 0:
+        fail("replay_per_group", "replays on-policy generations, but num_generations is 0")
+    if config.num_generations == 1 and config.offline_per_group + config.replay_per_group == 0:
+        fail("num_generations", f"must be ≥ 2 with the group baseline of objective '{config.objective}', got 1")
+    if config.objective == "rloo" and config.baseline != "mean":
+        fail("baseline", "applies to objective agro only")
+
+
+def _key_lines(text: str, path: str) -> dict[str, str]:
+    """'file:line' of each top-level key, from PyYAML's node marks."""
+    node = yaml.compose(text)
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise AgroError(f"{path}:{node.start_mark.line + 1}: the config must be a mapping of key: value")
+    return {k.value: f"{path}:{k.start_mark.line + 1}" for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) + `key=value` overrides (values parsed as YAML) -> validated TrainConfig."""
+    values: dict = {}
+    where: dict[str, str] = {}
+    if path is not None:
+        path = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise AgroError(f"{path}: config file not found") from None
+        except (UnicodeDecodeError, IsADirectoryError) as err:
+            raise AgroError(f"{path}: cannot read config: {err}") from None
+        try:
+            where = _key_lines(text, path)
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise AgroError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise AgroError(f"--set {item!r}: expected key=value")
+        try:
+            values[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            values[key] = raw
+        where[key] = f"--set {key}"
+    kwargs = {}
+    for key, value in values.items():
+        loc = where.get(key, "config")
+        if key not in FIELDS:
+            close = [f for f in FIELDS if f.startswith(str(key)[:4])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise AgroError(f"{loc}: unknown key '{key}'{hint}")
+        kwargs[key] = _coerce(key, value, loc)
+    config = TrainConfig(**kwargs)
+    _validate(config, where)
+    return config
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def describe_keys() -> str:
+    """Every config key with its default and meaning, for `agro train --help`."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  {f.name} (default {default!r}): {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""`agro generate`: a model's completions written as offline records, the format `agro train` reads.
+
+Each record carries `behavior_logprobs`, the generating model's per-token log-probs at temperature 1
+(with another temperature or top_p the sampler differs from that policy; AGRO does not need them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from agro.data import OfflineRecord, Problem, write_offline_records
+from agro.logprobs import completion_logprobs
+from agro.rollout import HFGenerator, collate, encode_prompt, prompt_text
+
+
+@torch.no_grad()
+def generate_records(model, tokenizer, problems: list[Problem], num_generations: int, generator: HFGenerator,
+                     source: str, scorer=None, batch_size: int = 64) -> list[OfflineRecord]:
+    prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
+    completions = generator.generate(model, prompts, num_generations)
+    owners = [problems[i // num_generations] for i in range(len(completions))]
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+    logprobs = []
+    for start in range(0, len(completions), batch_size):
+        ids = completions[start : start + batch_size]
+        batch = collate([prompts[(start + j) // num_generations] for j in range(len(ids))], ids,
+                        tokenizer.pad_token_id)
+        lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
+        logprobs += [lp[j, : len(c)].tolist() for j, c in enumerate(ids)]
+    rewards = [None] * len(texts)
+    if scorer is not None:
+        rewards = scorer.score([prompt_text(tokenizer, p.prompt) for p in owners], texts,
+                               [p.answer for p in owners]).rewards
+    return [
+        OfflineRecord(prompt=p.prompt, completion=text, reward=r, answer=p.answer, source=source,
+                      behavior_logprobs=lp or None)
+        for p, text, r, lp in zip(owners, texts, rewards, logprobs)
+        if text.strip()
+    ]
+
+
+def write_generations(args, problems: list[Problem]) -> int:
+    """Generate per the `agro generate` flags and write the JSONL atomically; returns the record count."""
+    from agro.cli import _scorer
+    from agro.trainer import load_model, load_tokenizer
+
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    model = load_model(args.model, "float32", args.trust_remote_code).eval()
+    generator = HFGenerator(tokenizer, args.max_completion_length, args.temperature, args.top_p, args.batch_size)
+    scorer = _scorer(args.reward, args.reward_timeout) if args.reward else None
+    try:
+        records = generate_records(model, tokenizer, problems, args.num_generations, generator,
+                                   args.source or str(args.model), scorer, args.batch_size)
+    finally:
+        if scorer is not None:
+            scorer.close()
+    write_atomic(args.out, records)
+    return len(records)
+
+
+def write_atomic(path: Path, records: list[OfflineRecord]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_offline_records(tmp, records)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

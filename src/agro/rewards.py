@@ -1,0 +1,581 @@
+"""Rewards for math-style completions: answer extraction, answer equivalence, and a scorer that
+runs reward functions with a hard per-call time limit.
+
+A reward function has the signature ``fn(prompt, completion, answer) -> float`` where ``answer`` is
+the gold answer of the prompt (a bare answer or a full solution) or None. Built-ins:
+
+* ``exact``: the extracted answer equals the gold answer as an exact rational number
+  (ints, decimals, ``a/b``, ``\\frac{a}{b}``, ``1,000``, percentages); cheap, cannot hang.
+* ``math``: the extracted answer is mathematically equivalent to the gold answer according to
+  ``math_verify`` (fractions, LaTeX, intervals, sets, equations, units...).
+
+Percentages: ``50\\%`` equals ``50%``, ``0.5`` and ``50`` (in both directions), because gold answers
+often drop the percent sign the question asked for; ``50\\%`` does not equal ``5000\\%``.
+This is ``math_verify``'s own rule, and ``exact_numeric_equal`` follows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+RewardFn = Callable[[str, str, str | None], float]
+
+# ---------------------------------------------------------------------------------------------
+# Answer extraction
+# ---------------------------------------------------------------------------------------------
+
+_BOX_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# Structural braces, skipping escaped characters so that `\{`, `\}` (LaTeX set braces) and
+# `\\` (line break) never count; scanning pairs keeps backslash parity right.
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+_ANSWER_IS_RE = re.compile(r"\banswer(?:\s+is\b|\s*:)", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.\s")
+
+
+def extract_answer(text: str) -> str | None:
+    """Final answer of a completion or gold solution, or None when it states none.
+
+    Priority: the last non-empty ``\\boxed{...}``/``\\fbox{...}`` with balanced braces; else the
+    line after the last ``####`` (GSM8K); else the last "the answer is X" / "Answer: X" (up to
+    the end of the line or sentence, trailing period, ``**`` and ``$...$`` removed).
+    Runs in linear time on any input.
+    """
+    if not isinstance(text, str):
+        return None
+    for extract in (_last_boxed, _after_last_hashes, _after_last_answer_is):
+        answer = extract(text)
+        if answer:
+            return answer
+    return None
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last balanced, non-empty box; one pass matches every brace (no rescans)."""
+    box_brace_positions = [match.end() - 1 for match in _BOX_OPEN_RE.finditer(text)]
+    if not box_brace_positions:
+        return None
+    closing_of: dict[int, int] = {}
+    open_stack: list[int] = []
+    for token in _BRACE_TOKEN_RE.finditer(text, box_brace_positions[0]):
+        symbol = token.group()
+        if symbol == "{":
+            open_stack.append(token.start())
+        elif symbol == "}" and open_stack:
+            closing_of[open_stack.pop()] = token.start()
+    for brace in reversed(box_brace_positions):
+        if brace in closing_of:
+            content = text[brace + 1 : closing_of[brace]].strip()
+            if content:
+                return content
+    return None
+
+
+def _after_last_hashes(text: str) -> str | None:
+    position = text.rfind("####")
+    if position < 0:
+        return None
+    line = text[position + 4 :].strip().split("\n", 1)[0]
+    return _clean_inline_answer(line)
+
+
+def _after_last_answer_is(text: str) -> str | None:
+    for match in reversed(list(_ANSWER_IS_RE.finditer(text))):
+        line_end = text.find("\n", match.end())
+        line = text[match.end() : line_end if line_end >= 0 else len(text)]
+        answer = _clean_inline_answer(_SENTENCE_END_RE.split(line.lstrip(" \t:*"), maxsplit=1)[0])
+        if answer:
+            return answer
+    return None
+
+
+def _clean_inline_answer(answer: str) -> str:
+    answer = answer.strip().rstrip(".").strip().strip("*").strip()
+    return _strip_math_delimiters(answer).rstrip(".").strip()
+
+
+def _strip_math_delimiters(text: str) -> str:
+    """`$x$`, `$$x$$`, `\\(x\\)`, `\\[x\\]` -> `x` (one level)."""
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
+            return text[len(left) : len(text) - len(right)].strip()
+    return text
+
+
+def _reference_answer(answer: str) -> str:
+    """Gold answer as a bare answer: extracted when it is a full solution (boxed or ####)."""
+    if "\\boxed" in answer or "\\fbox" in answer or "####" in answer:
+        return extract_answer(answer) or answer
+    return answer
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer equivalence
+# ---------------------------------------------------------------------------------------------
+
+_MAX_NUMBER_CHARS = 200  # longer strings are not plain numbers; bounds Fraction's work
+_DECIMAL = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_PLAIN_NUMBER_RE = re.compile(rf"(?P<sign>[+-]?)(?P<num>{_DECIMAL})(?:/(?P<den>{_DECIMAL}))?")
+_LATEX_FRACTION_RE = re.compile(
+    rf"(?P<sign>-?)\\[dt]?frac\{{(?P<num>[+-]?{_DECIMAL})\}}\{{(?P<den>[+-]?{_DECIMAL})\}}"
+)
+_THOUSANDS_SEPARATOR = r"(?:,|\{,\}|\\,|\\ | )"
+_GROUPED_NUMBER_RE = re.compile(rf"[+-]?\d{{1,3}}(?:{_THOUSANDS_SEPARATOR}\d{{3}})+(?:\.\d+)?")
+_SEPARATOR_RE = re.compile(_THOUSANDS_SEPARATOR)
+
+
+def _remove_thousands_separators(text: str) -> str:
+    """`1,000`, `1{,}000`, `1\\,000`, `1 000` -> `1000`; anything else unchanged."""
+    if _GROUPED_NUMBER_RE.fullmatch(text):
+        return _SEPARATOR_RE.sub("", text)
+    return text
+
+
+def _parse_number(text: str) -> tuple[Fraction, bool] | None:
+    """(exact value, has percent sign) of a plain numeric answer, or None if it is not one."""
+    text = _strip_math_delimiters(text.strip())
+    if len(text) > _MAX_NUMBER_CHARS:
+        return None
+    is_percent = text.endswith("%")
+    if is_percent:
+        text = text.removesuffix("%").removesuffix("\\").rstrip()
+    text = text.removeprefix("\\$").removeprefix("$").strip()
+    text = _remove_thousands_separators(text)
+    match = _PLAIN_NUMBER_RE.fullmatch(text) or _LATEX_FRACTION_RE.fullmatch(text)
+    if match is None:
+        return None
+    value = Fraction(match["num"])
+    if match["den"] is not None:
+        denominator = Fraction(match["den"])
+        if denominator == 0:
+            return None
+        value /= denominator
+    return (-value if match["sign"] == "-" else value), is_percent
+
+
+def exact_numeric_equal(gold: str, prediction: str) -> bool:
+    """Exact rational equality of two numeric answers (ints, decimals, `a/b`, `\\frac{a}{b}`,
+    `1,000`, `$5`, `50%`); False when either is not a plain number. No sympy, bounded time."""
+    try:
+        parsed_gold, parsed_prediction = _parse_number(gold), _parse_number(prediction)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    if parsed_gold is None or parsed_prediction is None:
+        return False
+    (gold_value, gold_percent), (prediction_value, prediction_percent) = parsed_gold, parsed_prediction
+    if gold_percent == prediction_percent:
+        return gold_value == prediction_value
+    percent_value, other_value = (
+        (gold_value, prediction_value) if gold_percent else (prediction_value, gold_value)
+    )
+    return other_value in (percent_value, percent_value / 100)
+
+
+def math_equal(gold: str, prediction: str, timeout: float = 5.0) -> bool:
+    """Mathematical equivalence of two bare answers via math_verify; False on any failure.
+
+    Both are normalized (math delimiters, thousands separators), wrapped in ``\\boxed{}`` and
+    parsed with math_verify's LaTeX and plain-expression extractors, so LaTeX and plain text mix
+    freely. ``timeout`` bounds each math_verify parse/compare step, rounded up to whole seconds
+    (math_verify uses signal.alarm); it only applies in the main thread, elsewhere the caller must
+    bound the time (RewardScorer's worker processes do).
+    """
+    # Imported here: math_verify pulls in sympy (~0.5 s), which only this function needs.
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
+
+    try:
+        gold_text, prediction_text = (
+            _remove_thousands_separators(_strip_math_delimiters(answer.strip()))
+            for answer in (gold, prediction)
+        )
+        if not gold_text or not prediction_text:
+            return False
+        use_alarm = timeout > 0 and threading.current_thread() is threading.main_thread()
+        seconds = max(1, math.ceil(timeout)) if use_alarm else None
+        config = [LatexExtractionConfig(), ExprExtractionConfig()]
+        parsed_gold, parsed_prediction = (
+            parse("\\boxed{" + text + "}", extraction_config=config, parsing_timeout=seconds)
+            for text in (gold_text, prediction_text)
+        )
+        if not parsed_gold or not parsed_prediction:
+            return False
+        return bool(verify(parsed_gold, parsed_prediction, timeout_seconds=seconds))
+    except (Exception, TimeoutException):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward functions
+# ---------------------------------------------------------------------------------------------
+
+
+def exact_answer_reward(prompt: str, completion: str, answer: str | None) -> float:
+    """1.0 when the completion's extracted answer exactly equals the gold number, else 0.0."""
+    if answer is None:
+        return 0.0
+    prediction = extract_answer(completion)
+    return float(prediction is not None and exact_numeric_equal(_reference_answer(answer), prediction))
+
+
+def math_reward(prompt: str, completion: str, answer: str | None) -> float:
+    """1.0 when the completion's extracted answer is math-equivalent to the gold answer, else 0.0."""
+    if answer is None:
+        return 0.0
+    prediction = extract_answer(completion)
+    return float(prediction is not None and math_equal(_reference_answer(answer), prediction))
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {"exact": exact_answer_reward, "math": math_reward}
+
+
+def load_reward_function(spec: str) -> RewardFn:
+    """Resolve ``"exact"``, ``"math"``, ``"package.module:function"`` or ``"path/to/file.py:function"``.
+
+    Raises ValueError with a one-line message when the spec cannot be resolved to a callable.
+    """
+    if spec in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[spec]
+    source, _, attribute = spec.rpartition(":")
+    if not source or not attribute:
+        raise ValueError(
+            f"unknown reward function {spec!r}: expected one of {sorted(BUILTIN_REWARDS)}, "
+            "'package.module:function' or 'path/to/file.py:function'"
+        )
+    if source.endswith(".py"):
+        module = _load_module_from_file(source, spec)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except Exception as error:
+            raise ValueError(
+                f"cannot import module {source!r} for reward {spec!r}: {_one_line(error)}"
+            ) from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"reward {spec!r}: {source!r} has no attribute {attribute!r}")
+    function = getattr(module, attribute)
+    if not callable(function):
+        raise ValueError(f"reward {spec!r}: {attribute!r} is a {type(function).__name__}, not callable")
+    return function
+
+
+def _load_module_from_file(path_text: str, spec: str):
+    path = Path(path_text).resolve()
+    if not path.is_file():
+        raise ValueError(f"reward file not found for {spec!r}: {path}")
+    module_name = "_agro_reward_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # before exec, so dataclasses/pickle inside it resolve
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise ValueError(f"cannot load reward file {str(path)!r} for {spec!r}: {_one_line(error)}") from None
+    return module
+
+
+def _absolute_spec(spec: str) -> str:
+    """File specs with an absolute path, so worker processes resolve them the same way."""
+    source, _, attribute = spec.rpartition(":")
+    return f"{Path(source).resolve()}:{attribute}" if source.endswith(".py") else spec
+
+
+def _one_line(error: BaseException, max_chars: int = 300) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:max_chars]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring with per-call time limits
+# ---------------------------------------------------------------------------------------------
+
+WORKER_START_TIMEOUT = 120.0  # seconds for a worker to import the reward function and report ready
+
+
+@dataclass
+class RewardResult:
+    """Rewards of one batch; failed samples (error, timeout, non-finite value) get 0.0."""
+
+    rewards: list[float]
+    errors: int = 0  # the reward function raised
+    timeouts: int = 0  # the call exceeded the per-call time limit and was killed
+    non_finite: int = 0  # the call returned NaN, inf or a non-number
+    first_failure: str | None = None  # description of the first failed sample, for logs
+
+    @property
+    def failures(self) -> int:
+        return self.errors + self.timeouts + self.non_finite
+
+    def _record(self, index: int, status: str, reward: float, detail: str | None) -> None:
+        self.rewards[index] = reward if status == "ok" else 0.0
+        if status == "ok":
+            return
+        if status == "error":
+            self.errors += 1
+        elif status == "timeout":
+            self.timeouts += 1
+        else:
+            self.non_finite += 1
+        if self.first_failure is None:
+            self.first_failure = f"sample {index}: {status}: {detail}"
+
+
+def _as_reward(value: object) -> float | None:
+    """`value` as a finite float, or None for NaN/inf and non-numbers (strings included)."""
+    try:
+        if isinstance(value, str | bytes) or not hasattr(value, "__float__"):
+            return None
+        reward = float(value)
+    except Exception:
+        return None
+    return reward if math.isfinite(reward) else None
+
+
+def _call_reward(
+    fn: RewardFn, prompt: str, completion: str, answer: str | None
+) -> tuple[str, float, str | None]:
+    """(status, reward, detail) of one call; status is "ok", "error" or "non_finite"."""
+    try:
+        value = fn(prompt, completion, answer)
+    except (Exception, SystemExit) as error:
+        return "error", 0.0, _one_line(error)
+    reward = _as_reward(value)
+    if reward is not None:
+        return "ok", reward, None
+    shown = repr(value) if isinstance(value, float) else f"a {type(value).__name__}"
+    return "non_finite", 0.0, f"returned {shown}"
+
+
+def _serve(conn: multiprocessing.connection.Connection, spec: str, parent_pid: int) -> None:
+    """Worker process: load the reward function once, then answer calls until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its timeouts just mean "not equal"
+    try:
+        fn = load_reward_function(spec)
+    except ValueError as error:
+        conn.send(("load_error", str(error)))
+        return
+    if spec == "math":
+        math_equal("1", "1")  # warm up sympy/latex2sympy so the first real call is not slow
+    conn.send(("ready",))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        index, prompt, completion, answer = request
+        conn.send(("result", index, *_call_reward(fn, prompt, completion, answer)))
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Backstop for daemon workers: exit even mid-call if the parent died without cleanup."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+class _Worker:
+    """One long-lived worker process and the parent's end of its pipe."""
+
+    def __init__(self, context, spec: str) -> None:
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(child_conn, spec, os.getpid()), daemon=True, name="agro-reward-worker"
+        )
+        self.process.start()
+        child_conn.close()
+        self.started_at = time.monotonic()
+        self.ready = False
+        self.task: int | None = None  # index of the sample being scored
+        self.deadline = math.inf
+
+    def assign(self, index: int, prompt: str, completion: str, answer: str | None, timeout: float) -> None:
+        self.conn.send((index, prompt, completion, answer))
+        self.task = index
+        self.deadline = time.monotonic() + timeout
+
+    def stop(self) -> None:
+        """Ask an idle worker to exit, kill a busy or starting one, and reap it."""
+        if self.ready and self.task is None:
+            try:
+                self.conn.send(None)
+                self.process.join(timeout=1.0)
+            except OSError:
+                pass
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def _stop_all(workers: list[_Worker | None]) -> None:
+    for slot, worker in enumerate(workers):
+        if worker is not None:
+            worker.stop()
+            workers[slot] = None
+
+
+class RewardScorer:
+    """Scores batches with a reward function, with a hard per-call time limit.
+
+    Calls run in ``num_workers`` long-lived ``spawn`` worker processes fed one sample at a time over
+    pipes; a call that exceeds ``timeout`` seconds has its worker killed and replaced, and counts as
+    a timeout. ``in_process=None`` runs the built-in ``exact`` in the calling process (it cannot hang)
+    and everything else in workers; in-process calls have no time limit. Not thread-safe.
+    """
+
+    def __init__(
+        self, spec: str, timeout: float = 10.0, num_workers: int = 1, in_process: bool | None = None
+    ):
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.spec = spec
+        self.timeout = float(timeout)
+        self.num_workers = num_workers
+        self.fn = load_reward_function(spec)  # fails fast, in the caller, on a bad spec
+        self.in_process = spec == "exact" if in_process is None else in_process
+        self._worker_spec = _absolute_spec(spec)
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker | None] = [None] * num_workers
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _stop_all, self._workers)
+        if not self.in_process:
+            self._start_missing_workers()  # start-up overlaps with whatever the caller does next
+
+    def score(self, prompts: list[str], completions: list[str], answers: list[str | None]) -> RewardResult:
+        """Rewards for aligned lists of prompts, completions and gold answers."""
+        if self._closed:
+            raise RuntimeError("RewardScorer is closed")
+        if not len(prompts) == len(completions) == len(answers):
+            raise ValueError(
+                f"prompts, completions and answers differ in length: "
+                f"{len(prompts)}, {len(completions)}, {len(answers)}"
+            )
+        result = RewardResult(rewards=[0.0] * len(prompts))
+        if self.in_process:
+            for index, sample in enumerate(zip(prompts, completions, answers)):
+                result._record(index, *_call_reward(self.fn, *sample))
+        elif prompts:
+            self._score_in_workers(prompts, completions, answers, result)
+        return result
+
+    def _score_in_workers(self, prompts, completions, answers, result: RewardResult) -> None:
+        self._start_missing_workers()
+        pending = deque(range(len(prompts)))
+        try:
+            while pending or any(worker.task is not None for worker in self._workers):
+                for worker in list(self._workers):
+                    if worker.ready and worker.task is None and pending:
+                        index = pending.popleft()
+                        try:
+                            worker.assign(
+                                index, prompts[index], completions[index], answers[index], self.timeout
+                            )
+                        except OSError:  # it died while idle: retry the sample on a fresh worker
+                            pending.appendleft(index)
+                            self._replace(worker)
+                self._wait_and_collect(result)
+        except BaseException:
+            # Busy workers would deliver stale results into the next batch: drop them.
+            for slot, worker in enumerate(self._workers):
+                if worker is not None and worker.task is not None:
+                    worker.stop()
+                    self._workers[slot] = None
+            raise
+
+    def _wait_and_collect(self, result: RewardResult) -> None:
+        """Wait for the next message or deadline; record results, replace timed-out/dead workers."""
+        waiting = {
+            worker.conn: worker for worker in self._workers if not worker.ready or worker.task is not None
+        }
+        next_deadline = min(
+            worker.deadline if worker.ready else worker.started_at + WORKER_START_TIMEOUT
+            for worker in waiting.values()
+        )
+        remaining = next_deadline - time.monotonic()
+        ready_conns = multiprocessing.connection.wait(
+            list(waiting), timeout=None if math.isinf(remaining) else max(0.0, remaining)
+        )
+        for conn in ready_conns:
+            worker = waiting[conn]
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                self._handle_dead_worker(worker, result)
+                continue
+            if message[0] == "result":
+                _, index, status, reward, detail = message
+                result._record(index, status, reward, detail)
+                worker.task, worker.deadline = None, math.inf
+            elif message[0] == "ready":
+                worker.ready = True
+            else:
+                self.close()
+                raise ValueError(f"reward worker cannot load {self.spec!r}: {message[1]}")
+        now = time.monotonic()
+        for worker in list(waiting.values()):
+            if worker.task is not None and now >= worker.deadline:
+                result._record(worker.task, "timeout", 0.0, f"exceeded {self.timeout:g} s")
+                self._replace(worker)
+            elif not worker.ready and now >= worker.started_at + WORKER_START_TIMEOUT:
+                self.close()
+                raise RuntimeError(
+                    f"reward worker for {self.spec!r} not ready after {WORKER_START_TIMEOUT:g} s"
+                )
+
+    def _handle_dead_worker(self, worker: _Worker, result: RewardResult) -> None:
+        worker.process.join(timeout=1.0)
+        exit_code = worker.process.exitcode
+        if worker.task is None:
+            self.close()
+            raise RuntimeError(
+                f"reward worker for {self.spec!r} exited during start-up (exit code {exit_code})"
+            )
+        result._record(worker.task, "error", 0.0, f"worker process died (exit code {exit_code})")
+        self._replace(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        slot = self._workers.index(worker)
+        worker.stop()
+        worker.task = None  # its sample is settled; it must not time out again
+        self._workers[slot] = _Worker(self._context, self._worker_spec)
+
+    def _start_missing_workers(self) -> None:
+        for slot, worker in enumerate(self._workers):
+            if worker is None:
+                self._workers[slot] = _Worker(self._context, self._worker_spec)
+
+    def close(self) -> None:
+        """Stop all worker processes; the scorer cannot be used afterwards."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> RewardScorer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

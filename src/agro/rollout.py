@@ -1,0 +1,140 @@
+"""Generation backends and the token-level batch layout shared by rollout, log-probs and training.
+
+A batch row is `left-padded prompt | right-padded completion`: the layout HF `generate` uses, so
+the policy's log-probs of a completion are computed exactly as it was sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+from agro.errors import AgroError
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Token ids of a prompt: chat messages through the chat template, strings as they are."""
+    if isinstance(prompt, list):
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise AgroError("chat-message prompts need a tokenizer with a chat template (or prompt_template: plain)")
+        return list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                                  return_dict=False))
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def prompt_text(tokenizer, prompt: str | list[dict]) -> str:
+    """The prompt as the reward function sees it (chat prompts rendered by the template)."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+@dataclass
+class TokenBatch:
+    input_ids: torch.Tensor  # [B, P+C]
+    attention_mask: torch.Tensor  # [B, P+C]
+    completion_mask: torch.Tensor  # [B, C] float
+    num_completion_tokens: int  # C
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded to the longest: input ids and attention mask [B, P]."""
+    p = max(len(x) for x in prompts)
+    ids = torch.full((len(prompts), p), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(prompts), p), dtype=torch.long)
+    for i, x in enumerate(prompts):
+        ids[i, p - len(x) :] = torch.tensor(x, dtype=torch.long)
+        attn[i, p - len(x) :] = 1
+    return ids, attn
+
+
+def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device=None) -> TokenBatch:
+    """Left-pad prompts and right-pad completions to the longest in this batch (padding trimmed per batch)."""
+    prompt_ids, prompt_attn = left_pad(prompts, pad_id)
+    c = max(1, max(len(y) for y in completions))
+    comp = torch.full((len(prompts), c), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(prompts), c), dtype=torch.float32)
+    for i, y in enumerate(completions):
+        comp[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+        cmask[i, : len(y)] = 1
+    ids = torch.cat([prompt_ids, comp], dim=1)
+    attn = torch.cat([prompt_attn, cmask.long()], dim=1)
+    return TokenBatch(ids.to(device), attn.to(device), cmask.to(device), c)
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int], pad_id: int) -> list[int]:
+    """Completion up to and including its first EOS; trailing padding dropped when there is none."""
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            return tokens[: i + 1]
+    while tokens and tokens[-1] == pad_id and pad_id not in eos_ids:
+        tokens = tokens[:-1]
+    return tokens
+
+
+def eos_token_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, list):
+        ids.update(gen_eos)
+    return ids
+
+
+class HFGenerator:
+    """Batched transformers `generate` with KV cache and left padding.
+
+    Sampling is from the policy itself (top_k disabled); `temperature`/`top_p` other than 1 make the
+    samples slightly off-policy, which AGRO handles as any other off-policy data.
+    """
+
+    def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 batch_size: int = 64):
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.temperature, self.top_p = temperature, top_p
+        self.batch_size = batch_size
+
+    def _config(self, model, do_sample: bool, num_generations: int) -> GenerationConfig:
+        eos = sorted(eos_token_ids(self.tokenizer, model))
+        common = {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+                  "eos_token_id": eos, "use_cache": True, "num_return_sequences": num_generations}
+        if do_sample:
+            return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, **common)
+        return GenerationConfig(do_sample=False, **common)
+
+    @torch.no_grad()
+    def generate(self, model, prompts: list[list[int]], num_generations: int = 1, do_sample: bool = True
+                 ) -> list[list[int]]:
+        """`num_generations` completions per prompt, prompt-major order, each cut after its first EOS."""
+        config = self._config(model, do_sample, num_generations)
+        eos = set(config.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        device = next(model.parameters()).device
+        per_call = max(1, self.batch_size // num_generations)
+        was_training = model.training
+        model.eval()
+        out: list[list[int]] = []
+        for start in range(0, len(prompts), per_call):
+            chunk = prompts[start : start + per_call]
+            ids, attn = left_pad(chunk, pad)
+            width = ids.shape[1]
+            sequences = model.generate(
+                input_ids=ids.to(device), attention_mask=attn.to(device),
+                generation_config=config,
+            )
+            out.extend(cut_at_eos(row.tolist(), eos, pad) for row in sequences[:, width:].cpu())
+        model.train(was_training)
+        return out
+
+
+def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
+                   gpu_memory_utilization: float = 0.3):
+    if backend == "hf":
+        return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size)
+    from agro.vllm_backend import VLLMGenerator
+
+    return VLLMGenerator(tokenizer, max_new_tokens, temperature, top_p, gpu_memory_utilization)

@@ -1,0 +1,640 @@
+"""The training loop, on accelerate. One step reads like the data-flow diagram:
+
+    prompts ─► rollout (policy) ─► on-policy generations ─┐
+    offline records of the same prompts ──────────────────┤
+    replay of earlier generations (staleness-bounded) ────┤
+                                                          ▼
+          groups (one per prompt) ─► rewards, reference log-probs (cached) ─► objective ─► AdamW
+
+Each process takes whole groups (a group is never split across processes); gradients are
+averaged across processes by accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+from agro import checkpoint, data, objectives
+from agro.buffer import SOURCES, Generation, ReplayBuffer
+from agro.config import TrainConfig, save_config
+from agro.errors import AgroError
+from agro.evaluate import evaluate
+from agro.logprobs import completion_logprobs
+from agro.rewards import RewardScorer
+from agro.rollout import collate, encode_prompt, make_generator, prompt_text
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(path: str, dtype: str, trust_remote_code: bool):
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise AgroError(f"{path}: cannot load a causal LM: {str(err).splitlines()[0]}") from None
+
+
+def load_tokenizer(path: str, trust_remote_code: bool):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise AgroError(f"{path}: cannot load a tokenizer: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def objective_loss(config: TrainConfig, t: dict[str, torch.Tensor]) -> objectives.LossOutput:
+    """The configured objective on batch tensors (one word in the config switches the loss)."""
+    common = {k: t[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids", "weights")}
+    if config.objective == "agro":
+        return objectives.agro_loss(**common, beta=config.beta, baseline=config.baseline)
+    if config.objective == "grpo":
+        return objectives.grpo_loss(**common, beta=config.beta, old_logprobs=t["old_logprobs"],
+                                    epsilon=config.epsilon, epsilon_high=config.epsilon_high,
+                                    loss_type=config.loss_type)
+    if config.objective == "rloo":
+        return objectives.rloo_loss(**common, beta=config.beta)
+    if config.objective == "kl_pg":
+        return objectives.kl_pg_loss(**common, beta=config.beta)
+    return objectives.is_pg_loss(**common, beta=config.beta, behavior_logprobs=t["behavior_logprobs"],
+                                 max_importance_weight=config.max_importance_weight)
+
+
+def _padded(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r[:width]
+    return out
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, accelerator: Accelerator | None = None):
+        self.config = config
+        self.accelerator = accelerator or Accelerator()
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.output_dir = Path(config.output_dir)
+        self._check_output_dir(resume)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if config.prompts_per_step % self.world:
+            raise AgroError(f"config: key 'prompts_per_step': {config.prompts_per_step} groups cannot be split "
+                            f"evenly over {self.world} processes")
+        set_seed(config.seed)
+        self.tokenizer = load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path,
+                                        config.trust_remote_code)
+        self._load_data()
+        self._load_models()
+        self.generator = make_generator(config.generation_backend, self.tokenizer, config.max_completion_length,
+                                        config.temperature, config.top_p, config.generation_batch_size,
+                                        config.vllm_gpu_memory_utilization)
+        self.scorer = RewardScorer(config.reward_function, timeout=config.reward_timeout,
+                                   num_workers=config.reward_workers)
+        self.replay = ReplayBuffer(config.replay_max_staleness, config.replay_weight)
+        self.step = 0
+        self.epoch, self.position = 0, 0
+        self.nonfinite_run = 0
+        self._stop_signal: int | None = None
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_output_dir(self, resume: bool) -> None:
+        has_run = (self.output_dir / "config.yaml").exists() or checkpoint.list_checkpoints(self.output_dir)
+        if has_run and not resume:
+            raise AgroError(f"{self.output_dir}: output_dir already holds a run; pass --resume to continue it "
+                            "or choose another output_dir")
+        if resume and not checkpoint.list_checkpoints(self.output_dir):
+            raise AgroError(f"{self.output_dir}: --resume given but there is no checkpoint to resume from")
+
+    def _load_data(self) -> None:
+        c = self.config
+        self.data_reports = []
+        self.offline_by_group: dict[str, list[Generation]] = defaultdict(list)
+        problems: list[data.Problem] = []
+        if c.train_data:
+            problems, report = data.load_problems(c.train_data, format=c.train_data_format,
+                                                  template=c.prompt_template, require_answer=False,
+                                                  on_bad_record=c.on_bad_record, split=c.dataset_split)
+            self.data_reports.append(report)
+        self.prompt_ids: dict[str, list[int]] = {}
+        self.prompt_texts: dict[str, str] = {}
+        self.answers: dict[str, str | None] = {}
+        self.problems: list[str] = []
+        for p in problems:
+            self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt")
+        if c.offline_data and c.offline_per_group > 0:
+            records, report = data.load_offline_records(c.offline_data, on_bad_record=c.on_bad_record,
+                                                        split=c.dataset_split)
+            self.data_reports.append(report)
+            self._add_offline(records, take_prompts=not c.train_data, report=report)
+        if not self.problems:
+            raise AgroError("no usable prompts: every record was skipped or the data is empty")
+        self.skipped_records = sum(len(r.skipped) for r in self.data_reports)
+
+    def _bad(self, where: str, field: str, reason: str, report: data.DataReport | None = None) -> bool:
+        """A bad record: raise (on_bad_record: error) or count it and return True (skip)."""
+        file, _, line = where.rpartition(":")
+        err = data.DataError(file, int(line) if line.isdigit() else None, field, reason)
+        if self.config.on_bad_record == "error":
+            raise err
+        if report is not None:
+            report.skipped.append(err)
+        return True
+
+    def _add_prompt(self, prompt, answer, where: str, field: str, report=None) -> str | None:
+        key = data.prompt_key(prompt)
+        if key in self.prompt_ids:
+            return key
+        ids = encode_prompt(self.tokenizer, prompt)
+        if len(ids) > self.config.max_prompt_length:
+            self._bad(where, field, f"prompt has {len(ids)} tokens, more than max_prompt_length "
+                      f"{self.config.max_prompt_length}", report)
+            return None
+        self.prompt_ids[key] = ids
+        self.prompt_texts[key] = prompt_text(self.tokenizer, prompt)
+        self.answers[key] = answer
+        self.problems.append(key)
+        return key
+
+    def _add_offline(self, records: list[data.OfflineRecord], take_prompts: bool, report: data.DataReport) -> None:
+        c = self.config
+        eos = self.tokenizer.eos_token_id
+        for r in records:
+            where = f"{r.file}:{r.line}"
+            key = data.prompt_key(r.prompt)
+            if key not in self.prompt_ids:
+                if not take_prompts:
+                    continue  # prompts come from train_data; records of other prompts are not used
+                key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
+                if key is None:
+                    continue
+            ids = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"] + [eos]
+            if len(ids) > c.max_completion_length:
+                self._bad(where, "completion", f"completion has {len(ids)} tokens, more than max_completion_length "
+                          f"{c.max_completion_length}", report)
+                continue
+            behavior = None
+            if r.behavior_logprobs is not None:
+                if len(r.behavior_logprobs) not in (len(ids), len(ids) - 1):
+                    self._bad(where, "behavior_logprobs", f"has {len(r.behavior_logprobs)} values for "
+                              f"{len(ids) - 1} completion tokens", report)
+                    continue
+                behavior = torch.tensor(r.behavior_logprobs + [0.0] * (len(ids) - len(r.behavior_logprobs)))
+            elif c.objective == "is_pg":
+                self._bad(where, "behavior_logprobs", "objective is_pg needs the generating policy's log-probs "
+                          "for every offline record", report)
+                continue
+            self.offline_by_group[key].append(Generation(
+                group=key, prompt_ids=self.prompt_ids[key], completion_ids=ids, source="offline",
+                weight=c.offline_weight, reward=r.reward, answer=r.answer if r.answer is not None else self.answers[key],
+                prompt=self.prompt_texts[key], completion=r.completion, behavior_logprobs=behavior,
+            ))
+
+    def _load_models(self) -> None:
+        c = self.config
+        model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
+        if c.use_peft:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                                                     target_modules=c.lora_target_modules, task_type="CAUSAL_LM"))
+            self.ref_model = None  # the reference is the same weights with adapters disabled
+        else:
+            self.ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
+            self.ref_model.requires_grad_(False).eval().to(self.accelerator.device)
+        if c.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.eval()  # dropout off: the log-probs of a sequence are a deterministic function of the weights
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
+                                      weight_decay=c.weight_decay)
+        scheduler = get_scheduler(c.lr_scheduler_type, optimizer, num_warmup_steps=c.warmup_steps,
+                                  num_training_steps=c.max_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+
+    @property
+    def policy(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ one step
+
+    def _next_prompts(self) -> list[str]:
+        """This step's prompts for this process: a per-epoch permutation, whole groups per process."""
+        keys = []
+        while len(keys) < self.config.prompts_per_step:
+            order = torch.randperm(len(self.problems), generator=torch.Generator().manual_seed(
+                self.config.seed * 1_000_003 + self.epoch)).tolist()
+            take = min(self.config.prompts_per_step - len(keys), len(order) - self.position)
+            keys += [self.problems[i] for i in order[self.position : self.position + take]]
+            self.position += take
+            if self.position >= len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+        per_rank = len(keys) // self.world
+        return keys[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def _rollout(self, keys: list[str]) -> list[Generation]:
+        c = self.config
+        if c.num_generations == 0:
+            return []
+        completions = self.generator.generate(self.policy, [self.prompt_ids[k] for k in keys], c.num_generations)
+        gens = []
+        for i, ids in enumerate(completions):
+            key = keys[i // c.num_generations]
+            gens.append(Generation(
+                group=key, prompt_ids=self.prompt_ids[key], completion_ids=ids, source="on_policy",
+                answer=self.answers[key], prompt=self.prompt_texts[key],
+                completion=self.tokenizer.decode(ids, skip_special_tokens=True), step=self.step,
+            ))
+        return gens
+
+    def _score(self, gens: list[Generation]) -> dict[str, float]:
+        todo = [g for g in gens if g.reward is None]
+        if not todo:
+            return {"reward_failures": 0.0}
+        result = self.scorer.score([g.prompt for g in todo], [g.completion for g in todo], [g.answer for g in todo])
+        for g, r in zip(todo, result.rewards):
+            g.reward = float(r)
+        fraction = result.failures / len(todo)
+        if fraction > self.config.max_reward_failure_fraction:
+            raise AgroError(f"step {self.step}: {result.failures} of {len(todo)} reward calls failed "
+                            f"({result.errors} errors, {result.timeouts} timeouts, {result.non_finite} non-finite), "
+                            f"above max_reward_failure_fraction {self.config.max_reward_failure_fraction}")
+        return {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
+                "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
+
+    def _logprobs(self, model, gens: list[Generation]) -> list[torch.Tensor]:
+        """Per-token log-probs of each generation's completion under `model`, in mini-batches."""
+        out = []
+        for start in range(0, len(gens), self.config.mini_batch_size):
+            chunk = gens[start : start + self.config.mini_batch_size]
+            batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
+                            self.tokenizer.pad_token_id, self.accelerator.device)
+            lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                                     self.config.logprob_chunk_size).float().cpu()
+            out.extend(lp[i, : len(g.completion_ids)] for i, g in enumerate(chunk))
+        return out
+
+    @torch.inference_mode()
+    def _reference_logprobs(self, gens: list[Generation]) -> None:
+        """Fill the cached π_ref log-probs of generations that have none."""
+        todo = [g for g in gens if g.ref_logprobs is None]
+        if not todo:
+            return
+        if self.ref_model is not None:
+            values = self._logprobs(self.ref_model, todo)
+        else:
+            with self.policy.disable_adapter():
+                values = self._logprobs(self.policy, todo)
+        for g, v in zip(todo, values):
+            g.ref_logprobs = v.clone()
+
+    def _assemble(self, keys: list[str], on_policy: list[Generation]) -> list[Generation]:
+        """Groups: on-policy samples + offline records + replayed samples of the same prompt."""
+        c = self.config
+        rng = torch.Generator().manual_seed(c.seed * 7919 + self.step * 104_729 + self.rank)
+        by_key = defaultdict(list)
+        for g in on_policy:
+            by_key[g.group].append(g)
+        batch = []
+        for key in keys:
+            offline = self.offline_by_group.get(key, [])
+            if offline and c.offline_per_group:
+                pick = torch.randperm(len(offline), generator=rng)[: c.offline_per_group].tolist()
+                by_key[key] += [offline[i] for i in pick]
+            by_key[key] += self.replay.sample(key, self.step, c.replay_per_group, rng)
+            batch += by_key[key]
+        return batch
+
+    def _tensors(self, gens: list[Generation], keys: list[str], logprobs_now: list[torch.Tensor]) -> dict:
+        width = max(len(g.completion_ids) for g in gens)
+        group_index = {k: i for i, k in enumerate(keys)}
+        mask = _padded([torch.ones(len(g.completion_ids)) for g in gens], width)
+        now = _padded(logprobs_now, width)
+        behavior = [g.behavior_logprobs if g.behavior_logprobs is not None else lp
+                    for g, lp in zip(gens, logprobs_now)]
+        return {
+            "ref_logprobs": _padded([g.ref_logprobs for g in gens], width),
+            "mask": mask,
+            "rewards": torch.tensor([g.reward for g in gens], dtype=torch.float32),
+            "group_ids": torch.tensor([group_index[g.group] for g in gens]),
+            "weights": torch.tensor([g.weight for g in gens], dtype=torch.float32),
+            "old_logprobs": now,
+            "behavior_logprobs": _padded(behavior, width),
+            "logprobs_now": now,
+        }
+
+    def _backward(self, gens: list[Generation], t: dict) -> objectives.LossOutput:
+        """Exact full-batch gradient, accumulated over mini-batches.
+
+        The objective sees the whole local batch; only one mini-batch's rows carry gradient at a
+        time, so the advantages (which need every generation of a group) are exact and the summed
+        gradient equals the full-batch gradient.
+        """
+        c = self.config
+        device = self.accelerator.device
+        t = {k: v.to(device) for k, v in t.items()}
+        starts = list(range(0, len(gens), c.mini_batch_size))
+        counts = self.accelerator.gather(torch.tensor([len(starts)], device=device))
+        rounds = int(counts.max().item())  # every process runs the same number of backward passes
+        output = None
+        for j in range(rounds):
+            start = starts[min(j, len(starts) - 1)]
+            chunk = gens[start : start + c.mini_batch_size]
+            batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
+                            self.tokenizer.pad_token_id, device)
+            sync = nullcontext() if j == rounds - 1 else self.accelerator.no_sync(self.model)
+            with sync:
+                lp = completion_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                         batch.num_completion_tokens, c.logprob_chunk_size).float()
+                width = t["mask"].shape[1]
+                lp = torch.nn.functional.pad(lp, (0, max(0, width - lp.shape[1])))[:, :width]
+                rows = torch.arange(start, start + len(chunk), device=device)
+                logprobs = t["logprobs_now"].index_put((rows,), lp)
+                out = objective_loss(c, {**t, "logprobs": logprobs})
+                scale = 1.0 if j < len(starts) else 0.0  # extra rounds only keep collectives in step
+                self.accelerator.backward(out.loss * scale)
+            if j == 0:
+                output = out
+        return output
+
+    def _optimizer_step(self) -> dict[str, float]:
+        c = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if c.max_grad_norm > 0:
+            grad_norm = float(self.accelerator.clip_grad_norm_(params, c.max_grad_norm))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack(
+                [p.grad.detach().norm() for p in params if p.grad is not None])))
+        lr = self.scheduler.get_last_lr()[0]
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": grad_norm, "learning_rate": lr, "skipped_update": 1.0}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": grad_norm, "learning_rate": lr, "skipped_update": 0.0}
+
+    def train_step(self) -> dict[str, float]:
+        c = self.config
+        times = {}
+        t0 = time.perf_counter()
+        keys = self._next_prompts()
+        on_policy = self._rollout(keys)
+        times["time_generation"] = time.perf_counter() - t0
+        gens = self._assemble(keys, on_policy)
+        t1 = time.perf_counter()
+        reward_metrics = self._score(gens)
+        times["time_reward"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        self._reference_logprobs(gens)
+        times["time_reference"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            logprobs_now = self._logprobs(self.model, gens)
+        for g, lp in zip(on_policy, logprobs_now[: len(on_policy)]):
+            g.behavior_logprobs = lp  # the sampling policy's log-probs, for importance weights and replay
+        tensors = self._tensors(gens, keys, logprobs_now)
+        out = self._backward(gens, tensors)
+        times["time_policy"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        loss = float(self.accelerator.reduce(out.loss.detach().reshape(1), "mean").item())
+        if math.isfinite(loss):
+            opt = self._optimizer_step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            opt = {"grad_norm": float("nan"), "learning_rate": self.scheduler.get_last_lr()[0], "skipped_update": 1.0}
+        times["time_optimizer"] = time.perf_counter() - t1
+        self.step += 1
+        if c.replay_per_group:
+            self.replay.add(on_policy)
+            self.replay.evict(self.step)
+        elapsed = time.perf_counter() - t0
+        tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
+        metrics = {"step": self.step, "loss": loss, **opt, **reward_metrics, **times, "time_step": elapsed,
+                   "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
+        metrics.update({f"objective/{k}": v for k, v in out.metrics.items()})
+        metrics.update(self._source_metrics(gens, tensors))
+        return metrics
+
+    @staticmethod
+    def _source_metrics(gens: list[Generation], t: dict) -> dict[str, float]:
+        """Reward mean, generation length and count per source; KL to π_ref from on-policy samples."""
+        delta = ((t["logprobs_now"] - t["ref_logprobs"]) * t["mask"]).sum(-1).cpu()
+        metrics = {"log_ratio_mean": float(delta.mean())}
+        for source in SOURCES:
+            idx = [i for i, g in enumerate(gens) if g.source == source]
+            if idx:
+                metrics[f"reward/{source}"] = sum(gens[i].reward for i in idx) / len(idx)
+                metrics[f"length/{source}"] = sum(len(gens[i].completion_ids) for i in idx) / len(idx)
+                metrics[f"count/{source}"] = float(len(idx))
+                if source == "on_policy":
+                    metrics["kl"] = float(delta[idx].mean())  # E_π[log π/π_ref], unbiased on-policy
+        return metrics
+
+    # ------------------------------------------------------------------ loop, checkpoints, eval
+
+    def _trainer_state(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "position": self.position,
+                "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
+
+    def save_checkpoint(self) -> Path | None:
+        acc = self.accelerator
+        staging = self.output_dir / f".tmp-checkpoint-{self.step}"
+        if acc.is_main_process:
+            checkpoint.staging_dir(self.output_dir, self.step)
+        acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            self.policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank)
+        acc.wait_for_everyone()
+        path = None
+        if acc.is_main_process:
+            path = checkpoint.publish(staging, self.output_dir, self.step, self.config.save_total_limit)
+        acc.wait_for_everyone()
+        return path
+
+    def _resume(self) -> None:
+        path = checkpoint.list_checkpoints(self.output_dir)[-1]
+        policy = self.policy
+        if self.config.use_peft:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(policy, load_file(path / "adapter_model.safetensors"))
+        else:
+            from safetensors.torch import load_file
+
+            files = sorted(path.glob("model*.safetensors"))
+            state = {}
+            for f in files:
+                state.update(load_file(f))
+            missing, unexpected = policy.load_state_dict(state, strict=False)
+            if unexpected or [m for m in missing if "lm_head" not in m]:
+                raise AgroError(f"{path}: checkpoint does not match the model ({len(missing)} missing, "
+                                f"{len(unexpected)} unexpected tensors)")
+            policy.tie_weights()
+        state = checkpoint.load_states(path, self.optimizer, self.scheduler, self.rank)
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.nonfinite_run = state["nonfinite_run"]
+        self.replay.load_state(state["replay"])
+
+    def _handle_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def train(self) -> dict:
+        """Run to `max_steps`; returns the last step's metrics (and the final evaluation if any)."""
+        c, acc = self.config, self.accelerator
+        main = acc.is_main_process
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.output_dir / "config.yaml")
+            for report in self.data_reports:
+                if report.skipped or report.duplicates:
+                    tqdm.write(report.summary())
+        writer = self._open_loggers() if main else None
+        previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        eval_problems = self._eval_problems()
+        last: dict = {}
+        try:
+            if eval_problems and self.step == 0:
+                self._log(writer, {"step": 0, **self._evaluate(eval_problems)})
+            bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)
+            while self.step < c.max_steps:
+                metrics = self.train_step()
+                metrics["skipped_records"] = float(self.skipped_records)
+                self._check_finite(metrics)
+                if eval_problems and c.eval_steps and self.step % c.eval_steps == 0 and self.step < c.max_steps:
+                    metrics.update(self._evaluate(eval_problems))
+                if self.step % c.logging_steps == 0 or self.step == c.max_steps:
+                    self._log(writer, metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics.get('reward/on_policy', metrics.get('objective/reward_mean', 0)):.3f}",
+                                kl=f"{metrics.get('kl', metrics['log_ratio_mean']):.4f}", loss=f"{metrics['loss']:.4f}")
+                last = metrics
+                if c.save_steps and self.step % c.save_steps == 0 and self.step < c.max_steps:
+                    self.save_checkpoint()
+                if self._stop_signal is not None:
+                    self.save_checkpoint()
+                    tqdm.write(f"agro: received signal {self._stop_signal}; checkpoint saved at step {self.step}")
+                    return last
+            bar.close()
+            self.save_checkpoint()
+            if eval_problems:
+                last.update(self._evaluate(eval_problems))
+                self._log(writer, {"step": self.step, **{k: v for k, v in last.items() if k.startswith("eval/")}})
+            self.save_final()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.scorer.close()
+            if writer is not None:
+                writer.close()
+        return last
+
+    def _check_finite(self, metrics: dict) -> None:
+        if metrics["skipped_update"]:
+            self.nonfinite_run += 1
+            tqdm.write(f"agro: step {self.step}: non-finite loss or gradient, update skipped")
+            if self.nonfinite_run >= self.config.max_nonfinite_steps:
+                path = self.save_checkpoint()
+                raise AgroError(f"step {self.step}: {self.nonfinite_run} consecutive non-finite steps "
+                                f"(max_nonfinite_steps); last checkpoint kept at {path}")
+        else:
+            self.nonfinite_run = 0
+
+    def save_final(self) -> Path:
+        """`final/`: a model loadable with `from_pretrained` (LoRA merged into the base weights)."""
+        final = self.output_dir / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            policy = _merged_copy(self.policy) if self.config.use_peft else self.policy
+            staging = checkpoint.staging_dir(self.output_dir, "final")
+            policy.save_pretrained(staging, safe_serialization=True)
+            self.tokenizer.save_pretrained(staging)
+            checkpoint.replace_dir(staging, final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    # ------------------------------------------------------------------ logging and evaluation
+
+    def _open_loggers(self):
+        loggers = {"jsonl": open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")}
+        if "tensorboard" in self.config.report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            loggers["tensorboard"] = SummaryWriter(str(self.output_dir / "tensorboard"))
+        if "wandb" in self.config.report_to:
+            try:
+                import wandb
+
+                loggers["wandb"] = wandb.init(project="agro", dir=str(self.output_dir), config=self.config.to_dict())
+            except ImportError:
+                tqdm.write("agro: report_to includes wandb but wandb is not installed; skipping it")
+        return _Loggers(loggers)
+
+    def _log(self, writer, metrics: dict) -> None:
+        if writer is not None:
+            writer.write(metrics)
+
+    def _eval_problems(self) -> list[data.Problem]:
+        c = self.config
+        if not c.eval_data:
+            return []
+        problems, report = data.load_problems(c.eval_data, format=c.train_data_format, template=c.prompt_template,
+                                              require_answer=True, on_bad_record=c.on_bad_record,
+                                              split=c.dataset_split)
+        if c.eval_max_problems:
+            problems = problems[: c.eval_max_problems]
+        return problems
+
+    def _evaluate(self, problems: list[data.Problem]) -> dict[str, float]:
+        result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
+                          batch_size=self.config.generation_batch_size)
+        return {"eval/accuracy": result["accuracy"]}
+
+
+class _Loggers:
+    """metrics.jsonl (one line per logged step), TensorBoard and wandb when asked."""
+
+    def __init__(self, loggers: dict):
+        self.loggers = loggers
+
+    def write(self, metrics: dict) -> None:
+        self.loggers["jsonl"].write(json.dumps(metrics) + "\n")
+        self.loggers["jsonl"].flush()
+        step = int(metrics["step"])
+        if "tensorboard" in self.loggers:
+            for k, v in metrics.items():
+                if k != "step" and isinstance(v, int | float):
+                    self.loggers["tensorboard"].add_scalar(k, v, step)
+        if "wandb" in self.loggers:
+            self.loggers["wandb"].log(metrics, step=step)
+
+    def close(self) -> None:
+        self.loggers["jsonl"].close()
+        if "tensorboard" in self.loggers:
+            self.loggers["tensorboard"].close()
+        if "wandb" in self.loggers:
+            self.loggers["wandb"].finish()
+
+
+def _merged_copy(peft_model):
+    """The base model with LoRA merged in, leaving the training model untouched."""
+    import copy
+
+    return copy.deepcopy(peft_model).merge_and_unload()

@@ -190,7 +190,8 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("train_data", "is required for on-policy generation (or give offline_data to take prompts from)")
     if config.replay_per_group > 0 and config.num_generations == 0:
         fail("replay_per_group", "replays on-policy generations, but num_generations is 0")
-    if config.num_generations == 1 and config.offline_per_group + config.replay_per_group == 0:
+    joining = (config.offline_per_group if config.offline_data else 0) + config.replay_per_group
+    if config.num_generations == 1 and joining == 0:
         fail("num_generations", f"must be ≥ 2 with the group baseline of objective '{config.objective}', got 1")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")

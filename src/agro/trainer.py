@@ -145,15 +145,14 @@ class Trainer:
             raise AgroError("no usable prompts: every record was skipped or the data is empty")
         self.skipped_records = sum(len(r.skipped) for r in self.data_reports)
 
-    def _bad(self, where: str, field: str, reason: str, report: data.DataReport | None = None) -> bool:
-        """A bad record: raise (on_bad_record: error) or count it and return True (skip)."""
+    def _bad(self, where: str, field: str, reason: str, report: data.DataReport | None = None) -> None:
+        """A bad record: raise it (on_bad_record: error) or count it as skipped."""
         file, _, line = where.rpartition(":")
         err = data.DataError(file, int(line) if line.isdigit() else None, field, reason)
         if self.config.on_bad_record == "error":
             raise err
         if report is not None:
             report.skipped.append(err)
-        return True
 
     def _add_prompt(self, prompt, answer, where: str, field: str, report=None) -> str | None:
         key = data.prompt_key(prompt)
@@ -216,6 +215,11 @@ class Trainer:
         else:
             self.ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
             self.ref_model.requires_grad_(False).eval().to(self.accelerator.device)
+        context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        if context is not None and c.max_prompt_length + c.max_completion_length > context:
+            raise AgroError(f"config: key 'max_completion_length': max_prompt_length + max_completion_length = "
+                            f"{c.max_prompt_length + c.max_completion_length} exceeds the model's context "
+                            f"(max_position_embeddings {context})")
         if c.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.eval()  # dropout off: the log-probs of a sequence are a deterministic function of the weights

@@ -1,0 +1,236 @@
+"""The trainer end to end on a tiny locally-built model: regimes, checkpoints, resume, final/, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from agro.cli import main
+from agro.config import load_config
+from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems, solve
+from agro.trainer import Trainer
+
+REWARD = f"{Path(__file__).parent / 'trainer_rewards.py'}:digit_fraction"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = build_model(ArithmeticTask(hidden_size=32, num_layers=1, num_heads=2), tokenizer)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    problems = generate_problems(12, seed=0, split="train")
+    with open(root / "train.jsonl", "w") as f:
+        for p in problems:
+            f.write(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n")
+    with open(root / "two.jsonl", "w") as f:  # a prompt set that repeats every step, for replay
+        for p in problems[:2]:
+            f.write(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n")
+    with open(root / "offline.jsonl", "w") as f:
+        for i, p in enumerate(problems):
+            right = solve(p)
+            for k in range(4):  # exactly 4 distinct records per prompt: equal group sizes
+                completion = right if k == 0 else right.replace("A=", "A=" + str(k))
+                f.write(json.dumps({"prompt": p.prompt, "completion": completion, "answer": p.answer,
+                                    "reward": 1.0 if k == 0 else 0.0}) + "\n")
+    return root
+
+
+def overrides(assets, out, **extra):
+    base = {
+        "model_name_or_path": assets / "model", "train_data": assets / "train.jsonl", "prompt_template": "raw",
+        "reward_function": REWARD, "max_completion_length": 32, "num_generations": 3, "prompts_per_step": 2,
+        "max_steps": 2, "learning_rate": 1e-2, "output_dir": out, "save_steps": 1, "offline_per_group": 0,
+        "mini_batch_size": 5, "report_to": "none", "seed": 3, "max_prompt_length": 32,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+REGIMES = {
+    "on_policy": {},
+    "offline_only": {"num_generations": 0, "offline_data": "OFF", "offline_per_group": 3, "train_data": "null"},
+    "mixed": {"offline_data": "OFF", "offline_per_group": 2, "offline_weight": 0.5},
+    "replay": {"replay_per_group": 2, "replay_max_staleness": 2, "max_steps": 3, "train_data": "TWO"},
+}
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_regimes_train_log_checkpoint_and_reload(assets, tmp_path, regime):
+    out = tmp_path / "run"
+    files = {"OFF": assets / "offline.jsonl", "TWO": assets / "two.jsonl"}
+    extra = {k: files.get(v, v) for k, v in REGIMES[regime].items()}
+    config = load_config(None, overrides(assets, out, **extra))
+    last = Trainer(config).train()
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, config.max_steps + 1))
+    for r in rows:
+        assert all(k in r for k in ("loss", "log_ratio_mean", "tokens_per_s", "learning_rate",
+                                    "objective/advantage_mean", "time_generation", "time_policy"))
+        assert all(isinstance(v, float | int) for v in r.values())
+    sources = {k.split("/")[1] for r in rows for k in r if k.startswith("count/")}
+    expected = {"on_policy": {"on_policy"}, "offline_only": {"offline"}, "mixed": {"on_policy", "offline"},
+                "replay": {"on_policy", "replay"}}[regime]
+    assert sources == expected
+    if regime != "offline_only":
+        assert rows[0]["count/on_policy"] == 6 and "kl" in rows[0]
+        assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # first step: policy == reference
+        assert abs(rows[-1]["kl"]) > 0  # the policy moved
+    if regime == "replay":
+        assert "count/replay" not in rows[0] and rows[1]["count/replay"] >= 1
+    if regime == "offline_only":
+        assert rows[0]["count/offline"] == 6 and rows[0]["reward/offline"] == pytest.approx(1 / 3)
+    assert last["step"] == config.max_steps
+    ckpts = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    assert ckpts == [f"checkpoint-{config.max_steps - 1}", f"checkpoint-{config.max_steps}"]  # save_total_limit 2
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+    state = json.loads((out / ckpts[-1] / "trainer_state.json").read_text())
+    assert state["step"] == config.max_steps
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    trained = load_file(out / ckpts[-1] / "model.safetensors")
+    for name, tensor in final.state_dict().items():
+        if name in trained:
+            torch.testing.assert_close(tensor, trained[name], rtol=0, atol=0)
+    initial = AutoModelForCausalLM.from_pretrained(assets / "model").state_dict()
+    assert any(not torch.equal(initial[n], t) for n, t in final.state_dict().items())
+
+
+def final_weights(out):
+    return load_file(out / "final" / "model.safetensors")
+
+
+def test_resume_is_bit_exact(assets, tmp_path):
+    extra = {"max_steps": 4, "save_steps": 2, "offline_data": assets / "offline.jsonl", "offline_per_group": 1,
+             "replay_per_group": 1, "lr_scheduler_type": "linear", "warmup_steps": 1}
+    straight = tmp_path / "straight"
+    Trainer(load_config(None, overrides(assets, straight, **extra))).train()
+
+    broken = tmp_path / "broken"
+    first = Trainer(load_config(None, overrides(assets, broken, **extra)))
+    first.output_dir.mkdir(parents=True)
+    for _ in range(2):
+        first.train_step()
+    first.save_checkpoint()
+    first.scorer.close()
+    (broken / "config.yaml").write_text("")  # the interrupted run had started
+    torch.manual_seed(12345)  # a fresh process would not share the first one's RNG
+    Trainer(load_config(None, overrides(assets, broken, **extra)), resume=True).train()
+    a, b = final_weights(straight), final_weights(broken)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    tail = [r["loss"] for r in read_metrics(straight)][2:]
+    assert [r["loss"] for r in read_metrics(broken)] == tail
+
+
+def test_two_processes_match_one(assets, tmp_path):
+    """accelerate --cpu with 2 processes, offline-only, fixed seed: same loss trajectory as 1 process."""
+    common = {"num_generations": 0, "offline_data": assets / "offline.jsonl", "offline_per_group": 4,
+              "train_data": "null", "prompts_per_step": 4, "max_steps": 3, "save_steps": 0, "mini_batch_size": 3}
+    losses = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(procs),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agro.cli", "train"]
+        for item in overrides(assets, out, **common):
+            cmd += ["--set", item]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        losses[procs] = [r["loss"] for r in read_metrics(out)]
+    assert len(losses[1]) == 3
+    assert losses[1] == pytest.approx(losses[2], rel=1e-4, abs=1e-6)
+    assert losses[1][0] != pytest.approx(losses[1][-1], abs=1e-6)  # training moved the loss
+
+
+def run_cli(args, capsys):
+    rc = main(args)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("beta: 0.1\nlearning_rat: 0.1\n", "cfg.yaml:5: unknown key 'learning_rat' (did you mean 'learning_rate'?)"),
+        ("beta: -1\n", "cfg.yaml:4: key 'beta': must be > 0"),
+        ("num_generations: two\n", "cfg.yaml:4: key 'num_generations': expected an integer"),
+        ("num_generations: 1\n", "key 'num_generations': must be ≥ 2 with the group baseline"),
+        ("objective: ppo\n", "key 'objective': must be one of"),
+        ("beta: [1\n", "cfg.yaml:5: invalid YAML"),
+    ],
+)
+def test_bad_config_one_line_exit_2_nothing_written(assets, tmp_path, capsys, yaml_text, message):
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model_name_or_path: {assets / 'model'}\ntrain_data: {assets / 'train.jsonl'}\n"
+                   f"output_dir: {out}\n" + yaml_text + "max_steps: 1\nmax_prompt_length: 16\n"
+                   "max_completion_length: 16\n")
+    rc, err = run_cli(["train", str(cfg)], capsys)
+    assert rc == 2
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def write_offline(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize(
+    "bad_row, message",
+    [
+        ('{"prompt": "12+13+14=", "completion": "A=39", "reward": NaN}', "off.jsonl:2: field 'reward'"),
+        ({"prompt": "12+13+14=", "completion": "   "}, "off.jsonl:2: field 'completion'"),
+        ({"prompt": "1+" * 300 + "1=", "completion": "A=301"}, "off.jsonl:2: field 'prompt': prompt has"),
+        ({"completion": "A=3"}, "off.jsonl:2: field 'prompt'"),
+    ],
+)
+def test_bad_offline_record_errors_or_is_skipped(assets, tmp_path, capsys, bad_row, message):
+    off = tmp_path / "off.jsonl"
+    write_offline(off, [{"prompt": "11+12+13=", "completion": "11+12=23;23+13=36;A=36", "answer": "36"}, bad_row])
+    out = tmp_path / "run"
+    args = ["train", *sum((["--set", s] for s in overrides(
+        assets, out, num_generations=0, offline_data=off, offline_per_group=2, train_data="null", max_steps=1,
+        max_prompt_length=30)), [])]
+    rc, err = run_cli(args, capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+    rc, _ = run_cli([*args, "--set", "on_bad_record=skip"], capsys)
+    assert rc == 0
+    assert read_metrics(out)[0]["skipped_records"] == 1
+
+
+def test_context_too_long_for_model(assets, tmp_path, capsys):
+    args = ["train", *sum((["--set", s] for s in overrides(assets, tmp_path / "run", max_prompt_length=60)), [])]
+    rc, err = run_cli(args, capsys)
+    assert rc == 2 and "exceeds the model's context (max_position_embeddings 64)" in err
+
+
+def test_model_path_that_is_not_a_model(tmp_path, capsys, assets):
+    (tmp_path / "notamodel").mkdir()
+    args = ["train", *sum((["--set", s] for s in overrides(assets, tmp_path / "run")), [])]
+    rc, err = run_cli([*args, "--set", f"model_name_or_path={tmp_path / 'notamodel'}"], capsys)
+    assert rc == 2 and "notamodel: cannot load" in err and err.count("\n") == 1
+
+
+def test_existing_run_is_not_overwritten(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("precious: true\n")
+    args = ["train", *sum((["--set", s] for s in overrides(assets, out)), [])]
+    rc, err = run_cli(args, capsys)
+    assert rc == 2 and "already holds a run" in err
+    assert (out / "config.yaml").read_text() == "precious: true\n"

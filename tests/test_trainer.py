@@ -35,7 +35,7 @@ def assets(tmp_path_factory):
         for p in problems[:2]:
             f.write(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n")
     with open(root / "offline.jsonl", "w") as f:
-        for i, p in enumerate(problems):
+        for p in problems:
             right = solve(p)
             for k in range(4):  # exactly 4 distinct records per prompt: equal group sizes
                 completion = right if k == 0 else right.replace("A=", "A=" + str(k))

@@ -1,0 +1,152 @@
+import copy
+
+import peft
+import pytest
+import torch
+from torch import nn
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GraniteConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from agro.logprobs import completion_logprobs, logit_softcap, naive_token_logprobs, token_logprobs
+
+V, H = 100, 64
+TINY = dict(
+    vocab_size=V,
+    hidden_size=H,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+
+
+def tiny(cls, config_cls, **kw):
+    torch.manual_seed(0)
+    if cls is GPT2LMHeadModel:  # absolute position embeddings: wrong position ids would show
+        config = config_cls(vocab_size=V, n_embd=H, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    else:
+        config = config_cls(**TINY, **kw)
+    return cls(config).eval()
+
+
+def head_inputs(B=3, T=7, bias=False):
+    torch.manual_seed(0)
+    head = nn.Linear(H, V, bias=bias)
+    return torch.randn(B, T, H, requires_grad=True), head, torch.randint(0, V, (B, T))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 5, 21, 1024])
+def test_chunked_matches_naive_values_and_grads(chunk_size):
+    hidden, head, targets = head_inputs(bias=True)
+    g = torch.randn(targets.shape)
+
+    ref = naive_token_logprobs(head(hidden), targets)
+    (ref * g).sum().backward()
+    ref_grads = [hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()]
+    hidden.grad = head.weight.grad = head.bias.grad = None
+
+    out = token_logprobs(hidden, head, targets, chunk_size=chunk_size)
+    assert out.shape == targets.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    (out * g).sum().backward()
+    for got, want in zip([hidden.grad, head.weight.grad, head.bias.grad], ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_inference_mode_and_softcap():
+    hidden, head, targets = head_inputs()
+    with torch.inference_mode():
+        out = token_logprobs(hidden, head, targets, chunk_size=4, softcap=2.0)
+        ref = naive_token_logprobs(2.0 * torch.tanh(head(hidden) / 2.0), targets)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def batch(B=3, P=5, C=4, seed=1):
+    """Left-padded prompts + right-padded completions: (input_ids, attention_mask) of width P + C."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (B, P + C), generator=g)
+    mask = torch.ones(B, P + C, dtype=torch.long)
+    for b in range(1, B):
+        mask[b, : min(b, P - 1)] = 0  # left padding of the prompt
+        mask[b, P + C - b :] = 0  # right padding of the completion
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    "cls,config_cls,kw",
+    [
+        (LlamaForCausalLM, LlamaConfig, {}),
+        (Qwen2ForCausalLM, Qwen2Config, {}),
+        (Gemma2ForCausalLM, Gemma2Config, {"final_logit_softcapping": 0.5}),  # small cap: tanh matters
+    ],
+)
+def test_completion_logprobs_matches_full_forward(cls, config_cls, kw):
+    model = tiny(cls, config_cls, **kw)
+    ids, _ = batch()
+    C = 4
+    with torch.no_grad():
+        ref = naive_token_logprobs(model(ids).logits[:, -C - 1 : -1], ids[:, -C:])
+        out = completion_logprobs(model, ids, torch.ones_like(ids), C, chunk_size=5)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cls,config_cls", [(LlamaForCausalLM, LlamaConfig), (GPT2LMHeadModel, GPT2Config)])
+def test_left_padding_matches_unpadded_rows(cls, config_cls):
+    model = tiny(cls, config_cls)
+    ids, mask = batch()
+    C = 4
+    out = completion_logprobs(model, ids, mask, C)
+    out.sum().backward()  # gradients through padded rows stay finite
+    assert all(p.grad.isfinite().all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        for b in range(ids.shape[0]):
+            keep = mask[b].bool()
+            n = int(keep[-C:].sum())
+            row = completion_logprobs(model, ids[b, keep][None], mask[b, keep][None], n)
+            torch.testing.assert_close(out[b, :n], row[0], atol=1e-5, rtol=0)
+
+
+def test_lora_disable_adapter_gives_base_logprobs():
+    model = tiny(LlamaForCausalLM, LlamaConfig)
+    ids, mask = batch()
+    with torch.no_grad():
+        base = completion_logprobs(copy.deepcopy(model), ids, mask, 4)
+    lora = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+    )
+    with torch.no_grad():
+        policy = completion_logprobs(lora, ids, mask, 4)
+        with lora.disable_adapter():
+            ref = completion_logprobs(lora, ids, mask, 4)
+    torch.testing.assert_close(ref, base, atol=1e-5, rtol=0)
+    assert (policy - base).abs().max() > 1e-3
+
+
+def test_logit_softcap_reads_config_and_refuses_rescaling():
+    assert logit_softcap(LlamaConfig()) is None
+    assert logit_softcap(Gemma2Config(final_logit_softcapping=30.0)) == 30.0
+    assert logit_softcap(GraniteConfig()) is None  # logits_scaling = 1 is a no-op
+    with pytest.raises(NotImplementedError, match="logits_scaling"):
+        logit_softcap(GraniteConfig(logits_scaling=8.0))
+
+
+def test_backward_keeps_only_chunk_inputs():
+    """With grad enabled, autograd saves the [chunk, H] inputs of each chunk and nothing V-wide."""
+    hidden, head, targets = head_inputs()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.shape) or x, lambda x: x):
+        token_logprobs(hidden, head, targets, chunk_size=4)
+    assert saved and all(V not in shape for shape in saved)

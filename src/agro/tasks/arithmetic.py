@@ -1,0 +1,334 @@
+"""Multi-step integer arithmetic: the built-in task for `agro demo`.
+
+A prompt is an expression such as ``47+38-19=``; a completion is a worked solution,
+``47+38=85;85-19=66;A=66``, followed by EOS. The reward is 1 when the number after ``A=``
+equals the gold answer.
+
+The reference policy π_ref is a tiny Llama trained from scratch on worked solutions in which,
+at each step that needs a carry (addition) or a borrow (subtraction) out of the units column,
+that carry/borrow is dropped with probability ``error_rate``. So π_ref's greedy answer is wrong on
+most problems that need a carry, while the correct step stays in its support at temperature 1:
+exactly what on-policy RL can fix quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+CHARS = "0123456789+-=;A"
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """Task, model and warm-up settings; their hash keys the on-disk cache."""
+
+    num_operands: int = 3
+    first_range: tuple[int, int] = (10, 99)  # first operand ~ U[lo, hi]
+    operand_range: tuple[int, int] = (10, 99)  # every other operand ~ U[lo, hi]
+    ops: str = "+-"
+    heldout_fraction: float = 0.1  # share of all problems reserved for held-out, by prompt hash
+    error_rate: float = 0.6  # P(drop a needed carry/borrow) in warm-up solutions
+    num_heldout: int = 500
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    max_positions: int = 64
+    train_steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+
+    def settings_hash(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str  # "47+38-19="
+    answer: str  # "66"
+    operands: tuple[int, ...]
+    ops: str
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def _split_of(prompt: str, heldout_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
+    return "heldout" if h < heldout_fraction else "train"
+
+
+def _make_problem(operands: list[int], ops: str) -> Problem | None:
+    """The problem, or None when some intermediate result is too small for every error path to stay ≥ 0."""
+    value, margin = operands[0], 10 * len(ops)
+    for op, x in zip(ops, operands[1:]):
+        value = value + x if op == "+" else value - x
+        if value < margin:
+            return None
+    prompt = str(operands[0]) + "".join(op + str(x) for op, x in zip(ops, operands[1:])) + "="
+    return Problem(prompt, str(value), tuple(operands), ops)
+
+
+def generate_problems(n: int, seed: int, split: str, task: ArithmeticTask | None = None) -> list[Problem]:
+    """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    task = task or ArithmeticTask()
+    rng = random.Random(f"{seed}-{split}")
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for _ in range(1000 * n + 1000):
+        if len(problems) == n:
+            return problems
+        operands = [rng.randint(*task.first_range)]
+        operands += [rng.randint(*task.operand_range) for _ in range(task.num_operands - 1)]
+        ops = "".join(rng.choice(task.ops) for _ in range(task.num_operands - 1))
+        p = _make_problem(operands, ops)
+        if p is None or p.prompt in seen or _split_of(p.prompt, task.heldout_fraction) != split:
+            continue
+        seen.add(p.prompt)
+        problems.append(p)
+    raise ValueError(f"could not draw {n} distinct {split} problems from {task}")
+
+
+def needs_carry(x: int, op: str, y: int) -> bool:
+    """Whether x op y carries (+) or borrows (-) out of the units column."""
+    return (x % 10 + y % 10 >= 10) if op == "+" else (x % 10 < y % 10)
+
+
+def solve(problem: Problem, drop: list[bool] | None = None) -> str:
+    """The worked solution; step i drops its carry/borrow when drop[i] (only where one is needed)."""
+    value, steps = problem.operands[0], []
+    for i, (op, x) in enumerate(zip(problem.ops, problem.operands[1:])):
+        result = value + x if op == "+" else value - x
+        if drop is not None and drop[i] and needs_carry(value, op, x):
+            result += -10 if op == "+" else 10
+        steps.append(f"{value}{op}{x}={result}")
+        value = result
+    return ";".join(steps) + f";A={value}"
+
+
+def imperfect_solution(problem: Problem, error_rate: float, rng: random.Random) -> tuple[str, bool]:
+    """A worked solution that drops each needed carry/borrow with prob error_rate; (text, dropped_any)."""
+    text = solve(problem, [rng.random() < error_rate for _ in problem.ops])
+    return text, text != solve(problem)
+
+
+def parse_answer(completion: str) -> str | None:
+    """The integer after the last 'A=', or None when missing or malformed."""
+    _, sep, tail = completion.rpartition("A=")
+    tail = tail.strip()
+    if not sep or not tail.lstrip("-").isdigit():
+        return None
+    return str(int(tail))
+
+
+def reward(prompt: str, completion: str, answer: str | None) -> float:
+    """1.0 when the completion's final answer equals the gold answer, else 0.0."""
+    got = parse_answer(completion)
+    return float(answer is not None and got is not None and got == str(int(answer)))
+
+
+# ----------------------------------------------------------------------------- tokenizer and model
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over the task's characters; prompts get no special tokens."""
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def build_model(task: ArithmeticTask, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=task.hidden_size,
+        intermediate_size=4 * task.hidden_size,
+        num_hidden_layers=task.num_layers,
+        num_attention_heads=task.num_heads,
+        num_key_value_heads=task.num_heads,
+        max_position_embeddings=task.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def max_new_tokens(problems: list[Problem]) -> int:
+    """Generation budget: the longest correct solution plus EOS and one token of slack."""
+    return max(len(solve(p)) for p in problems) + 2
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+def _batch(tokenizer, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, ...]:
+    """Right-padded input ids, attention mask and labels (-100 outside completion + EOS)."""
+    rows = []
+    for p, c in zip(prompts, completions):
+        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ci = tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((pi + ci, [-100] * len(pi) + ci))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, mask, labels
+
+
+def _train(model, tokenizer, task: ArithmeticTask, seed: int, log_every: int = 0) -> None:
+    rng = random.Random(f"{seed}-warmup")
+    problems = generate_problems(task.train_steps * task.batch_size, seed, "train", task)
+    opt = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=task.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / task.warmup_steps) * max(0.0, 1 - s / task.train_steps)
+    )
+    model.train()
+    for step in range(task.train_steps):
+        batch = problems[step * task.batch_size : (step + 1) * task.batch_size]
+        completions = [imperfect_solution(p, task.error_rate, rng)[0] for p in batch]
+        ids, mask, labels = _batch(tokenizer, [p.prompt for p in batch], completions)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if log_every and step % log_every == 0:
+            print(f"warm-up step {step:5d}  loss {loss.item():.4f}", flush=True)
+    model.eval()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def generate_completions(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 256, **gen_kwargs
+) -> list[str]:
+    """Completions (text up to EOS) for each prompt; greedy unless sampling kwargs are given."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **({"do_sample": False} | gen_kwargs),
+            )
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256) -> float:
+    """Greedy accuracy over problems."""
+    prompts = [p.prompt for p in problems]
+    completions = generate_completions(model, tokenizer, prompts, max_new_tokens(problems), batch_size)
+    return sum(reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
+
+
+def sample_accuracy(
+    model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0, batch_size: int = 256
+) -> tuple[float, float]:
+    """(mean@k, pass@k) with k = num_samples completions per problem sampled at `temperature`."""
+    prompts = [p.prompt for p in problems for _ in range(num_samples)]
+    completions = generate_completions(
+        model, tokenizer, prompts, max_new_tokens(problems), batch_size, do_sample=True, temperature=temperature, top_k=0, top_p=1.0
+    )
+    r = torch.tensor([reward(pr, c, problems[i // num_samples].answer) for i, (pr, c) in enumerate(zip(prompts, completions))])
+    r = r.view(len(problems), num_samples)
+    return r.mean().item(), r.max(dim=1).values.mean().item()
+
+
+# ----------------------------------------------------------------------------- build and cache
+
+
+def build_reference_policy(
+    out_dir: str | Path, seed: int = 0, task: ArithmeticTask | None = None, log_every: int = 0
+) -> Path:
+    """Train π_ref on imperfect solutions; write model, tokenizer and task.json into out_dir."""
+    task = task or ArithmeticTask()
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    start = time.time()
+    tokenizer = build_tokenizer()
+    model = build_model(task, tokenizer)
+    _train(model, tokenizer, task, seed, log_every)
+    build_s = time.time() - start
+    heldout = generate_problems(task.num_heldout, seed, "heldout", task)
+    accuracy = evaluate_greedy(model, tokenizer, heldout)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    meta = {
+        "task": dataclasses.asdict(task),
+        "settings_hash": task.settings_hash(),
+        "seed": seed,
+        "heldout_greedy_accuracy": accuracy,
+        "train_seconds": round(build_s, 1),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out_dir / "task.json").write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def _is_complete(path: Path, task: ArithmeticTask, seed: int) -> bool:
+    try:
+        meta = json.loads((path / "task.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("settings_hash") == task.settings_hash() and meta.get("seed") == seed
+
+
+def load_or_build_reference_policy(
+    cache_dir: str | Path, seed: int = 0, task: ArithmeticTask | None = None, log_every: int = 0
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, Path]:
+    """(model, tokenizer, path) of π_ref, built into cache_dir/<settings hash>-seed<seed> unless already there."""
+    task = task or ArithmeticTask()
+    path = Path(cache_dir) / f"arithmetic-{task.settings_hash()}-seed{seed}"
+    if not _is_complete(path, task, seed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+        try:
+            build_reference_policy(tmp, seed, task, log_every)
+            shutil.rmtree(path, ignore_errors=True)
+            tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, path

@@ -234,3 +234,26 @@ def test_existing_run_is_not_overwritten(assets, tmp_path, capsys):
     rc, err = run_cli(args, capsys)
     assert rc == 2 and "already holds a run" in err
     assert (out / "config.yaml").read_text() == "precious: true\n"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(assets, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "agro.cli", "train"]
+    for item in overrides(assets, out, max_steps=1000, save_steps=0):
+        cmd += ["--set", item]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    ckpts = [p for p in out.iterdir() if p.name.startswith("checkpoint-")]
+    assert len(ckpts) == 1
+    step = json.loads((ckpts[0] / "trainer_state.json").read_text())["step"]
+    assert 1 <= step < 1000
+    assert len(read_metrics(out)) == step

@@ -132,9 +132,14 @@ class HFGenerator:
 
 
 def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
-                   gpu_memory_utilization: float = 0.3):
+                   gpu_memory_utilization: float = 0.3, model_name_or_path: str | None = None,
+                   max_model_len: int | None = None):
+    """`hf`: transformers generate; `vllm`: a colocated vLLM engine (optional extra, GPU only)."""
     if backend == "hf":
         return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size)
+    if backend != "vllm":
+        raise AgroError(f"unknown generation backend {backend!r}; choose hf or vllm")
     from agro.vllm_backend import VLLMGenerator
 
-    return VLLMGenerator(tokenizer, max_new_tokens, temperature, top_p, gpu_memory_utilization)
+    return VLLMGenerator(tokenizer, max_new_tokens, temperature, top_p, gpu_memory_utilization,
+                         model_name_or_path=model_name_or_path, max_model_len=max_model_len)

@@ -99,7 +99,8 @@ class Trainer:
         self._load_models()
         self.generator = make_generator(config.generation_backend, self.tokenizer, config.max_completion_length,
                                         config.temperature, config.top_p, config.generation_batch_size,
-                                        config.vllm_gpu_memory_utilization)
+                                        config.vllm_gpu_memory_utilization, config.model_name_or_path,
+                                        config.max_prompt_length + config.max_completion_length)
         self.scorer = RewardScorer(config.reward_function, timeout=config.reward_timeout,
                                    num_workers=config.reward_workers)
         self.replay = ReplayBuffer(config.replay_max_staleness, config.replay_weight)

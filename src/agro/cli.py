@@ -129,7 +129,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-completion-length", type=int, default=512, help="maximum generated tokens")
     p.add_argument("--max-problems", type=int, default=0, help="evaluate the first N problems (0: all)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
-    p.add_argument("--backend", default="hf", help="hf | vllm")
+    p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="hf | vllm")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -138,8 +140,18 @@ def _add_eval(sub) -> None:
 
 
 def _load_eval_problems(args):
+    """Check the flags `agro eval` and `agro generate` share, then load the problem set."""
     from agro import data
 
+    for flag in ("num_samples", "num_generations", "max_completion_length", "batch_size"):
+        if getattr(args, flag, 1) < 1:
+            raise AgroError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.max_problems < 0:
+        raise AgroError(f"--max-problems must be ≥ 0 (0: all), got {args.max_problems}")
+    if not args.temperature > 0:
+        raise AgroError(f"--temperature must be > 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise AgroError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.format not in data.PROBLEM_FORMATS:
         raise AgroError(f"--format must be one of {', '.join(data.PROBLEM_FORMATS)}, got {args.format!r}")
     if args.prompt_template not in data.TEMPLATES:
@@ -156,22 +168,19 @@ def _run_eval(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from agro.evaluate import evaluate
+    from agro.evaluate import evaluate, load_for_inference
     from agro.rollout import make_generator
-    from agro.trainer import load_model, load_tokenizer
 
-    if args.num_samples < 1:
-        raise AgroError(f"--num-samples must be at least 1, got {args.num_samples}")
     problems = _load_eval_problems(args)
-    torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, "float32", args.trust_remote_code)
-    generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature, args.top_p,
-                               args.batch_size)
-    with _scorer(args.reward, args.reward_timeout) as scorer:
+    with _scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
+        tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
+        torch.manual_seed(args.seed)
+        generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature,
+                                   args.top_p, args.batch_size, model_name_or_path=args.model)
         result = evaluate(model, tokenizer, problems, scorer, args.max_completion_length,
-                          num_samples=args.num_samples, greedy=args.num_samples == 1, generator=generator)
+                          num_samples=args.num_samples, generator=generator)
     result["model"], result["data"] = args.model, args.data
+    result["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "out", "command")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     k = result["num_samples"]
@@ -220,6 +229,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
     p.add_argument("--source", default=None, help="source tag (default: the model path)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.set_defaults(func=_run_generate)

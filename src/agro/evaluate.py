@@ -1,47 +1,77 @@
 """Accuracy on held-out problems: greedy accuracy, or pass@k and mean@k from k samples.
 
-    pass@k = fraction of problems with at least one correct sample among k
-    mean@k = mean reward over all k samples of all problems
+    pass@k   = fraction of problems with at least one correct sample among k
+    mean@k   = fraction of correct samples over all k samples of all problems
+    accuracy = greedy accuracy (k = 1), mean@k otherwise
+    by_category: per category, greedy accuracy (k = 1) or pass@k
+
+A sample is correct when its reward is above 0.5 (the built-in rewards are 0 or 1).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
+
 from agro.data import Problem, prompt_key
+from agro.errors import AgroError
 from agro.rewards import RewardScorer
 from agro.rollout import HFGenerator, encode_prompt, prompt_text
 
+UNCATEGORIZED = "uncategorized"
+
+
+def load_for_inference(path: str, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False):
+    """(tokenizer, eval-mode model on `device`) for `agro eval` and `agro generate`; "auto" picks cuda if any."""
+    from agro.trainer import load_model, load_tokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        target = torch.device(device)
+    except RuntimeError as err:
+        raise AgroError(f"--device {device!r}: {err}") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise AgroError(f"--device {device!r}: no CUDA device is available")
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    model = load_model(path, dtype, trust_remote_code)
+    return tokenizer, model.to(target).eval()
+
 
 def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, max_new_tokens: int,
-             num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = True,
+             num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, greedy: bool | None = None,
              batch_size: int = 64, generator=None) -> dict:
-    """Score `num_samples` completions per problem (one greedy completion when `greedy`)."""
-    k = 1 if greedy else num_samples
+    """Score `num_samples` completions per problem; greedy (one completion) by default when num_samples is 1."""
+    greedy = num_samples == 1 if greedy is None else greedy
+    if greedy and num_samples != 1:
+        raise ValueError(f"greedy decoding gives one completion per problem, got num_samples={num_samples}")
+    k = num_samples
     generator = generator or HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size)
     prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
     completions = generator.generate(model, prompts, k, do_sample=not greedy)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-    result = scorer.score([prompt_text(tokenizer, p.prompt) for p in problems for _ in range(k)], texts,
-                          [p.answer for p in problems for _ in range(k)])
+    shown = [prompt_text(tokenizer, p.prompt) for p in problems]
+    result = scorer.score([s for s in shown for _ in range(k)], texts, [p.answer for p in problems for _ in range(k)])
     per_problem = [result.rewards[i * k : (i + 1) * k] for i in range(len(problems))]
     correct = [[r > 0.5 for r in rs] for rs in per_problem]
     by_category: dict[str, list[bool]] = defaultdict(list)
     for p, c in zip(problems, correct):
-        by_category[p.category or "all"].append(any(c))
-    summary = {
+        by_category[p.category or UNCATEGORIZED].append(any(c))
+    n = max(1, len(problems))
+    mean_at_k = sum(sum(c) for c in correct) / (n * k)
+    return {
         "num_problems": len(problems),
         "num_samples": k,
         "greedy": greedy,
-        "accuracy": sum(c[0] for c in correct) / max(1, len(problems)),
-        f"pass@{k}": sum(any(c) for c in correct) / max(1, len(problems)),
-        f"mean@{k}": sum(sum(c) for c in correct) / max(1, len(problems) * k),
+        "accuracy": mean_at_k,
+        f"pass@{k}": sum(any(c) for c in correct) / n,
+        f"mean@{k}": mean_at_k,
         "reward_failures": result.failures,
         "by_category": {cat: sum(v) / len(v) for cat, v in sorted(by_category.items())},
         "samples": [
-            {"id": p.id, "key": prompt_key(p.prompt), "answer": p.answer, "completions": texts[i * k : (i + 1) * k],
-             "rewards": per_problem[i]}
+            {"id": p.id, "key": prompt_key(p.prompt), "category": p.category, "answer": p.answer,
+             "completions": texts[i * k : (i + 1) * k], "rewards": per_problem[i]}
             for i, p in enumerate(problems)
         ],
     }
-    return summary

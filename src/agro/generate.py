@@ -19,6 +19,7 @@ from agro.rollout import HFGenerator, collate, encode_prompt, prompt_text
 @torch.no_grad()
 def generate_records(model, tokenizer, problems: list[Problem], num_generations: int, generator: HFGenerator,
                      source: str, scorer=None, batch_size: int = 64) -> list[OfflineRecord]:
+    device = next(model.parameters()).device
     prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
     completions = generator.generate(model, prompts, num_generations)
     owners = [problems[i // num_generations] for i in range(len(completions))]
@@ -27,7 +28,7 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
     for start in range(0, len(completions), batch_size):
         ids = completions[start : start + batch_size]
         batch = collate([prompts[(start + j) // num_generations] for j in range(len(ids))], ids,
-                        tokenizer.pad_token_id)
+                        tokenizer.pad_token_id, device)
         lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
         logprobs += [lp[j, : len(c)].tolist() for j, c in enumerate(ids)]
     rewards = [None] * len(texts)
@@ -45,14 +46,14 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
 def write_generations(args, problems: list[Problem]) -> int:
     """Generate per the `agro generate` flags and write the JSONL atomically; returns the record count."""
     from agro.cli import _scorer
-    from agro.trainer import load_model, load_tokenizer
+    from agro.evaluate import load_for_inference
 
-    torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, "float32", args.trust_remote_code).eval()
-    generator = HFGenerator(tokenizer, args.max_completion_length, args.temperature, args.top_p, args.batch_size)
-    scorer = _scorer(args.reward, args.reward_timeout) if args.reward else None
+    scorer = _scorer(args.reward, args.reward_timeout) if args.reward else None  # a bad spec fails first
     try:
+        tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
+        torch.manual_seed(args.seed)
+        generator = HFGenerator(tokenizer, args.max_completion_length, args.temperature, args.top_p,
+                                args.batch_size)
         records = generate_records(model, tokenizer, problems, args.num_generations, generator,
                                    args.source or str(args.model), scorer, args.batch_size)
     finally:

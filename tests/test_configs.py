@@ -1,0 +1,69 @@
+"""Every shipped config loads and validates; a broken copy fails naming the file, line and key."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agro.config import load_config
+from agro.errors import AgroError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GPU_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml")
+
+
+def test_the_gpu_configs_exist():
+    assert {p.name for p in GPU_CONFIGS} >= {"qwen2.5-0.5b-math.yaml", "qwen2.5-1.5b-math.yaml",
+                                            "llama3-8b-math-mixed.yaml"}
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.name)
+def test_gpu_config_validates_and_documents_itself(path):
+    config = load_config(path)
+    assert config.torch_dtype == "bfloat16"
+    assert config.prompt_template == "chat" and config.reward_function == "math"
+    assert config.max_completion_length == 1024 and config.eval_data
+    assert config.prompts_per_step % 8 == 0  # splits evenly over 1, 2, 4 or 8 processes
+    text = path.read_text(encoding="utf-8")
+    header = text.split("\n\n", 1)[0]
+    assert all(line.startswith("#") for line in header.splitlines()), "the file must open with a comment block"
+    assert f"accelerate launch --num_processes 1 -m agro.cli train configs/{path.name}" in header
+    assert "ESTIMATE" in header and re.search(r"peak ≈ .* ≈ \d+ GB", header)
+    assert "://" not in text and "huggingface.co" not in text
+
+
+def test_llama_config_mixes_on_policy_and_offline_data():
+    config = load_config(CONFIGS / "llama3-8b-math-mixed.yaml")
+    assert config.num_generations > 0 and config.offline_data and config.offline_per_group > 0
+    assert config.use_peft
+
+
+def test_demo_config_validates_once_the_demo_fills_in_its_paths(tmp_path):
+    with pytest.raises(AgroError, match="key 'model_name_or_path': is required"):
+        load_config(CONFIGS / "demo.yaml")
+    filled = [f"model_name_or_path={tmp_path / 'model'}", f"train_data={tmp_path / 'train.jsonl'}",
+              f"offline_data={tmp_path / 'off.jsonl'}", f"eval_data={tmp_path / 'heldout.jsonl'}",
+              f"output_dir={tmp_path / 'run'}", "max_completion_length=24"]
+    config = load_config(CONFIGS / "demo.yaml", filled)
+    assert config.objective == "agro" and config.offline_per_group > 0
+
+
+@pytest.mark.parametrize(
+    "line, broken, message",
+    [
+        ("learning_rate: 1.0e-6", "learning_rat: 1.0e-6", "unknown key 'learning_rat' (did you mean 'learning_rate'?)"),
+        ("beta: 0.04", "beta: -0.04", "key 'beta': must be > 0"),
+        ("torch_dtype: bfloat16", "torch_dtype: bf16", "key 'torch_dtype': must be one of"),
+        ("num_generations: 8", "num_generations: eight", "key 'num_generations': expected an integer"),
+    ],
+)
+def test_broken_copy_fails_naming_the_key(tmp_path, line, broken, message):
+    text = (CONFIGS / "qwen2.5-0.5b-math.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    number = lines.index(line) + 1
+    copy = tmp_path / "broken.yaml"
+    copy.write_text(text.replace(line, broken), encoding="utf-8")
+    with pytest.raises(AgroError) as info:
+        load_config(copy)
+    assert str(info.value).startswith(f"{copy}:{number}: ")
+    assert message in str(info.value)

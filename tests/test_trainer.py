@@ -13,35 +13,9 @@ from transformers import AutoModelForCausalLM
 
 from agro.cli import main
 from agro.config import load_config
-from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems, solve
 from agro.trainer import Trainer
 
 REWARD = f"{Path(__file__).parent / 'trainer_rewards.py'}:digit_fraction"
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("assets")
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    model = build_model(ArithmeticTask(hidden_size=32, num_layers=1, num_heads=2), tokenizer)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    problems = generate_problems(12, seed=0, split="train")
-    with open(root / "train.jsonl", "w") as f:
-        for p in problems:
-            f.write(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n")
-    with open(root / "two.jsonl", "w") as f:  # a prompt set that repeats every step, for replay
-        for p in problems[:2]:
-            f.write(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n")
-    with open(root / "offline.jsonl", "w") as f:
-        for p in problems:
-            right = solve(p)
-            for k in range(4):  # exactly 4 distinct records per prompt: equal group sizes
-                completion = right if k == 0 else right.replace("A=", "A=" + str(k))
-                f.write(json.dumps({"prompt": p.prompt, "completion": completion, "answer": p.answer,
-                                    "reward": 1.0 if k == 0 else 0.0}) + "\n")
-    return root
 
 
 def overrides(assets, out, **extra):

@@ -72,7 +72,10 @@ def publish(staging: Path, output_dir: Path, step: int, keep: int) -> Path:
     final = replace_dir(staging, output_dir / f"checkpoint-{step}")
     if keep > 0:
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            doomed = old.with_name(f".tmp-delete-{old.name}")  # renamed first: never listed half-deleted
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

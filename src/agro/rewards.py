@@ -325,7 +325,7 @@ class RewardResult:
     def failures(self) -> int:
         return self.errors + self.timeouts + self.non_finite
 
-    def _record(self, index: int, status: str, reward: float, detail: str | None) -> None:
+    def record(self, index: int, status: str, reward: float, detail: str | None) -> None:
         self.rewards[index] = reward if status == "ok" else 0.0
         if status == "ok":
             return
@@ -478,7 +478,7 @@ class RewardScorer:
         result = RewardResult(rewards=[0.0] * len(prompts))
         if self.in_process:
             for index, sample in enumerate(zip(prompts, completions, answers)):
-                result._record(index, *_call_reward(self.fn, *sample))
+                result.record(index, *_call_reward(self.fn, *sample))
         elif prompts:
             self._score_in_workers(prompts, completions, answers, result)
         return result
@@ -529,7 +529,7 @@ class RewardScorer:
                 continue
             if message[0] == "result":
                 _, index, status, reward, detail = message
-                result._record(index, status, reward, detail)
+                result.record(index, status, reward, detail)
                 worker.task, worker.deadline = None, math.inf
             elif message[0] == "ready":
                 worker.ready = True
@@ -539,7 +539,7 @@ class RewardScorer:
         now = time.monotonic()
         for worker in list(waiting.values()):
             if worker.task is not None and now >= worker.deadline:
-                result._record(worker.task, "timeout", 0.0, f"exceeded {self.timeout:g} s")
+                result.record(worker.task, "timeout", 0.0, f"exceeded {self.timeout:g} s")
                 self._replace(worker)
             elif not worker.ready and now >= worker.started_at + WORKER_START_TIMEOUT:
                 self.close()
@@ -555,7 +555,7 @@ class RewardScorer:
             raise RuntimeError(
                 f"reward worker for {self.spec!r} exited during start-up (exit code {exit_code})"
             )
-        result._record(worker.task, "error", 0.0, f"worker process died (exit code {exit_code})")
+        result.record(worker.task, "error", 0.0, f"worker process died (exit code {exit_code})")
         self._replace(worker)
 
     def _replace(self, worker: _Worker) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import signal
 import time
 from collections import defaultdict
@@ -32,15 +34,17 @@ from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.logprobs import completion_logprobs
-from agro.rewards import RewardScorer
+from agro.rewards import RewardResult, RewardScorer
 from agro.rollout import collate, encode_prompt, make_generator, prompt_text
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(path: str, dtype: str, trust_remote_code: bool):
+    """A causal LM from safetensors weights only (pickled `.bin` weights are refused)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                    use_safetensors=True)
     except (OSError, ValueError, KeyError) as err:
         raise AgroError(f"{path}: cannot load a causal LM: {str(err).splitlines()[0]}") from None
 
@@ -108,18 +112,20 @@ class Trainer:
         self.epoch, self.position = 0, 0
         self.nonfinite_run = 0
         self._stop_signal: int | None = None
-        if resume:
+        self.resumed = resume
+        if resume and checkpoint.list_checkpoints(self.output_dir):
             self._resume()
 
     # ------------------------------------------------------------------ setup
 
     def _check_output_dir(self, resume: bool) -> None:
+        """A run killed before its first checkpoint (config.yaml, no checkpoint) resumes from step 0."""
         has_run = (self.output_dir / "config.yaml").exists() or checkpoint.list_checkpoints(self.output_dir)
         if has_run and not resume:
             raise AgroError(f"{self.output_dir}: output_dir already holds a run; pass --resume to continue it "
                             "or choose another output_dir")
-        if resume and not checkpoint.list_checkpoints(self.output_dir):
-            raise AgroError(f"{self.output_dir}: --resume given but there is no checkpoint to resume from")
+        if resume and not has_run:
+            raise AgroError(f"{self.output_dir}: --resume given but there is no run to resume from")
 
     def _load_data(self) -> None:
         c = self.config
@@ -267,17 +273,21 @@ class Trainer:
         return gens
 
     def _score(self, gens: list[Generation]) -> dict[str, float]:
+        """Rewards of generations that have none; failed calls get 0 and are counted (same keys every step)."""
         todo = [g for g in gens if g.reward is None]
-        if not todo:
-            return {"reward_failures": 0.0}
-        result = self.scorer.score([g.prompt for g in todo], [g.completion for g in todo], [g.answer for g in todo])
-        for g, r in zip(todo, result.rewards):
-            g.reward = float(r)
-        fraction = result.failures / len(todo)
-        if fraction > self.config.max_reward_failure_fraction:
-            raise AgroError(f"step {self.step}: {result.failures} of {len(todo)} reward calls failed "
+        result = RewardResult(rewards=[])
+        if todo:
+            result = self.scorer.score([g.prompt for g in todo], [g.completion for g in todo],
+                                       [g.answer for g in todo])
+        for i, (g, r) in enumerate(zip(todo, result.rewards)):
+            if abs(r) > data.MAX_ABS_REWARD:  # the bound offline records have; 1e300 would be inf in float32
+                result.record(i, "non_finite", 0.0, f"returned {r!r}, |reward| > {data.MAX_ABS_REWARD:g}")
+            g.reward = float(result.rewards[i])
+        if todo and result.failures / len(todo) > self.config.max_reward_failure_fraction:
+            raise AgroError(f"step {self.step + 1}: {result.failures} of {len(todo)} reward calls failed "
                             f"({result.errors} errors, {result.timeouts} timeouts, {result.non_finite} non-finite), "
-                            f"above max_reward_failure_fraction {self.config.max_reward_failure_fraction}")
+                            f"above max_reward_failure_fraction {self.config.max_reward_failure_fraction}; "
+                            f"first: {result.first_failure}")
         return {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
                 "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
 
@@ -457,7 +467,11 @@ class Trainer:
                 "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
 
     def save_checkpoint(self) -> Path | None:
+        """`checkpoint-<step>/`, written atomically; a step already saved is not rewritten."""
         acc = self.accelerator
+        existing = self.output_dir / f"checkpoint-{self.step}"
+        if existing.is_dir():
+            return existing
         staging = self.output_dir / f".tmp-checkpoint-{self.step}"
         if acc.is_main_process:
             checkpoint.staging_dir(self.output_dir, self.step)
@@ -498,6 +512,26 @@ class Trainer:
         self.nonfinite_run = state["nonfinite_run"]
         self.replay.load_state(state["replay"])
 
+    def _discard_unsaved(self) -> None:
+        """On resume: drop staging directories and the metrics of steps after the checkpoint (torn lines too)."""
+        for stale in [*self.output_dir.glob(".tmp-*"), *self.output_dir.glob(".old-*")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        path = self.output_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if self.step and isinstance(row, dict) and row.get("step", math.inf) <= self.step:
+                kept.append(line + "\n")
+        partial = path.with_name("metrics.jsonl.partial")
+        partial.write_text("".join(kept), encoding="utf-8")
+        os.replace(partial, path)
+
     def _handle_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
@@ -507,6 +541,9 @@ class Trainer:
         main = acc.is_main_process
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.resumed:
+                self._discard_unsaved()
+                tqdm.write(f"agro: resuming at step {self.step}")
             save_config(c, self.output_dir / "config.yaml")
             for report in self.data_reports:
                 if report.skipped or report.duplicates:
@@ -515,18 +552,18 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         eval_problems = self._eval_problems()
         last: dict = {}
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)
         try:
             if eval_problems and self.step == 0:
                 self._log(writer, {"step": 0, **self._evaluate(eval_problems)})
-            bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)
             while self.step < c.max_steps:
                 metrics = self.train_step()
                 metrics["skipped_records"] = float(self.skipped_records)
-                self._check_finite(metrics)
                 if eval_problems and c.eval_steps and self.step % c.eval_steps == 0 and self.step < c.max_steps:
                     metrics.update(self._evaluate(eval_problems))
                 if self.step % c.logging_steps == 0 or self.step == c.max_steps:
                     self._log(writer, metrics)
+                self._check_finite(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('reward/on_policy', metrics.get('objective/reward_mean', 0)):.3f}",
                                 kl=f"{metrics.get('kl', metrics['log_ratio_mean']):.4f}", loss=f"{metrics['loss']:.4f}")
@@ -544,6 +581,7 @@ class Trainer:
                 self._log(writer, {"step": self.step, **{k: v for k, v in last.items() if k.startswith("eval/")}})
             self.save_final()
         finally:
+            bar.close()  # ends the progress line, so an error message starts a line of its own
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.scorer.close()

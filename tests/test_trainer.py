@@ -231,3 +231,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(assets, tmp_path):
     step = json.loads((ckpts[0] / "trainer_state.json").read_text())["step"]
     assert 1 <= step < 1000
     assert len(read_metrics(out)) == step
+
+
+def test_gradient_checkpointing_gives_the_same_step(assets, tmp_path):
+    """Checkpointed activations (train mode, dropout off) must not change the update."""
+    weights = []
+    for flag in (False, True):
+        out = tmp_path / f"gc{flag}"
+        config = load_config(None, overrides(assets, out, max_steps=1, gradient_checkpointing=flag))
+        trainer = Trainer(config)
+        if flag:
+            assert trainer.policy.is_gradient_checkpointing and trainer.policy.training
+        trainer.train()
+        weights.append(final_weights(out))
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-6)

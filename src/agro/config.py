@@ -36,7 +36,6 @@ class TrainConfig:
     use_peft: bool = _f(False, "train LoRA adapters; the reference is the base model with adapters disabled")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
-    lora_dropout: float = _f(0.0, "LoRA dropout")
     lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA adapters")
     # objective
     objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg")
@@ -94,6 +93,7 @@ class TrainConfig:
     save_steps: int = _f(50, "checkpoint every N steps (0: only at the end)")
     save_total_limit: int = _f(2, "keep this many latest checkpoints")
     eval_data: str | None = _f(None, "held-out problem set for periodic evaluation")
+    eval_split: str = _f("test", "split used when eval_data is a datasets hub name")
     eval_steps: int = _f(0, "evaluate every N steps (0: only at start and end when eval_data is set)")
     eval_max_problems: int = _f(0, "evaluate on at most this many problems (0: all)")
     num_threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
@@ -118,7 +118,7 @@ POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_promp
             "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
-                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "lora_dropout")
+                "eval_steps", "eval_max_problems", "num_threads", "epsilon")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 

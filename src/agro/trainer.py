@@ -188,13 +188,15 @@ class Trainer:
                 key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
                 if key is None:
                     continue
-            ids = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"] + [eos]
+            ids = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"]
+            if len(ids) < c.max_completion_length:
+                ids = ids + [eos]  # a completion that fills the budget was cut there, as generation would be
             if len(ids) > c.max_completion_length:
                 self._bad(where, "completion", f"completion has {len(ids)} tokens, more than max_completion_length "
                           f"{c.max_completion_length}", report)
                 continue
             behavior = None
-            if r.behavior_logprobs is not None:
+            if c.objective == "is_pg" and r.behavior_logprobs is not None:  # only is_pg reads them
                 if len(r.behavior_logprobs) not in (len(ids), len(ids) - 1):
                     self._bad(where, "behavior_logprobs", f"has {len(r.behavior_logprobs)} values for "
                               f"{len(ids) - 1} completion tokens", report)
@@ -216,7 +218,7 @@ class Trainer:
         if c.use_peft:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+            model = get_peft_model(model, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=0.0,
                                                      target_modules=c.lora_target_modules, task_type="CAUSAL_LM"))
             self.ref_model = None  # the reference is the same weights with adapters disabled
         else:
@@ -227,9 +229,12 @@ class Trainer:
             raise AgroError(f"config: key 'max_completion_length': max_prompt_length + max_completion_length = "
                             f"{c.max_prompt_length + c.max_completion_length} exceeds the model's context "
                             f"(max_position_embeddings {context})")
-        if c.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model.eval()  # dropout off: the log-probs of a sequence are a deterministic function of the weights
+        # Dropout off: a sequence's log-probs must be a deterministic function of the weights (Δ, ratios).
+        model.eval()
+        if c.gradient_checkpointing:  # transformers checkpoints layers only in train mode: train mode, no dropout
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _disable_dropout(model)
+            model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                       weight_decay=c.weight_decay)
@@ -638,9 +643,8 @@ class Trainer:
         c = self.config
         if not c.eval_data:
             return []
-        problems, report = data.load_problems(c.eval_data, format=c.train_data_format, template=c.prompt_template,
-                                              require_answer=True, on_bad_record=c.on_bad_record,
-                                              split=c.dataset_split)
+        problems, _ = data.load_problems(c.eval_data, format=c.train_data_format, template=c.prompt_template,
+                                         require_answer=True, on_bad_record=c.on_bad_record, split=c.eval_split)
         if c.eval_max_problems:
             problems = problems[: c.eval_max_problems]
         return problems
@@ -674,6 +678,17 @@ class _Loggers:
             self.loggers["tensorboard"].close()
         if "wandb" in self.loggers:
             self.loggers["wandb"].finish()
+
+
+def _disable_dropout(model) -> None:
+    """Zero every dropout probability: nn.Dropout modules and the config fields attention layers read."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        for name, value in vars(config).items():
+            if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+                setattr(config, name, 0.0)
 
 
 def _merged_copy(peft_model):

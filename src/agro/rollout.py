@@ -106,7 +106,7 @@ class HFGenerator:
             return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, **common)
         return GenerationConfig(do_sample=False, **common)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, model, prompts: list[list[int]], num_generations: int = 1, do_sample: bool = True
                  ) -> list[list[int]]:
         """`num_generations` completions per prompt, prompt-major order, each cut after its first EOS."""

@@ -308,6 +308,23 @@ class Trainer:
             out.extend(lp[i, : len(g.completion_ids)] for i, g in enumerate(chunk))
         return out
 
+    def _policy_logprobs(self, gens: list[Generation]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The policy's detached per-token log-probs of `gens`, and the graph-attached [B, C] tensor.
+
+        When one backward round takes every generation (one process, one mini-batch) the pass runs with
+        grad and `_backward` reuses its graph instead of repeating the forward pass (same values: the
+        kernels do not depend on grad mode). Otherwise it is a no-grad pass and the tensor is None.
+        """
+        if self.world > 1 or len(gens) > self.config.mini_batch_size:
+            with torch.no_grad():
+                return self._logprobs(self.model, gens), None
+        batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
+                        self.tokenizer.pad_token_id, self.accelerator.device)
+        lp = completion_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                 batch.num_completion_tokens, self.config.logprob_chunk_size).float()
+        values = lp.detach().cpu()
+        return [values[i, : len(g.completion_ids)] for i, g in enumerate(gens)], lp
+
     @torch.inference_mode()
     def _reference_logprobs(self, gens: list[Generation]) -> None:
         """Fill the cached π_ref log-probs of generations that have none."""
@@ -357,12 +374,14 @@ class Trainer:
             "logprobs_now": now,
         }
 
-    def _backward(self, gens: list[Generation], t: dict) -> objectives.LossOutput:
+    def _backward(self, gens: list[Generation], t: dict,
+                  graph: torch.Tensor | None = None) -> objectives.LossOutput:
         """Exact full-batch gradient, accumulated over mini-batches.
 
         The objective sees the whole local batch; only one mini-batch's rows carry gradient at a
         time, so the advantages (which need every generation of a group) are exact and the summed
-        gradient equals the full-batch gradient.
+        gradient equals the full-batch gradient. `graph`: the policy's log-probs of the single
+        mini-batch, already computed with grad by `_policy_logprobs`.
         """
         c = self.config
         device = self.accelerator.device
@@ -374,12 +393,15 @@ class Trainer:
         for j in range(rounds):
             start = starts[min(j, len(starts) - 1)]
             chunk = gens[start : start + c.mini_batch_size]
-            batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
-                            self.tokenizer.pad_token_id, device)
             sync = nullcontext() if j == rounds - 1 else self.accelerator.no_sync(self.model)
             with sync:
-                lp = completion_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                         batch.num_completion_tokens, c.logprob_chunk_size).float()
+                if graph is not None:
+                    lp = graph
+                else:
+                    batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
+                                    self.tokenizer.pad_token_id, device)
+                    lp = completion_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                             batch.num_completion_tokens, c.logprob_chunk_size).float()
                 width = t["mask"].shape[1]
                 lp = torch.nn.functional.pad(lp, (0, max(0, width - lp.shape[1])))[:, :width]
                 rows = torch.arange(start, start + len(chunk), device=device)
@@ -423,12 +445,11 @@ class Trainer:
         self._reference_logprobs(gens)
         times["time_reference"] = time.perf_counter() - t1
         t1 = time.perf_counter()
-        with torch.no_grad():
-            logprobs_now = self._logprobs(self.model, gens)
+        logprobs_now, graph = self._policy_logprobs(gens)
         for g, lp in zip(on_policy, logprobs_now[: len(on_policy)]):
             g.behavior_logprobs = lp  # the sampling policy's log-probs, for importance weights and replay
         tensors = self._tensors(gens, keys, logprobs_now)
-        out = self._backward(gens, tensors)
+        out = self._backward(gens, tensors, graph)
         times["time_policy"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         loss = float(self.accelerator.reduce(out.loss.detach().reshape(1), "mean").item())

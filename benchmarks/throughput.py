@@ -1,0 +1,266 @@
+"""Training throughput on CPU: agro (`objective: grpo` and `objective: agro`) against TRL's GRPOTrainer.
+
+    python benchmarks/throughput.py            # 3M and 11M models, 8 prompts x 8 generations, 32 tokens
+    python benchmarks/throughput.py --quick    # small smoke run
+    python benchmarks/throughput.py --no-trl   # agro only (TRL is the optional `bench` extra)
+
+Both sides train the same tiny Llama (built by `agro.tasks.arithmetic`, saved locally, float32) on
+the same arithmetic prompts with the same dense reward, `num_generations` completions per prompt,
+AdamW (lr 1e-5, no weight decay, clip 1.0, constant schedule), beta 0.04, one forward/backward over
+the whole batch per step, no vLLM, no evaluation, no logging or checkpoints. TRL runs with
+`bf16=False, gradient_checkpointing=False` (its defaults are True: bf16 autocast on CPU and recomputed
+activations are not the same work; `--trl-defaults` keeps them). The saved model's generation config
+sets `min_new_tokens = max_new_tokens` (and never samples the padding token), so every completion on
+both sides is exactly `completion_length` tokens (the mean lengths are reported to show it). Unless
+OMP_WAIT_POLICY is set, the script restarts itself with OMP_WAIT_POLICY=PASSIVE (see `main`).
+
+Steps are interleaved in one process: TRL, agro grpo, agro agro, TRL, ... (TRL's own `train()` loop
+runs, and a callback at the end of each of its steps runs one step of each agro trainer and one
+dense-matmul peak measurement, so that load from other processes hits every side alike). The first
+`--warmup` steps of each side are not measured.
+
+    tokens/s = prompt + completion tokens of the generations trained on, per wall-second of a full step
+               (generation, reward, reference, policy forward/backward, optimizer: everything)
+
+For TRL the step time is the wall time between the ends of consecutive TRL steps minus the time the
+callback spent on the other sides. `train_flops_per_s` is 6 * parameters * tokens / agro's
+policy-update time (`time_policy`, objective agro; median over steps), `matmul_peak_flops_per_s` the
+best float32 `torch.matmul` of two 2048 x 2048 matrices (1024 with --quick) in each round (median over
+rounds), same thread count. Last line printed: one JSON object, per model size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from agro.rewards import load_reward_function
+
+if TYPE_CHECKING:
+    from agro.trainer import Trainer
+
+# agro's reward workers are spawned processes, which re-import this script: the modules that pull in
+# transformers are imported inside the functions that need them, so that the workers start light.
+
+SIZES = {"3M": dict(hidden_size=256, num_layers=3, num_heads=4),
+         "11M": dict(hidden_size=416, num_layers=4, num_heads=8)}
+FULL = dict(prompts_per_step=8, num_generations=8, completion_length=32, warmup=2, steps=6, matmul_n=2048)
+QUICK = dict(prompts_per_step=2, num_generations=8, completion_length=16, warmup=1, steps=1, matmul_n=1024)
+LEARNING_RATE, BETA, SEED = 1e-5, 0.04, 0
+REWARD = f"{Path(__file__).with_name('bench_reward.py')}:digit_fraction"
+
+
+def build_assets(root: Path, size: str, completion_length: int) -> tuple[Path, list[str], int]:
+    """Save the model (always `completion_length` new tokens) and prompts; (model dir, prompts, params)."""
+    from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems
+
+    torch.manual_seed(SEED)
+    tokenizer = build_tokenizer()
+    model = build_model(ArithmeticTask(**SIZES[size], max_positions=64), tokenizer)
+    model.generation_config.min_new_tokens = completion_length
+    model.generation_config.suppress_tokens = [tokenizer.pad_token_id]  # agro trims trailing padding
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    prompts = [p.prompt for p in generate_problems(64, seed=SEED, split="train")]
+    with open(root / "train.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
+    return root / "model", prompts, sum(p.numel() for p in model.parameters())
+
+
+def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
+    from agro.config import load_config
+    from agro.trainer import Trainer
+
+    batch = s["prompts_per_step"] * s["num_generations"]
+    settings = {
+        "model_name_or_path": root / "model", "train_data": root / "train.jsonl", "prompt_template": "raw",
+        "reward_function": REWARD, "objective": objective, "beta": BETA,
+        "num_generations": s["num_generations"], "prompts_per_step": s["prompts_per_step"],
+        "max_completion_length": s["completion_length"], "max_prompt_length": 16, "offline_per_group": 0,
+        "learning_rate": LEARNING_RATE, "max_grad_norm": 1.0, "lr_scheduler_type": "constant",
+        "mini_batch_size": batch, "generation_batch_size": batch, "max_steps": 10**6, "save_steps": 0,
+        "report_to": "none", "output_dir": root / f"agro-{objective}", "seed": SEED,
+    }
+    return Trainer(load_config(None, [f"{k}={v}" for k, v in settings.items()]))
+
+
+def trl_trainer(root: Path, prompts: list[str], s: dict, max_steps: int, callback):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        output_dir=str(root / "trl"), use_cpu=True, seed=SEED, max_steps=max_steps,
+        per_device_train_batch_size=s["prompts_per_step"] * s["num_generations"],
+        gradient_accumulation_steps=1,
+        num_generations=s["num_generations"], max_completion_length=s["completion_length"],
+        generation_kwargs={"min_new_tokens": s["completion_length"]}, temperature=1.0, top_p=1.0, top_k=0,
+        learning_rate=LEARNING_RATE, lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0,
+        max_grad_norm=1.0, beta=BETA, epsilon=0.2, loss_type="grpo", disable_dropout=True,
+        # TRL defaults both to True (bf16 autocast, recomputed activations); agro runs float32, no recompute
+        **({} if s["trl_defaults"] else {"bf16": False, "gradient_checkpointing": False}),
+        logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    reward = load_reward_function(REWARD)
+
+    def digit_fraction(prompts, completions, **kwargs) -> list[float]:
+        return [reward(p, c, None) for p, c in zip(prompts, completions)]
+
+    return GRPOTrainer(model=str(root / "model"), reward_funcs=digit_fraction, args=args,
+                       train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer,
+                       callbacks=[callback])
+
+
+def matmul_peak(n: int, repeats: int = 3) -> float:
+    """Best float32 FLOP/s of an n x n matmul over `repeats` runs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+class Interleaved:
+    """Runs one step of every agro trainer and a matmul peak measurement; records all timings."""
+
+    def __init__(self, agro: dict[str, Trainer], warmup: int, matmul_n: int):
+        self.agro, self.warmup, self.matmul_n = agro, warmup, matmul_n
+        self.rounds = 0
+        self.agro_steps: dict[str, list[dict]] = {name: [] for name in agro}
+        self.trl_steps: list[dict] = []
+        self.peaks: list[float] = []
+
+    def round(self) -> None:
+        for name, trainer in self.agro.items():
+            t0 = time.perf_counter()
+            metrics = trainer.train_step()
+            wall = time.perf_counter() - t0
+            if self.rounds >= self.warmup:
+                tokens = round(metrics["tokens_per_s"] * metrics["time_step"])
+                self.agro_steps[name].append({**metrics, "wall": wall, "tokens": tokens})
+        self.peaks.append(matmul_peak(self.matmul_n))
+        self.rounds += 1
+
+
+def make_trl_callback(interleaved: Interleaved):
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        """At the end of each TRL step: record its wall time and tokens, then run the agro steps."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.resumed, self.seen = time.perf_counter(), 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            wall = time.perf_counter() - self.resumed
+            if interleaved.rounds >= interleaved.warmup:
+                lengths = self.trainer._metrics["train"]["completions/mean_length"]
+                interleaved.trl_steps.append({"wall": wall, "tokens": state.num_input_tokens_seen - self.seen,
+                                              "completion_length": lengths[-1]})
+            self.seen = state.num_input_tokens_seen
+            interleaved.round()
+            self.resumed = time.perf_counter()
+
+    return Callback()
+
+
+def summarize(steps: list[dict]) -> dict:
+    wall = sum(s["wall"] for s in steps)
+    return {"tokens_per_s": sum(s["tokens"] for s in steps) / wall, "steps_per_s": len(steps) / wall,
+            "step_s": [round(s["wall"], 2) for s in steps]}
+
+
+def run_size(size: str, s: dict, use_trl: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _, prompts, params = build_assets(root, size, s["completion_length"])
+        agro = {"agro_grpo": agro_trainer(root, "grpo", s), "agro": agro_trainer(root, "agro", s)}
+        interleaved = Interleaved(agro, s["warmup"], s["matmul_n"])
+        try:
+            if use_trl:
+                callback = make_trl_callback(interleaved)
+                trainer = trl_trainer(root, prompts, s, s["warmup"] + s["steps"], callback)
+                callback.trainer = trainer
+                trainer.train()
+            else:
+                for _ in range(s["warmup"] + s["steps"]):
+                    interleaved.round()
+        finally:
+            for trainer in agro.values():
+                trainer.scorer.close()
+    result: dict = {"parameters": params, "measured_steps": s["steps"]}
+    for name, steps in interleaved.agro_steps.items():
+        result.update({f"{name}_{k}": v for k, v in summarize(steps).items()})
+        result[f"{name}_completion_length"] = statistics.mean(m["length/on_policy"] for m in steps)
+    if use_trl:
+        result.update({f"trl_{k}": v for k, v in summarize(interleaved.trl_steps).items()})
+        result["trl_completion_length"] = statistics.mean(m["completion_length"]
+                                                          for m in interleaved.trl_steps)
+        for name in agro:
+            result[f"{name}_over_trl"] = result[f"{name}_tokens_per_s"] / result["trl_tokens_per_s"]
+    steps = interleaved.agro_steps["agro"]
+    phases = ("generation", "reward", "reference", "policy", "optimizer")
+    times = {p: statistics.mean(m[f"time_{p}"] for m in steps) for p in phases}
+    other = statistics.mean(m["wall"] for m in steps) - sum(times.values())
+    result["agro_phases_s"] = {**times, "other": other}
+    result["train_flops_per_s"] = statistics.median(6 * params * m["tokens"] / m["time_policy"]
+                                                    for m in steps)
+    result["matmul_peak_flops_per_s"] = statistics.median(interleaved.peaks)
+    result["train_over_peak"] = result["train_flops_per_s"] / result["matmul_peak_flops_per_s"]
+    return result
+
+
+def main():
+    if "OMP_WAIT_POLICY" not in os.environ:
+        # Waiting OpenMP threads sleep instead of spinning: on a machine shared with other processes,
+        # spinning threads stall every parallel region (generation 10x slower with 2 threads on 2 busy
+        # cores). OpenMP reads it when torch loads, hence the restart; it applies to every side alike.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 tokens, 1 measured step")
+    p.add_argument("--no-trl", action="store_true", help="agro only")
+    p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated, of: " + ", ".join(SIZES))
+    p.add_argument("--steps", type=int, help="measured steps per side")
+    p.add_argument("--warmup", type=int, help="unmeasured steps per side")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--trl-defaults", action="store_true",
+                   help="keep TRL's bf16 autocast and gradient checkpointing (not the same work)")
+    a = p.parse_args()
+    s = dict(QUICK if a.quick else FULL)
+    s.update({k: getattr(a, k) for k in ("steps", "warmup") if getattr(a, k) is not None})
+    s["trl_defaults"] = a.trl_defaults
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    use_trl = not a.no_trl
+    if use_trl:
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            print("trl is not installed (pip install -e '.[bench]'): measuring agro only", flush=True)
+            use_trl = False
+    results = {}
+    for size in a.sizes.split(","):
+        results[size] = run_size(size, s, use_trl)
+        print(json.dumps({size: results[size]}), flush=True)
+    results["config"] = {**s, "threads": torch.get_num_threads(), "trl": use_trl, "torch": torch.__version__,
+                         "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Smoke run of benchmarks/throughput.py --quick, with TRL hidden: the agro side alone, a clean message."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
+
+
+def test_throughput_quick_without_trl(tmp_path):
+    hidden = tmp_path / "trl"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('trl hidden for this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}  # spares the script its restart
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trl is not installed" in proc.stdout
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["config"]["trl"] is False
+    phases = {"generation", "reward", "reference", "policy", "optimizer", "other"}
+    for size in ("3M", "11M"):
+        r = result[size]
+        for key in ("agro_tokens_per_s", "agro_grpo_tokens_per_s", "train_flops_per_s",
+                    "matmul_peak_flops_per_s"):
+            assert r[key] > 0, key
+        assert "trl_tokens_per_s" not in r
+        length = result["config"]["completion_length"]
+        assert r["agro_completion_length"] == r["agro_grpo_completion_length"] == length
+        assert set(r["agro_phases_s"]) == phases

@@ -1,0 +1,66 @@
+"""The trainer's fast path changes no number: one policy forward pass with grad when one mini-batch holds
+the step gives the same losses, metrics and weights as a no-grad pass followed by a forward/backward pass."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from agro.config import load_config
+from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems, solve
+from agro.trainer import Trainer
+
+REWARD = f"{Path(__file__).parent / 'trainer_rewards.py'}:digit_fraction"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = build_model(ArithmeticTask(hidden_size=32, num_layers=1, num_heads=2), tokenizer)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    problems = generate_problems(4, seed=0, split="train")
+    with open(root / "train.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in problems)
+    with open(root / "offline.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": p.prompt, "completion": solve(p), "answer": p.answer,
+                                 "behavior_logprobs": [-1.0] * len(solve(p))}) + "\n" for p in problems)
+    return root
+
+
+def run(assets, out, objective, steps=3):
+    settings = {
+        "model_name_or_path": assets / "model", "train_data": assets / "train.jsonl",
+        "prompt_template": "raw", "reward_function": REWARD, "objective": objective,
+        "max_completion_length": 32, "max_prompt_length": 16,
+        "num_generations": 3, "prompts_per_step": 2, "offline_data": assets / "offline.jsonl",
+        "offline_per_group": 1, "replay_per_group": 1, "learning_rate": 1e-2, "mini_batch_size": 64,
+        "report_to": "none", "save_steps": 0, "output_dir": out, "seed": 1,
+    }
+    trainer = Trainer(load_config(None, [f"{k}={v}" for k, v in settings.items()]))
+    try:
+        metrics = [trainer.train_step() for _ in range(steps)]
+    finally:
+        trainer.scorer.close()
+    return metrics, trainer.policy.state_dict()
+
+
+@pytest.mark.parametrize("objective", ["agro", "grpo", "is_pg"])
+def test_single_policy_pass_changes_nothing(assets, tmp_path, monkeypatch, objective):
+    fast_metrics, fast_weights = run(assets, tmp_path / "fast", objective)
+
+    def two_passes(self, gens):
+        with torch.no_grad():
+            return self._logprobs(self.model, gens), None
+
+    monkeypatch.setattr(Trainer, "_policy_logprobs", two_passes)
+    slow_metrics, slow_weights = run(assets, tmp_path / "slow", objective)
+    skip = ("time_", "tokens_per_s")
+    for fast, slow in zip(fast_metrics, slow_metrics):
+        assert {k: v for k, v in fast.items() if not k.startswith(skip)} == \
+            {k: v for k, v in slow.items() if not k.startswith(skip)}
+    for name, tensor in fast_weights.items():
+        assert torch.equal(tensor, slow_weights[name]), name

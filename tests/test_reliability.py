@@ -114,11 +114,11 @@ def inject(monkeypatch):
     original = Trainer._backward
 
     def arm(faults: dict[int, str]):
-        def backward(self, gens, t):
+        def backward(self, gens, t, graph=None):
             fault = faults.get(self.step + 1)
             if fault == "loss":
                 t = {**t, "rewards": torch.full_like(t["rewards"], math.nan)}
-            out = original(self, gens, t)
+            out = original(self, gens, t, graph)
             if fault == "grad":
                 next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.inf)
             return out

@@ -42,36 +42,53 @@ def demo_config_path() -> Path:
     return path
 
 
+def write_task_data(data_dir: Path, seed: int, task: arithmetic.ArithmeticTask, num_train: int,
+                    num_heldout: int) -> tuple[list[DataProblem], list[DataProblem]]:
+    """train.jsonl and heldout.jsonl (disjoint, deterministic by seed), read back as the trainer reads them."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _write_problems(data_dir / "train.jsonl", arithmetic.generate_problems(num_train, seed, "train", task))
+    _write_problems(data_dir / "heldout.jsonl", arithmetic.generate_problems(num_heldout, seed, "heldout", task))
+    train, _ = load_problems(data_dir / "train.jsonl", template="raw")
+    heldout, _ = load_problems(data_dir / "heldout.jsonl", template="raw")
+    return train, heldout
+
+
+def write_offline(model, tokenizer, problems: list[DataProblem], path: Path, source: str, per_prompt: int,
+                  max_len: int, seed: int) -> list:
+    """`per_prompt` sampled generations of `model` per problem, scored, written as offline records."""
+    torch.manual_seed(seed)
+    with RewardScorer(REWARD, in_process=True) as scorer:
+        records = generate_records(model, tokenizer, problems, per_prompt, HFGenerator(tokenizer, max_len, batch_size=512),
+                                   source=source, scorer=scorer, batch_size=512)
+    write_atomic(path, records)
+    return records
+
+
+def greedy_accuracy(model, tokenizer, problems: list[DataProblem], max_len: int) -> float:
+    with RewardScorer(REWARD, in_process=True) as scorer:
+        return evaluate(model, tokenizer, problems, scorer, max_len, batch_size=512)["accuracy"]
+
+
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path | None = None,
              overrides: list[str] | None = None) -> dict:
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = out_dir / "data"
-    data_dir.mkdir(exist_ok=True)
     task = arithmetic.ArithmeticTask(train_steps=400) if quick else arithmetic.ArithmeticTask()
     cache_dir = cache_dir or Path.home() / ".cache" / "agro" / "demo"
     print(f"[1/4] reference policy π_ref (cache: {cache_dir})", flush=True)
     ref_model, tokenizer, ref_path = arithmetic.load_or_build_reference_policy(cache_dir, seed=seed, task=task,
                                                                                log_every=100)
-    num_heldout = 100 if quick else 300
-    num_train = 256 if quick else 2048
-    _write_problems(data_dir / "train.jsonl", arithmetic.generate_problems(num_train, seed, "train", task))
-    _write_problems(data_dir / "heldout.jsonl", arithmetic.generate_problems(num_heldout, seed, "heldout", task))
-    train_problems, _ = load_problems(data_dir / "train.jsonl", template="raw")
-    heldout, _ = load_problems(data_dir / "heldout.jsonl", template="raw")
+    train_problems, heldout = write_task_data(data_dir, seed, task, 256 if quick else 2048, 100 if quick else 300)
 
     print("[2/4] offline data: π_ref's own generations", flush=True)
     max_len = arithmetic.max_completion_tokens(task)
     offline_path = data_dir / "offline_pi_ref.jsonl"
-    torch.manual_seed(seed)
-    with RewardScorer(REWARD, in_process=True) as scorer:
-        offline_prompts = train_problems[: (64 if quick else 512)]
-        records = generate_records(ref_model, tokenizer, offline_prompts, 2, HFGenerator(tokenizer, max_len),
-                                   source="pi_ref", scorer=scorer)
-        write_atomic(offline_path, records)
-        print(f"      wrote {len(records)} records to {offline_path} "
-              f"(reward mean {sum(r.reward for r in records) / len(records):.3f})", flush=True)
-        ref_eval = _greedy(ref_model, tokenizer, heldout, scorer, max_len)
+    records = write_offline(ref_model, tokenizer, train_problems[: (64 if quick else 512)], offline_path, "pi_ref",
+                            2, max_len, seed)
+    print(f"      wrote {len(records)} records to {offline_path} "
+          f"(reward mean {sum(r.reward for r in records) / len(records):.3f})", flush=True)
+    ref_eval = greedy_accuracy(ref_model, tokenizer, heldout, max_len)
     print(f"      π_ref greedy held-out accuracy: {ref_eval:.3f}", flush=True)
 
     print("[3/4] AGRO on mixed on-policy + offline data", flush=True)
@@ -89,8 +106,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
 
     print("[4/4] held-out evaluation", flush=True)
     final_model = arithmetic.AutoModelForCausalLM.from_pretrained(run_dir / "final")
-    with RewardScorer(REWARD, in_process=True) as scorer:
-        final_eval = _greedy(final_model, tokenizer, heldout, scorer, max_len)
+    final_eval = greedy_accuracy(final_model, tokenizer, heldout, max_len)
     results = {
         "reference_accuracy": ref_eval,
         "final_accuracy": final_eval,
@@ -110,10 +126,6 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
     _print_table(results)
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'demo.png'} in {results['seconds']:.0f} s")
     return results
-
-
-def _greedy(model, tokenizer, problems: list[DataProblem], scorer, max_len: int) -> float:
-    return evaluate(model, tokenizer, problems, scorer, max_len, batch_size=256)["accuracy"]
 
 
 def plot_demo(results: dict, path: Path) -> None:

@@ -1,14 +1,14 @@
 """Multi-step integer arithmetic: the built-in task for `agro demo`.
 
-A prompt is an expression such as ``47+38-19=``; a completion is a worked solution,
-``47+38=85;85-19=66;A=66``, followed by EOS. The reward is 1 when the number after ``A=``
+A prompt is an expression such as ``47+8+6=``; a completion is a worked solution,
+``47+8=55;55+6=61;A=61``, followed by EOS. The reward is 1 when the number after ``A=``
 equals the gold answer.
 
 The reference policy π_ref is a tiny Llama trained from scratch on worked solutions in which,
 at each step that needs a carry (addition) or a borrow (subtraction) out of the units column,
 that carry/borrow is dropped with probability ``error_rate``. So π_ref's greedy answer is wrong on
 most problems that need a carry, while the correct step stays in its support at temperature 1:
-exactly what on-policy RL can fix quickly.
+exactly what RL can fix quickly.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from transformers import (
 CHARS = "0123456789+-=;A"
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 SPLITS = ("train", "heldout")
+BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
 
 
 @dataclass(frozen=True)
@@ -44,30 +45,32 @@ class ArithmeticTask:
 
     num_operands: int = 3
     first_range: tuple[int, int] = (10, 99)  # first operand ~ U[lo, hi]
-    operand_range: tuple[int, int] = (10, 99)  # every other operand ~ U[lo, hi]
-    ops: str = "+-"
+    operand_range: tuple[int, int] = (1, 9)  # every other operand ~ U[lo, hi]
+    ops: str = "+"  # each operator is drawn uniformly from these
     heldout_fraction: float = 0.1  # share of all problems reserved for held-out, by prompt hash
     error_rate: float = 0.6  # P(drop a needed carry/borrow) in warm-up solutions
-    num_heldout: int = 500
-    hidden_size: int = 128
+    num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
+    hidden_size: int = 64
     num_layers: int = 3
     num_heads: int = 4
     max_positions: int = 64
-    train_steps: int = 1500
+    train_steps: int = 600
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 6e-3
     warmup_steps: int = 50
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
 
     def settings_hash(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        blob = json.dumps([BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Problem:
-    prompt: str  # "47+38-19="
-    answer: str  # "66"
+    """One expression, its gold answer, and its parts."""
+
+    prompt: str  # "47+8+6="
+    answer: str  # "61"
     operands: tuple[int, ...]
     ops: str
 
@@ -91,26 +94,30 @@ def _make_problem(operands: list[int], ops: str) -> Problem | None:
     return Problem(prompt, str(value), tuple(operands), ops)
 
 
+def sample_problem(rng: random.Random, split: str, task: ArithmeticTask) -> Problem:
+    """One random problem of the given split."""
+    while True:
+        operands = [rng.randint(*task.first_range)]
+        operands += [rng.randint(*task.operand_range) for _ in range(task.num_operands - 1)]
+        ops = "".join(rng.choice(task.ops) for _ in range(task.num_operands - 1))
+        p = _make_problem(operands, ops)
+        if p is not None and _split_of(p.prompt, task.heldout_fraction) == split:
+            return p
+
+
 def generate_problems(n: int, seed: int, split: str, task: ArithmeticTask | None = None) -> list[Problem]:
     """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     task = task or ArithmeticTask()
     rng = random.Random(f"{seed}-{split}")
-    seen: set[str] = set()
-    problems: list[Problem] = []
-    for _ in range(1000 * n + 1000):
+    problems: dict[str, Problem] = {}
+    for _ in range(100 * n + 1000):
+        p = sample_problem(rng, split, task)
+        problems.setdefault(p.prompt, p)
         if len(problems) == n:
-            return problems
-        operands = [rng.randint(*task.first_range)]
-        operands += [rng.randint(*task.operand_range) for _ in range(task.num_operands - 1)]
-        ops = "".join(rng.choice(task.ops) for _ in range(task.num_operands - 1))
-        p = _make_problem(operands, ops)
-        if p is None or p.prompt in seen or _split_of(p.prompt, task.heldout_fraction) != split:
-            continue
-        seen.add(p.prompt)
-        problems.append(p)
-    raise ValueError(f"could not draw {n} distinct {split} problems from {task}")
+            return list(problems.values())
+    raise ValueError(f"fewer than {n} distinct {split} problems found for {task}")
 
 
 def needs_carry(x: int, op: str, y: int) -> bool:
@@ -137,35 +144,37 @@ def imperfect_solution(problem: Problem, error_rate: float, rng: random.Random) 
 
 
 def parse_answer(completion: str) -> str | None:
-    """The integer after the last 'A=', or None when missing or malformed."""
+    """The text after the last 'A=', up to any special token such as <eos>; None without 'A='."""
     _, sep, tail = completion.rpartition("A=")
-    tail = tail.strip()
-    if not sep or not tail.lstrip("-").isdigit():
-        return None
-    return str(int(tail))
+    return tail.split("<", 1)[0].strip() if sep else None
 
 
 def reward(prompt: str, completion: str, answer: str | None) -> float:
-    """1.0 when the completion's final answer equals the gold answer, else 0.0."""
-    got = parse_answer(completion)
-    return float(answer is not None and got is not None and got == str(int(answer)))
+    """1.0 when the completion's final answer is exactly the gold answer, else 0.0."""
+    return float(answer is not None and parse_answer(completion) == answer.strip())
 
 
 # ----------------------------------------------------------------------------- tokenizer and model
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer over the task's characters; prompts get no special tokens."""
+    """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
     vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *CHARS])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        padding_side="left",
     )
 
 
 def build_model(task: ArithmeticTask, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A freshly initialised tiny Llama sized by task, with tied embeddings."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=task.hidden_size,
@@ -182,8 +191,16 @@ def build_model(task: ArithmeticTask, tokenizer: PreTrainedTokenizerFast) -> Lla
     return LlamaForCausalLM(config)
 
 
-def max_new_tokens(problems: list[Problem]) -> int:
-    """Generation budget: the longest correct solution plus EOS and one token of slack."""
+def max_completion_tokens(task: ArithmeticTask) -> int:
+    """Upper bound on the tokens of any worked solution of the task (correct or not), EOS included."""
+    steps = task.num_operands - 1
+    value_digits = len(str(task.first_range[1] + steps * task.operand_range[1] + 10 * steps))
+    step_chars = 2 * value_digits + len(str(task.operand_range[1])) + 3  # "x+y=r;"
+    return steps * step_chars + 2 + value_digits + 1  # "A=" answer EOS
+
+
+def _max_new_tokens(problems: list[Problem]) -> int:
+    """Generation budget for these problems: the longest correct solution plus EOS and one token of slack."""
     return max(len(solve(p)) for p in problems) + 2
 
 
@@ -208,14 +225,13 @@ def _batch(tokenizer, prompts: list[str], completions: list[str]) -> tuple[torch
 
 def _train(model, tokenizer, task: ArithmeticTask, seed: int, log_every: int = 0) -> None:
     rng = random.Random(f"{seed}-warmup")
-    problems = generate_problems(task.train_steps * task.batch_size, seed, "train", task)
     opt = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=task.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / task.warmup_steps) * max(0.0, 1 - s / task.train_steps)
     )
     model.train()
     for step in range(task.train_steps):
-        batch = problems[step * task.batch_size : (step + 1) * task.batch_size]
+        batch = [sample_problem(rng, "train", task) for _ in range(task.batch_size)]
         completions = [imperfect_solution(p, task.error_rate, rng)[0] for p in batch]
         ids, mask, labels = _batch(tokenizer, [p.prompt for p in batch], completions)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -236,41 +252,48 @@ def _train(model, tokenizer, task: ArithmeticTask, seed: int, log_every: int = 0
 def generate_completions(
     model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 256, **gen_kwargs
 ) -> list[str]:
-    """Completions (text up to EOS) for each prompt; greedy unless sampling kwargs are given."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    """Completions (text up to EOS) for each prompt, left-padded in batches; greedy unless sampling kwargs say."""
     out = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **({"do_sample": False} | gen_kwargs),
-            )
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
+    for i in range(0, len(prompts), batch_size):
+        rows = tokenizer(prompts[i : i + batch_size], add_special_tokens=False)["input_ids"]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **({"do_sample": False} | gen_kwargs),
+        )
+        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     return out
 
 
 def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256) -> float:
     """Greedy accuracy over problems."""
     prompts = [p.prompt for p in problems]
-    completions = generate_completions(model, tokenizer, prompts, max_new_tokens(problems), batch_size)
+    completions = generate_completions(model, tokenizer, prompts, _max_new_tokens(problems), batch_size)
     return sum(reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
 
 
 def sample_accuracy(
-    model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0, batch_size: int = 256
+    model,
+    tokenizer,
+    problems: list[Problem],
+    num_samples: int,
+    temperature: float = 1.0,
+    batch_size: int = 256,
 ) -> tuple[float, float]:
-    """(mean@k, pass@k) with k = num_samples completions per problem sampled at `temperature`."""
+    """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
     prompts = [p.prompt for p in problems for _ in range(num_samples)]
+    answers = [p.answer for p in problems for _ in range(num_samples)]
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     completions = generate_completions(
-        model, tokenizer, prompts, max_new_tokens(problems), batch_size, do_sample=True, temperature=temperature, top_k=0, top_p=1.0
+        model, tokenizer, prompts, _max_new_tokens(problems), batch_size, **sampling
     )
-    r = torch.tensor([reward(pr, c, problems[i // num_samples].answer) for i, (pr, c) in enumerate(zip(prompts, completions))])
+    r = torch.tensor([reward(p, c, a) for p, c, a in zip(prompts, completions, answers)])
     r = r.view(len(problems), num_samples)
     return r.mean().item(), r.max(dim=1).values.mean().item()
 
@@ -289,35 +312,44 @@ def build_reference_policy(
     tokenizer = build_tokenizer()
     model = build_model(task, tokenizer)
     _train(model, tokenizer, task, seed, log_every)
-    build_s = time.time() - start
-    heldout = generate_problems(task.num_heldout, seed, "heldout", task)
-    accuracy = evaluate_greedy(model, tokenizer, heldout)
+    train_s = time.time() - start
+    accuracy = evaluate_greedy(model, tokenizer, generate_problems(task.num_heldout, seed, "heldout", task))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     meta = {
         "task": dataclasses.asdict(task),
         "settings_hash": task.settings_hash(),
         "seed": seed,
-        "heldout_greedy_accuracy": accuracy,
-        "train_seconds": round(build_s, 1),
+        "heldout_greedy_accuracy": accuracy,  # on generate_problems(task.num_heldout, seed, "heldout", task)
+        "train_seconds": round(train_s, 1),
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     (out_dir / "task.json").write_text(json.dumps(meta, indent=2))
     return out_dir
 
 
+def load_task(path: str | Path) -> tuple[ArithmeticTask, dict]:
+    """(settings, full task.json) of a π_ref build."""
+    meta = json.loads((Path(path) / "task.json").read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"].items()}
+    return ArithmeticTask(**fields), meta
+
+
 def _is_complete(path: Path, task: ArithmeticTask, seed: int) -> bool:
     try:
-        meta = json.loads((path / "task.json").read_text())
-    except (OSError, ValueError):
+        meta = load_task(path)[1]
+        return meta["settings_hash"] == task.settings_hash() and meta["seed"] == seed
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    return meta.get("settings_hash") == task.settings_hash() and meta.get("seed") == seed
 
 
 def load_or_build_reference_policy(
     cache_dir: str | Path, seed: int = 0, task: ArithmeticTask | None = None, log_every: int = 0
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, Path]:
-    """(model, tokenizer, path) of π_ref, built into cache_dir/<settings hash>-seed<seed> unless already there."""
+    """(model, tokenizer, path) of π_ref for (task, seed), from cache_dir/arithmetic-<hash>-seed<seed>.
+
+    A missing or incomplete build is built first, in a temporary directory renamed into place.
+    """
     task = task or ArithmeticTask()
     path = Path(cache_dir) / f"arithmetic-{task.settings_hash()}-seed{seed}"
     if not _is_complete(path, task, seed):
@@ -325,10 +357,9 @@ def load_or_build_reference_policy(
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
         try:
             build_reference_policy(tmp, seed, task, log_every)
-            shutil.rmtree(path, ignore_errors=True)
-            tmp.rename(path)
+            if not _is_complete(path, task, seed):  # unless a concurrent build finished first
+                shutil.rmtree(path, ignore_errors=True)
+                tmp.rename(path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer, path
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path

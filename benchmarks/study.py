@@ -1,0 +1,217 @@
+"""AGRO against its baselines on the built-in arithmetic task, in on- and off-policy regimes.
+
+Every run starts from the same π_ref (the demo's), trains with the real trainer for the same
+number of steps and the same number of generations per step (`prompts_per_step` groups of 8),
+and is scored by greedy accuracy on the same held-out problems. Regimes:
+
+    on_policy       8 fresh samples per prompt
+    offline_ref     8 records per prompt sampled from π_ref (no generation at all)
+    offline_weak    8 records per prompt from a weaker policy (a shorter warm-up)
+    offline_strong  8 records per prompt from a stronger policy (warm-up with fewer dropped carries)
+    mixed           4 fresh samples + 4 π_ref records per prompt
+    stale           4 fresh samples + 4 replayed samples of the same prompt, 1 to `staleness` steps old
+
+Each finished run is appended to `runs.jsonl` in --out (so an interrupted study keeps its
+results); the table (`study.md`) and plot (`study.png`) are made from that file.
+
+    python benchmarks/study.py --seeds 0 1 2 --out docs/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from agro.config import load_config
+from agro.demo import demo_config_path, greedy_accuracy, write_offline, write_task_data
+from agro.logprobs import completion_logprobs
+from agro.rollout import HFGenerator, collate, encode_prompt
+from agro.tasks import arithmetic
+from agro.trainer import Trainer
+
+METHODS = ("agro", "grpo", "rloo", "kl_pg", "is_pg")
+REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "mixed", "stale")
+OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong": "strong", "mixed": "ref"}
+
+
+def regime_settings(regime: str, offline: dict[str, Path], staleness: int) -> list[str]:
+    if regime == "on_policy":
+        return ["num_generations=8", "offline_per_group=0"]
+    if regime == "stale":
+        return ["num_generations=4", "offline_per_group=0", "replay_per_group=4", f"replay_max_staleness={staleness}"]
+    path = offline[OFFLINE_SOURCE[regime]]
+    if regime == "mixed":
+        return ["num_generations=4", f"offline_data={path}", "offline_per_group=4"]
+    return ["num_generations=0", f"offline_data={path}", "offline_per_group=8"]
+
+
+@torch.no_grad()
+def kl_to_reference(model, ref_model, tokenizer, problems, max_len: int, samples: int = 4) -> float:
+    """Monte-Carlo KL(π‖π_ref) on held-out prompts: mean of Σ_t log π/π_ref over samples of π."""
+    prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
+    completions = HFGenerator(tokenizer, max_len, batch_size=512).generate(model, prompts, samples)
+    owners = [prompts[i // samples] for i in range(len(completions))]
+    batch = collate(owners, completions, tokenizer.pad_token_id)
+    mask = batch.completion_mask
+    lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
+    ref = completion_logprobs(ref_model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
+    return float(((lp - ref) * mask).sum(-1).mean())
+
+
+def prepare_seed(root: Path, seed: int, task: arithmetic.ArithmeticTask, cache: Path, args) -> dict:
+    """π_ref, the weaker/stronger data policies, the problems and the offline sets of one seed."""
+    ref_model, tokenizer, ref_path = arithmetic.load_or_build_reference_policy(cache, seed=seed, task=task)
+    weak_task = replace(task, train_steps=task.train_steps // 2)
+    strong_task = replace(task, error_rate=args.strong_error_rate)
+    weak_model, _, _ = arithmetic.load_or_build_reference_policy(cache, seed=seed, task=weak_task)
+    strong_model, _, _ = arithmetic.load_or_build_reference_policy(cache, seed=seed, task=strong_task)
+    data_dir = root / f"seed{seed}"
+    train, heldout = write_task_data(data_dir, seed, task, args.train_problems, args.heldout)
+    max_len = arithmetic.max_completion_tokens(task)
+    offline = {}
+    for name, model in (("ref", ref_model), ("weak", weak_model), ("strong", strong_model)):
+        path = data_dir / f"offline_{name}.jsonl"
+        if not path.exists():
+            write_offline(model, tokenizer, train, path, name, 8, max_len, seed)
+        offline[name] = path
+    return {"ref_model": ref_model, "ref_path": ref_path, "tokenizer": tokenizer, "data_dir": data_dir,
+            "heldout": heldout, "offline": offline, "max_len": max_len,
+            "ref_accuracy": greedy_accuracy(ref_model, tokenizer, heldout, max_len),
+            "weak_accuracy": greedy_accuracy(weak_model, tokenizer, heldout, max_len),
+            "strong_accuracy": greedy_accuracy(strong_model, tokenizer, heldout, max_len)}
+
+
+def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) -> dict:
+    run_dir = out / "runs" / f"{regime}-{method}-seed{seed}"
+    settings = [f"model_name_or_path={prep['ref_path']}", f"train_data={prep['data_dir'] / 'train.jsonl'}",
+                f"output_dir={run_dir}", f"max_completion_length={prep['max_len']}", f"seed={seed}",
+                f"objective={method}", f"max_steps={args.steps}", f"prompts_per_step={args.prompts_per_step}",
+                "eval_data=null", "eval_steps=0", "report_to=none", "save_total_limit=1", "logging_steps=1",
+                f"num_threads={args.threads}"]
+    settings += regime_settings(regime, prep["offline"], args.staleness)
+    settings += [f"learning_rate={args.learning_rate}", f"beta={args.beta}"]
+    config = load_config(demo_config_path(), settings)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted run of this study, not in runs.jsonl
+    start = time.perf_counter()
+    Trainer(config).train()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    model = arithmetic.AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    return {
+        "method": method, "regime": regime, "seed": seed,
+        "accuracy": greedy_accuracy(model, prep["tokenizer"], prep["heldout"], prep["max_len"]),
+        "reference_accuracy": prep["ref_accuracy"],
+        "kl_to_reference": kl_to_reference(model, prep["ref_model"], prep["tokenizer"], prep["heldout"],
+                                           prep["max_len"]),
+        "generations_used": int(sum(r["num_generations"] for r in rows)),
+        "fresh_generations": int(sum(r.get("count/on_policy", 0) for r in rows)),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def summarise(runs: list[dict], out: Path, command: str) -> None:
+    """study.md (mean ± std over seeds) and study.png (accuracy per regime and method)."""
+    cell = {}
+    for r in runs:
+        cell.setdefault((r["regime"], r["method"]), []).append(r)
+    seeds = sorted({r["seed"] for r in runs})
+    ref = statistics.mean(r["reference_accuracy"] for r in runs)
+    lines = [f"Command: `{command}`", "",
+             f"Greedy held-out accuracy (mean ± std over seeds {seeds}); π_ref: {ref:.3f}. "
+             "KL: Monte-Carlo KL(π‖π_ref) on held-out prompts. Generations: trained on, per run (fresh).", "",
+             "| regime | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+    for regime in REGIMES:
+        row = []
+        for method in METHODS:
+            rs = cell.get((regime, method), [])
+            if not rs:
+                row.append("—")
+                continue
+            acc = [r["accuracy"] for r in rs]
+            std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            kl = statistics.mean(r["kl_to_reference"] for r in rs)
+            gens = statistics.mean(r["generations_used"] for r in rs)
+            fresh = statistics.mean(r["fresh_generations"] for r in rs)
+            row.append(f"{statistics.mean(acc):.3f} ± {std:.3f}<br>KL {kl:.2f}, gen {gens:.0f} ({fresh:.0f}), n={len(rs)}")
+        lines.append(f"| {regime} | " + " | ".join(row) + " |")
+    (out / "study.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(METHODS)
+    for j, method in enumerate(METHODS):
+        means, stds, xs = [], [], []
+        for i, regime in enumerate(REGIMES):
+            acc = [r["accuracy"] for r in cell.get((regime, method), [])]
+            if acc:
+                xs.append(i + (j - len(METHODS) / 2 + 0.5) * width)
+                means.append(statistics.mean(acc))
+                stds.append(statistics.stdev(acc) if len(acc) > 1 else 0.0)
+        ax.bar(xs, means, width, yerr=stds, label=method, capsize=2)
+    ax.axhline(ref, color="gray", linestyle="--", label="π_ref")
+    ax.set_xticks(range(len(REGIMES)), REGIMES)
+    ax.set_ylabel("greedy held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(ncol=6, fontsize=8)
+    ax.set_title("same steps and generations per step for every method; error bars: std over seeds")
+    fig.tight_layout()
+    fig.savefig(out / "study.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--prompts-per-step", type=int, default=16)
+    parser.add_argument("--train-problems", type=int, default=128, help="small, so prompts recur for replay")
+    parser.add_argument("--heldout", type=int, default=300)
+    parser.add_argument("--staleness", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--beta", type=float, default=0.02)
+    parser.add_argument("--strong-error-rate", type=float, default=0.2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "agro" / "demo")
+    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    parser.add_argument("--summarise-only", action="store_true", help="rebuild study.md/png from runs.jsonl")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "runs.jsonl"
+    command = "python benchmarks/study.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if k not in ("out", "summarise_only", "cache_dir")) + f" --out {args.out}"
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if not args.summarise_only:
+        torch.set_num_threads(args.threads)
+        keys = {(r["method"], r["regime"], r["seed"]) for r in done}
+        for seed in args.seeds:
+            prep = prepare_seed(args.out, seed, arithmetic.ArithmeticTask(), args.cache_dir, args)
+            print(json.dumps({k: prep[k] for k in ("ref_accuracy", "weak_accuracy", "strong_accuracy")}), flush=True)
+            for regime in args.regimes:
+                for method in args.methods:
+                    if (method, regime, seed) in keys:
+                        continue
+                    result = run_one(prep, method, regime, seed, args.out, args)
+                    result.update({k: prep[k] for k in ("weak_accuracy", "strong_accuracy")})
+                    print(json.dumps(result), flush=True)
+                    with open(log, "a") as f:
+                        f.write(json.dumps(result) + "\n")
+                    done.append(result)
+    summarise(done, args.out, command)
+    print(f"wrote {args.out / 'study.md'} and {args.out / 'study.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,8 @@ from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, 
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory):
-    """A 1-layer Llama with the arithmetic tokenizer, 12 problems, and 4 offline records per problem."""
+    """A 1-layer Llama with the arithmetic tokenizer, 12 problems, and 4 offline records per problem
+    (with behaviour log-probs, so is_pg can train on them)."""
     root = tmp_path_factory.mktemp("assets")
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
@@ -30,5 +31,6 @@ def assets(tmp_path_factory):
             for k in range(4):  # exactly 4 distinct records per prompt: equal group sizes
                 completion = right if k == 0 else right.replace("A=", "A=" + str(k))
                 f.write(json.dumps({"prompt": p.prompt, "completion": completion, "answer": p.answer,
-                                    "reward": 1.0 if k == 0 else 0.0}) + "\n")
+                                    "reward": 1.0 if k == 0 else 0.0,
+                                    "behavior_logprobs": [-1.0] * len(completion)}) + "\n")
     return root

@@ -1,34 +1,15 @@
 """The trainer's fast path changes no number: one policy forward pass with grad when one mini-batch holds
 the step gives the same losses, metrics and weights as a no-grad pass followed by a forward/backward pass."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from agro.config import load_config
-from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems, solve
 from agro.trainer import Trainer
 
 REWARD = f"{Path(__file__).parent / 'trainer_rewards.py'}:digit_fraction"
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("assets")
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    model = build_model(ArithmeticTask(hidden_size=32, num_layers=1, num_heads=2), tokenizer)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    problems = generate_problems(4, seed=0, split="train")
-    with open(root / "train.jsonl", "w") as f:
-        f.writelines(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in problems)
-    with open(root / "offline.jsonl", "w") as f:
-        f.writelines(json.dumps({"prompt": p.prompt, "completion": solve(p), "answer": p.answer,
-                                 "behavior_logprobs": [-1.0] * len(solve(p))}) + "\n" for p in problems)
-    return root
 
 
 def run(assets, out, objective, steps=3):

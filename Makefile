@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 demo: setup
-	$(BIN)/agro tabular --actions 20 --beta 0.5 --data reference --mode exact --steps 5000 --lr 0.5 --out runs/tabular
+	$(BIN)/agro demo
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -74,7 +74,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = out_dir / "data"
-    task = arithmetic.ArithmeticTask(train_steps=400) if quick else arithmetic.ArithmeticTask()
+    task = arithmetic.ArithmeticTask()
     cache_dir = cache_dir or Path.home() / ".cache" / "agro" / "demo"
     print(f"[1/4] reference policy π_ref (cache: {cache_dir})", flush=True)
     ref_model, tokenizer, ref_path = arithmetic.load_or_build_reference_policy(cache_dir, seed=seed, task=task,

@@ -355,6 +355,7 @@ def load_or_build_reference_policy(
     if not _is_complete(path, task, seed):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is not
         try:
             build_reference_policy(tmp, seed, task, log_every)
             if not _is_complete(path, task, seed):  # unless a concurrent build finished first

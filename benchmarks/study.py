@@ -93,7 +93,8 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
     settings = [f"model_name_or_path={prep['ref_path']}", f"train_data={prep['data_dir'] / 'train.jsonl'}",
                 f"output_dir={run_dir}", f"max_completion_length={prep['max_len']}", f"seed={seed}",
                 f"objective={method}", f"max_steps={args.steps}", f"prompts_per_step={args.prompts_per_step}",
-                "eval_data=null", "eval_steps=0", "report_to=none", "save_total_limit=1", "logging_steps=1",
+                f"eval_data={prep['data_dir'] / 'heldout.jsonl'}", f"eval_steps={args.eval_every}",
+                "report_to=none", "save_total_limit=1", "logging_steps=1",
                 f"num_threads={args.threads}"]
     settings += regime_settings(regime, prep["offline"], args.staleness)
     settings += [f"learning_rate={args.learning_rate}", f"beta={args.beta}"]
@@ -103,6 +104,11 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
     start = time.perf_counter()
     Trainer(config).train()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    used, curve = 0, []
+    for r in rows:  # a step's evaluation follows its update and is logged in the step's row
+        used += int(r.get("num_generations", 0))
+        if "eval/accuracy" in r:
+            curve.append([used, r["eval/accuracy"]])
     model = arithmetic.AutoModelForCausalLM.from_pretrained(run_dir / "final")
     return {
         "method": method, "regime": regime, "seed": seed,
@@ -110,7 +116,8 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
         "reference_accuracy": prep["ref_accuracy"],
         "kl_to_reference": kl_to_reference(model, prep["ref_model"], prep["tokenizer"], prep["heldout"],
                                            prep["max_len"]),
-        "generations_used": int(sum(r["num_generations"] for r in rows)),
+        "generations_used": used,
+        "curve": curve,
         "fresh_generations": int(sum(r.get("count/on_policy", 0) for r in rows)),
         "seconds": time.perf_counter() - start,
     }
@@ -147,23 +154,26 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    width = 0.8 / len(METHODS)
-    for j, method in enumerate(METHODS):
-        means, stds, xs = [], [], []
-        for i, regime in enumerate(REGIMES):
-            acc = [r["accuracy"] for r in cell.get((regime, method), [])]
-            if acc:
-                xs.append(i + (j - len(METHODS) / 2 + 0.5) * width)
-                means.append(statistics.mean(acc))
-                stds.append(statistics.stdev(acc) if len(acc) > 1 else 0.0)
-        ax.bar(xs, means, width, yerr=stds, label=method, capsize=2)
-    ax.axhline(ref, color="gray", linestyle="--", label="π_ref")
-    ax.set_xticks(range(len(REGIMES)), REGIMES)
-    ax.set_ylabel("greedy held-out accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(ncol=6, fontsize=8)
-    ax.set_title("same steps and generations per step for every method; error bars: std over seeds")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharey=True)
+    for ax, regime in zip(axes.flat, REGIMES):
+        for method in METHODS:
+            curves = [r["curve"] for r in cell.get((regime, method), []) if r.get("curve")]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)  # evaluations at the same steps in every seed
+            x = [statistics.mean(c[i][0] for c in curves) for i in range(n)]
+            y = [statistics.mean(c[i][1] for c in curves) for i in range(n)]
+            sd = [statistics.stdev(c[i][1] for c in curves) if len(curves) > 1 else 0.0 for i in range(n)]
+            ax.plot(x, y, marker=".", label=method)
+            ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], alpha=0.15)
+        ax.axhline(ref, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(regime)
+        ax.set_xlabel("generations used (trained on)")
+        ax.set_ylim(0, 1)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("greedy held-out accuracy")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"mean over seeds {seeds}, band: ± std; dashed: π_ref")
     fig.tight_layout()
     fig.savefig(out / "study.png", dpi=110)
     plt.close(fig)
@@ -179,6 +189,7 @@ def main() -> None:
     parser.add_argument("--train-problems", type=int, default=128, help="small, so prompts recur for replay")
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--staleness", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every N steps")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--beta", type=float, default=0.02)
     parser.add_argument("--strong-error-rate", type=float, default=0.2)

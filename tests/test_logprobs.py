@@ -16,6 +16,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from agro.errors import AgroError
 from agro.logprobs import completion_logprobs, logit_softcap, naive_token_logprobs, token_logprobs
 
 V, H = 100, 64
@@ -139,7 +140,7 @@ def test_logit_softcap_reads_config_and_refuses_rescaling():
     assert logit_softcap(LlamaConfig()) is None
     assert logit_softcap(Gemma2Config(final_logit_softcapping=30.0)) == 30.0
     assert logit_softcap(GraniteConfig()) is None  # logits_scaling = 1 is a no-op
-    with pytest.raises(NotImplementedError, match="logits_scaling"):
+    with pytest.raises(AgroError, match="logits_scaling"):
         logit_softcap(GraniteConfig(logits_scaling=8.0))
 
 

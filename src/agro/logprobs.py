@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from agro.errors import AgroError
+
 # Config fields through which some architectures rescale logits after lm_head. Their meaning differs
 # between models (Granite divides by `logits_scaling`, HyperCLOVA X multiplies, MiniCPM3 divides the
 # hidden state), so they are refused rather than guessed.
@@ -65,9 +67,9 @@ def logit_softcap(config) -> float | None:
     for name in _LOGIT_SCALES:
         value = getattr(config, name, None)
         if value is not None and value != 1:
-            raise NotImplementedError(
+            raise AgroError(
                 f"{config.model_type} config sets {name}={value}: logits are rescaled after lm_head in a "
-                "model-specific way that completion_logprobs does not reproduce"
+                "model-specific way that agro's log-probs do not reproduce; this model is not supported"
             )
     return getattr(config, "final_logit_softcapping", None)
 

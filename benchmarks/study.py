@@ -11,10 +11,14 @@ and is scored by greedy accuracy on the same held-out problems. Regimes:
     mixed           4 fresh samples + 4 π_ref records per prompt
     stale           4 fresh samples + 4 replayed samples of the same prompt, 1 to `staleness` steps old
 
+The offline sets hold 8 samples per prompt (--offline-samples); the loader drops repeated
+(prompt, completion) records, so a peaked policy's groups hold fewer distinct records: the
+"generations used" column counts what was trained on. Every method sees the same records.
+
 Each finished run is appended to `runs.jsonl` in --out (so an interrupted study keeps its
 results); the table (`study.md`) and plot (`study.png`) are made from that file.
 
-    python benchmarks/study.py --seeds 0 1 2 --out docs/study
+    python benchmarks/study.py --seeds 0 1 2 --out runs/study
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "mixed"
 OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong": "strong", "mixed": "ref"}
 
 
-def regime_settings(regime: str, offline: dict[str, Path], staleness: int) -> list[str]:
+def regime_settings(regime: str, offline: dict[str, Path], staleness: int, offline_samples: int) -> list[str]:
     if regime == "on_policy":
         return ["num_generations=8", "offline_per_group=0"]
     if regime == "stale":
@@ -49,7 +53,7 @@ def regime_settings(regime: str, offline: dict[str, Path], staleness: int) -> li
     path = offline[OFFLINE_SOURCE[regime]]
     if regime == "mixed":
         return ["num_generations=4", f"offline_data={path}", "offline_per_group=4"]
-    return ["num_generations=0", f"offline_data={path}", "offline_per_group=8"]
+    return ["num_generations=0", f"offline_data={path}", f"offline_per_group={offline_samples}"]
 
 
 @torch.no_grad()
@@ -63,6 +67,23 @@ def kl_to_reference(model, ref_model, tokenizer, problems, max_len: int, samples
     lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
     ref = completion_logprobs(ref_model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
     return float(((lp - ref) * mask).sum(-1).mean())
+
+
+@torch.no_grad()
+def share_on_data(model, tokenizer, offline_path: Path, samples: int = 4) -> float:
+    """Fraction of π's samples, on the offline set's prompts, that are completions the offline set holds.
+
+    The offline objective only sees those completions; mass that leaves them is not measured by it.
+    """
+    records = [json.loads(line) for line in offline_path.read_text().splitlines()]
+    support: dict[str, set[str]] = {}
+    for r in records:
+        support.setdefault(r["prompt"], set()).add(r["completion"])
+    prompts = sorted(support)
+    generator = HFGenerator(tokenizer, arithmetic.max_completion_tokens(arithmetic.ArithmeticTask()), batch_size=512)
+    completions = generator.generate(model, [encode_prompt(tokenizer, p) for p in prompts], samples)
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+    return sum(t in support[prompts[i // samples]] for i, t in enumerate(texts)) / len(texts)
 
 
 def prepare_seed(root: Path, seed: int, task: arithmetic.ArithmeticTask, cache: Path, args) -> dict:
@@ -79,7 +100,7 @@ def prepare_seed(root: Path, seed: int, task: arithmetic.ArithmeticTask, cache: 
     for name, model in (("ref", ref_model), ("weak", weak_model), ("strong", strong_model)):
         path = data_dir / f"offline_{name}.jsonl"
         if not path.exists():
-            write_offline(model, tokenizer, train, path, name, 8, max_len, seed)
+            write_offline(model, tokenizer, train, path, name, args.offline_samples, max_len, seed)
         offline[name] = path
     return {"ref_model": ref_model, "ref_path": ref_path, "tokenizer": tokenizer, "data_dir": data_dir,
             "heldout": heldout, "offline": offline, "max_len": max_len,
@@ -96,7 +117,7 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
                 f"eval_data={prep['data_dir'] / 'heldout.jsonl'}", f"eval_steps={args.eval_every}",
                 "report_to=none", "save_total_limit=1", "logging_steps=1",
                 f"num_threads={args.threads}"]
-    settings += regime_settings(regime, prep["offline"], args.staleness)
+    settings += regime_settings(regime, prep["offline"], args.staleness, args.offline_samples)
     settings += [f"learning_rate={args.learning_rate}", f"beta={args.beta}"]
     config = load_config(demo_config_path(), settings)
     if run_dir.exists():
@@ -119,6 +140,8 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
         "generations_used": used,
         "curve": curve,
         "fresh_generations": int(sum(r.get("count/on_policy", 0) for r in rows)),
+        "share_on_data": (share_on_data(model, prep["tokenizer"], prep["offline"][OFFLINE_SOURCE[regime]])
+                          if regime in OFFLINE_SOURCE else None),
         "seconds": time.perf_counter() - start,
     }
 
@@ -132,7 +155,8 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
     ref = statistics.mean(r["reference_accuracy"] for r in runs)
     lines = [f"Command: `{command}`", "",
              f"Greedy held-out accuracy (mean ± std over seeds {seeds}); π_ref: {ref:.3f}. "
-             "KL: Monte-Carlo KL(π‖π_ref) on held-out prompts. Generations: trained on, per run (fresh).", "",
+             "KL: Monte-Carlo KL(π‖π_ref) on held-out prompts. Generations: trained on, per run (fresh). "
+             "On-data: share of the final policy's samples on the offline prompts that the offline set holds.", "",
              "| regime | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
     for regime in REGIMES:
         row = []
@@ -146,7 +170,10 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
             kl = statistics.mean(r["kl_to_reference"] for r in rs)
             gens = statistics.mean(r["generations_used"] for r in rs)
             fresh = statistics.mean(r["fresh_generations"] for r in rs)
-            row.append(f"{statistics.mean(acc):.3f} ± {std:.3f}<br>KL {kl:.2f}, gen {gens:.0f} ({fresh:.0f}), n={len(rs)}")
+            cell_text = f"{statistics.mean(acc):.3f} ± {std:.3f}<br>KL {kl:.2f}, gen {gens:.0f} ({fresh:.0f})"
+            if rs[0].get("share_on_data") is not None:
+                cell_text += f", on-data {statistics.mean(r['share_on_data'] for r in rs):.2f}"
+            row.append(cell_text + f", n={len(rs)}")
         lines.append(f"| {regime} | " + " | ".join(row) + " |")
     (out / "study.md").write_text("\n".join(lines) + "\n")
     import matplotlib
@@ -172,9 +199,10 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
         ax.set_ylim(0, 1)
     for ax in axes[:, 0]:
         ax.set_ylabel("greedy held-out accuracy")
-    axes.flat[0].legend(fontsize=8)
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=9)
     fig.suptitle(f"mean over seeds {seeds}, band: ± std; dashed: π_ref")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out / "study.png", dpi=110)
     plt.close(fig)
 
@@ -189,10 +217,14 @@ def main() -> None:
     parser.add_argument("--train-problems", type=int, default=128, help="small, so prompts recur for replay")
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--staleness", type=int, default=8)
-    parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every N steps")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--beta", type=float, default=0.02)
+    parser.add_argument("--offline-samples", type=int, default=8,
+                        help="samples per prompt in the offline sets (offline-only groups take all of them)")
+    parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps")
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--strong-error-rate", type=float, default=0.2)
+    parser.add_argument("--warmup-steps", type=int, default=arithmetic.ArithmeticTask.train_steps,
+                        help="π_ref's supervised warm-up steps (the weaker policy gets half)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "agro" / "demo")
     parser.add_argument("--out", type=Path, default=Path("runs/study"))
@@ -208,7 +240,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         keys = {(r["method"], r["regime"], r["seed"]) for r in done}
         for seed in args.seeds:
-            prep = prepare_seed(args.out, seed, arithmetic.ArithmeticTask(), args.cache_dir, args)
+            prep = prepare_seed(args.out, seed, arithmetic.ArithmeticTask(train_steps=args.warmup_steps),
+                                args.cache_dir, args)
             print(json.dumps({k: prep[k] for k in ("ref_accuracy", "weak_accuracy", "strong_accuracy")}), flush=True)
             for regime in args.regimes:
                 for method in args.methods:

@@ -16,6 +16,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from agro import logprobs as logprobs_module
 from agro.errors import AgroError
 from agro.logprobs import completion_logprobs, logit_softcap, naive_token_logprobs, token_logprobs
 
@@ -115,6 +116,63 @@ def test_left_padding_matches_unpadded_rows(cls, config_cls):
             n = int(keep[-C:].sum())
             row = completion_logprobs(model, ids[b, keep][None], mask[b, keep][None], n)
             torch.testing.assert_close(out[b, :n], row[0], atol=1e-5, rtol=0)
+
+
+def grouped_batch(C=4):
+    """Groups of 3, 1 and 2 rows sharing left-padded prompts of lengths 5, 2 and 4; completions of varied length."""
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (5, 2, 4)]
+    rows = [(0, 4), (0, 2), (0, 3), (1, 4), (2, 1), (2, 4)]  # (prompt, completion length)
+    ids = torch.zeros(len(rows), 5 + C, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (k, n) in enumerate(rows):
+        ids[i, 5 - len(prompts[k]) : 5] = torch.tensor(prompts[k])
+        mask[i, 5 - len(prompts[k]) : 5 + n] = 1
+        ids[i, 5 : 5 + n] = torch.randint(0, V, (n,), generator=g)
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    "cls,config_cls,shared",
+    [(LlamaForCausalLM, LlamaConfig, True), (Qwen2ForCausalLM, Qwen2Config, True),
+     (GPT2LMHeadModel, GPT2Config, True), (Gemma2ForCausalLM, Gemma2Config, False)],  # Gemma2: sliding layers
+)
+def test_shared_prompts_match_separate_rows(cls, config_cls, shared, monkeypatch):
+    """Each distinct prompt run once (KV cache gathered to its rows): same log-probs and gradients."""
+    ids, mask = grouped_batch()
+    C = 4
+    model = tiny(cls, config_cls)
+    assert (logprobs_module._shared_prompt_hidden(model.get_decoder(), ids, mask, C) is not None) == shared
+    g = torch.randn(ids.shape[0], C)
+    out = completion_logprobs(model, ids, mask, C)
+    (out * mask[:, -C:] * g).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    monkeypatch.setattr(logprobs_module, "_shared_prompt_hidden", lambda *a: None)
+    ref = completion_logprobs(model, ids, mask, C)
+    (ref * mask[:, -C:] * g).sum().backward()
+    valid = mask[:, -C:].bool()
+    torch.testing.assert_close(out[valid], ref[valid], atol=1e-5, rtol=0)
+    for got, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(got, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompts_with_lora_and_its_reference():
+    ids, mask = grouped_batch()
+    model = peft.get_peft_model(tiny(LlamaForCausalLM, LlamaConfig), peft.LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        shared = completion_logprobs(model, ids, mask, 4)
+        with model.disable_adapter():
+            shared_ref = completion_logprobs(model, ids, mask, 4)
+        valid = mask[:, -4:].bool()
+        for b in range(ids.shape[0]):  # each row alone: nothing to share
+            row = completion_logprobs(model, ids[b : b + 1], mask[b : b + 1], 4)
+            with model.disable_adapter():
+                row_ref = completion_logprobs(model, ids[b : b + 1], mask[b : b + 1], 4)
+            torch.testing.assert_close(shared[b][valid[b]], row[0][valid[b]], atol=1e-5, rtol=0)
+            torch.testing.assert_close(shared_ref[b][valid[b]], row_ref[0][valid[b]], atol=1e-5, rtol=0)
+    assert (shared - shared_ref)[valid].abs().max() > 1e-3
 
 
 def test_lora_disable_adapter_gives_base_logprobs():

@@ -9,9 +9,12 @@ O(chunk_size · V) instead of O(B · T · V).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from agro.errors import AgroError
 
@@ -95,10 +98,40 @@ def completion_logprobs(
             f"need 0 < num_completion_tokens < sequence length, got {C} and {input_ids.shape[1]}"
         )
     softcap = logit_softcap(model.config)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = model.get_decoder()(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    return token_logprobs(
-        hidden[:, -C - 1 : -1], model.get_output_embeddings(), input_ids[:, -C:], chunk_size, softcap
-    )
+    decoder = model.get_decoder()
+    hidden = _shared_prompt_hidden(decoder, input_ids, attention_mask, C)
+    if hidden is None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state[:, -C - 1 : -1]
+    return token_logprobs(hidden, model.get_output_embeddings(), input_ids[:, -C:], chunk_size, softcap)
+
+
+def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          num_completion_tokens: int) -> torch.Tensor | None:
+    """Hidden states that predict the completion tokens, [B, C, H], with each distinct prompt run once.
+
+    The U distinct prompts go through the decoder once, filling a KV cache; the cache is gathered to
+    the B rows and the completions run against it, so a group of G samples of one prompt costs the
+    prompt once instead of G times. Gradients flow through the gather to the prompt's single pass.
+    None when no prompt repeats, or when the model's cache is not a plain full-attention DynamicCache
+    (sliding windows, hybrid layers) or gradient checkpointing is on: the caller then runs every row.
+    """
+    P = input_ids.shape[1] - num_completion_tokens
+    unique, inverse = torch.unique(torch.cat([input_ids[:, :P], attention_mask[:, :P]], dim=1), dim=0,
+                                   return_inverse=True)
+    if len(unique) == len(input_ids) or (decoder.training and getattr(decoder, "gradient_checkpointing", False)):
+        return None
+    cache = DynamicCache(config=decoder.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    prompt_ids, prompt_mask = unique[:, :P], unique[:, P:]
+    prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask,
+                     position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **{cache_arg: cache})
+    cache.batch_select_indices(inverse)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    completion = decoder(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:],
+                         use_cache=True, **{cache_arg: cache})
+    return torch.cat([prompt.last_hidden_state[inverse, -1:], completion.last_hidden_state[:, :-1]], dim=1)

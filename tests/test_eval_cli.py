@@ -7,14 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from agro.cli import main
-from agro.data import load_offline_records, load_problems
+from agro.data import Problem, load_offline_records, load_problems
 from agro.evaluate import evaluate
+from agro.generate import generate_records
 from agro.logprobs import completion_logprobs
 from agro.rewards import RewardScorer
-from agro.rollout import collate, encode_prompt
+from agro.rollout import collate, completion_token_ids, encode_prompt
 
 DATA = Path(__file__).parent / "data"
 GENERIC, MATH, GSM8K = DATA / "math_problems.jsonl", DATA / "math_style.jsonl", DATA / "gsm8k_style.jsonl"
@@ -242,3 +249,30 @@ def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, command, extr
     assert rc == 2 and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_behaviour_logprobs_are_those_of_the_tokens_trained_on(assets):
+    """A sample with a special token inside decodes without it; the record's behaviour log-probs must be
+    those of the text's own tokens (what the trainer reads back), not of the sampled ones."""
+    tokenizer = AutoTokenizer.from_pretrained(assets / "model")
+    model = AutoModelForCausalLM.from_pretrained(assets / "model").eval()
+    digits = tokenizer("12+3=15;A=15", add_special_tokens=False)["input_ids"]
+    sampled = [digits[:3] + [tokenizer.bos_token_id, tokenizer.pad_token_id] + digits[3:] + [tokenizer.eos_token_id],
+               digits + [tokenizer.eos_token_id]]
+
+    class FixedSamples:  # stands in for HFGenerator: returns these samples for the one prompt
+        max_new_tokens = 20
+
+        def generate(self, model, prompts, num_generations):
+            return sampled
+
+    problem = Problem(prompt="12+3=", answer="15", category=None, id="0")
+    records = generate_records(model, tokenizer, [problem], 2, FixedSamples(), source="test")
+    assert [r.completion for r in records] == ["12+3=15;A=15"] * 2
+    ids = completion_token_ids(tokenizer, "12+3=15;A=15", 20)
+    assert ids == digits + [tokenizer.eos_token_id]
+    batch = collate([encode_prompt(tokenizer, "12+3=")], [ids], tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = completion_logprobs(model, batch.input_ids, batch.attention_mask, len(ids))[0].tolist()
+    for r in records:
+        assert r.behavior_logprobs == pytest.approx(expected, abs=1e-5)

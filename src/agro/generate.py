@@ -13,7 +13,7 @@ import torch
 
 from agro.data import OfflineRecord, Problem, write_offline_records
 from agro.logprobs import completion_logprobs
-from agro.rollout import HFGenerator, collate, encode_prompt, prompt_text
+from agro.rollout import HFGenerator, collate, completion_token_ids, encode_prompt, prompt_text
 
 
 @torch.no_grad()
@@ -24,9 +24,12 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
     completions = generator.generate(model, prompts, num_generations)
     owners = [problems[i // num_generations] for i in range(len(completions))]
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+    # Behaviour log-probs of the tokens the trainer will read back from the text, which can differ
+    # from the sampled ones (special tokens dropped by decode, a non-canonical tokenization).
+    trained = [completion_token_ids(tokenizer, t, generator.max_new_tokens) for t in texts]
     logprobs = []
-    for start in range(0, len(completions), batch_size):
-        ids = completions[start : start + batch_size]
+    for start in range(0, len(trained), batch_size):
+        ids = trained[start : start + batch_size]
         batch = collate([prompts[(start + j) // num_generations] for j in range(len(ids))], ids,
                         tokenizer.pad_token_id, device)
         lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)

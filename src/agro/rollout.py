@@ -64,6 +64,13 @@ def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
     return TokenBatch(ids.to(device), attn.to(device), cmask.to(device), c)
 
 
+def completion_token_ids(tokenizer, completion: str, max_completion_length: int) -> list[int]:
+    """The tokens a completion text is trained on: its encoding, plus EOS unless it fills the budget
+    (a completion that long was cut there, as generation would cut it)."""
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if len(ids) < max_completion_length else ids
+
+
 def cut_at_eos(tokens: list[int], eos_ids: set[int], pad_id: int) -> list[int]:
     """Completion up to and including its first EOS; trailing padding dropped when there is none."""
     for i, t in enumerate(tokens):

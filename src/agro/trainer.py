@@ -35,7 +35,7 @@ from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.logprobs import completion_logprobs
 from agro.rewards import RewardResult, RewardScorer
-from agro.rollout import collate, encode_prompt, make_generator, prompt_text
+from agro.rollout import collate, completion_token_ids, encode_prompt, make_generator, prompt_text
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -178,7 +178,6 @@ class Trainer:
 
     def _add_offline(self, records: list[data.OfflineRecord], take_prompts: bool, report: data.DataReport) -> None:
         c = self.config
-        eos = self.tokenizer.eos_token_id
         for r in records:
             where = f"{r.file}:{r.line}"
             key = data.prompt_key(r.prompt)
@@ -188,9 +187,7 @@ class Trainer:
                 key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
                 if key is None:
                     continue
-            ids = self.tokenizer(r.completion, add_special_tokens=False)["input_ids"]
-            if len(ids) < c.max_completion_length:
-                ids = ids + [eos]  # a completion that fills the budget was cut there, as generation would be
+            ids = completion_token_ids(self.tokenizer, r.completion, c.max_completion_length)
             if len(ids) > c.max_completion_length:
                 self._bad(where, "completion", f"completion has {len(ids)} tokens, more than max_completion_length "
                           f"{c.max_completion_length}", report)

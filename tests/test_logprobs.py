@@ -157,6 +157,28 @@ def test_shared_prompts_match_separate_rows(cls, config_cls, shared, monkeypatch
         torch.testing.assert_close(got, p.grad, atol=1e-5, rtol=1e-4)
 
 
+def test_shared_prompts_guards(monkeypatch):
+    """Float masks are grouped like integer ones; no sharing where it would cost memory or break backward."""
+    ids, mask = grouped_batch()
+    model = tiny(LlamaForCausalLM, LlamaConfig)
+    decoder = model.get_decoder()
+    share = logprobs_module._shared_prompt_hidden
+    with torch.no_grad():
+        out = share(decoder, ids, mask.float(), 4)
+        torch.testing.assert_close(out, share(decoder, ids, mask, 4))
+        monkeypatch.setattr(logprobs_module, "NO_GRAD_CACHE_BYTES", 0)
+        assert share(decoder, ids, mask, 4) is None
+    assert share(decoder, ids, mask, 4) is not None  # with grad the activations are kept anyway
+    model.gradient_checkpointing_enable()
+    assert share(decoder, ids, mask, 4) is None
+    model.gradient_checkpointing_disable()
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    apply_activation_checkpointing(model, check_fn=lambda m: type(m).__name__ == "LlamaDecoderLayer")
+    assert share(model.get_decoder(), ids, mask, 4) is None
+    completion_logprobs(model, ids, mask, 4).sum().backward()  # the full pass recomputes fine
+
+
 def test_shared_prompts_with_lora_and_its_reference():
     ids, mask = grouped_batch()
     model = peft.get_peft_model(tiny(LlamaForCausalLM, LlamaConfig), peft.LoraConfig(

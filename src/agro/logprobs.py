@@ -108,6 +108,12 @@ def completion_logprobs(
     return token_logprobs(hidden, model.get_output_embeddings(), input_ids[:, -C:], chunk_size, softcap)
 
 
+# Without grad the full pass frees each layer's keys and values; the shared pass keeps the whole cache
+# until the completions have run. Above this size the full pass is used instead.
+NO_GRAD_CACHE_BYTES = 2**30
+_UNSHAREABLE: set[type] = set()  # decoder classes whose forward could not run from a gathered cache
+
+
 def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           num_completion_tokens: int) -> torch.Tensor | None:
     """Hidden states that predict the completion tokens, [B, C, H], with each distinct prompt run once.
@@ -115,23 +121,45 @@ def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention
     The U distinct prompts go through the decoder once, filling a KV cache; the cache is gathered to
     the B rows and the completions run against it, so a group of G samples of one prompt costs the
     prompt once instead of G times. Gradients flow through the gather to the prompt's single pass.
-    None when no prompt repeats, or when the model's cache is not a plain full-attention DynamicCache
-    (sliding windows, hybrid layers) or gradient checkpointing is on: the caller then runs every row.
+    None (the caller then runs every row in full) when no prompt repeats; when the cache is not plain
+    full attention (sliding windows, hybrid or recurrent layers) or the decoder does not fill it; when
+    activations are recomputed in backward (gradient checkpointing would rerun the cache updates); and,
+    without grad, when the cache would exceed NO_GRAD_CACHE_BYTES.
     """
-    P = input_ids.shape[1] - num_completion_tokens
-    unique, inverse = torch.unique(torch.cat([input_ids[:, :P], attention_mask[:, :P]], dim=1), dim=0,
-                                   return_inverse=True)
-    if len(unique) == len(input_ids) or (decoder.training and getattr(decoder, "gradient_checkpointing", False)):
+    B, L = input_ids.shape
+    P = L - num_completion_tokens
+    key = torch.cat([input_ids[:, :P], attention_mask[:, :P].long()], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if len(unique) == B or type(decoder) in _UNSHAREABLE:
         return None
-    cache = DynamicCache(config=decoder.config)
+    config = decoder.config
+    if torch.is_grad_enabled():
+        if getattr(decoder, "gradient_checkpointing", False) or any(
+                hasattr(m, "_checkpoint_wrapped_module") for m in decoder.modules()):
+            return None
+    else:
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        element = next(decoder.parameters()).element_size()
+        if 2 * config.num_hidden_layers * heads * head_dim * B * L * element > NO_GRAD_CACHE_BYTES:
+            return None
+    cache = DynamicCache(config=config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     prompt_ids, prompt_mask = unique[:, :P], unique[:, P:]
-    prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask,
-                     position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **{cache_arg: cache})
-    cache.batch_select_indices(inverse)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    completion = decoder(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:],
-                         use_cache=True, **{cache_arg: cache})
+    try:
+        prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask.to(attention_mask.dtype),
+                         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **{cache_arg: cache})
+        if cache.get_seq_length() != P:
+            raise ValueError("the decoder did not fill the cache")
+        cache.batch_select_indices(inverse)
+        completion = decoder(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:],
+                             use_cache=True, **{cache_arg: cache})
+    except torch.OutOfMemoryError:
+        raise
+    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError):
+        _UNSHAREABLE.add(type(decoder))  # e.g. a model with its own cache class: run every row from now on
+        return None
     return torch.cat([prompt.last_hidden_state[inverse, -1:], completion.last_hidden_state[:, :-1]], dim=1)

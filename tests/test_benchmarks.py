@@ -31,3 +31,14 @@ def test_throughput_quick_without_trl(tmp_path):
         length = result["config"]["completion_length"]
         assert r["agro_completion_length"] == r["agro_grpo_completion_length"] == length
         assert set(r["agro_phases_s"]) == phases
+
+
+def test_prefix_sharing_benchmark_quick():
+    script = SCRIPT.with_name("prefix_sharing.py")
+    proc = subprocess.run([sys.executable, str(script), "--sizes", "3M", "--prompt-lengths", "9", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])["3M/prompt9"]
+    assert result["parameters"] > 3_000_000 and result["max_abs_diff"] < 1e-4
+    for key in ("reference_shared_s", "reference_full_s", "policy_shared_s", "policy_full_s"):
+        assert result[key] > 0

@@ -1,0 +1,78 @@
+"""Time of completion log-probs with each distinct prompt run once (shared) against every row in full.
+
+The throughput benchmark's batch: 8 prompts × 8 completions, prompts of `--prompt-length` tokens,
+32 completion tokens, its 11M and 3M Llamas in float32. Reference pass (no grad) and policy pass
+(forward + backward), the two variants interleaved, `--repeats` rounds; prints one JSON object with
+the median seconds per variant and pass, the speed-up, and the largest log-prob difference.
+
+    .venv/bin/python benchmarks/prefix_sharing.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from throughput import SIZES  # the same two models
+
+from agro import logprobs
+from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(size: str, prompt_length: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = build_model(ArithmeticTask(**SIZES[size], max_positions=prompt_length + 40), tokenizer)
+    prompts = torch.randint(3, len(tokenizer), (8, prompt_length)).repeat_interleave(8, dim=0)
+    ids = torch.cat([prompts, torch.randint(3, len(tokenizer), (64, 32))], dim=1)
+    mask = torch.ones_like(ids)
+    full = logprobs._shared_prompt_hidden
+
+    def run(shared: bool, grad: bool):
+        logprobs._shared_prompt_hidden = full if shared else (lambda *a: None)
+        try:
+            if grad:
+                model.zero_grad()
+                logprobs.completion_logprobs(model, ids, mask, 32).sum().backward()
+                return None
+            with torch.inference_mode():
+                return logprobs.completion_logprobs(model, ids, mask, 32)
+        finally:
+            logprobs._shared_prompt_hidden = full
+
+    diff = float((run(True, False) - run(False, False)).abs().max())
+    times = {(s, g): [] for s in (True, False) for g in (True, False)}
+    for _ in range(repeats):
+        for key in times:
+            times[key].append(timed(lambda key=key: run(*key)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"parameters": sum(p.numel() for p in model.parameters()), "prompt_length": prompt_length,
+            "reference_shared_s": med[True, False], "reference_full_s": med[False, False],
+            "policy_shared_s": med[True, True], "policy_full_s": med[False, True],
+            "reference_speedup": med[False, False] / med[True, False],
+            "policy_speedup": med[False, True] / med[True, True], "max_abs_diff": diff}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="11M,3M")
+    p.add_argument("--prompt-lengths", default="9,64")
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    out = {f"{size}/prompt{n}": measure(size, int(n), args.repeats)
+           for size in args.sizes.split(",") for n in args.prompt_lengths.split(",")}
+    out["config"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

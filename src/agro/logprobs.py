@@ -138,10 +138,13 @@ def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention
                 hasattr(m, "_checkpoint_wrapped_module") for m in decoder.modules()):
             return None
     else:
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        layers, attention_heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+        if not layers or not attention_heads:
+            return None  # cannot size the cache
+        heads = getattr(config, "num_key_value_heads", None) or attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // attention_heads
         element = next(decoder.parameters()).element_size()
-        if 2 * config.num_hidden_layers * heads * head_dim * B * L * element > NO_GRAD_CACHE_BYTES:
+        if 2 * layers * heads * head_dim * B * L * element > NO_GRAD_CACHE_BYTES:
             return None
     cache = DynamicCache(config=config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):

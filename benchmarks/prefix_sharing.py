@@ -18,7 +18,7 @@ import time
 import torch
 from throughput import SIZES  # the same two models
 
-from agro import logprobs
+from agro.logprobs import completion_logprobs
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
 
 
@@ -35,19 +35,14 @@ def measure(size: str, prompt_length: int, repeats: int) -> dict:
     prompts = torch.randint(3, len(tokenizer), (8, prompt_length)).repeat_interleave(8, dim=0)
     ids = torch.cat([prompts, torch.randint(3, len(tokenizer), (64, 32))], dim=1)
     mask = torch.ones_like(ids)
-    full = logprobs._shared_prompt_hidden
 
     def run(shared: bool, grad: bool):
-        logprobs._shared_prompt_hidden = full if shared else (lambda *a: None)
-        try:
-            if grad:
-                model.zero_grad()
-                logprobs.completion_logprobs(model, ids, mask, 32).sum().backward()
-                return None
-            with torch.inference_mode():
-                return logprobs.completion_logprobs(model, ids, mask, 32)
-        finally:
-            logprobs._shared_prompt_hidden = full
+        if grad:
+            model.zero_grad()
+            completion_logprobs(model, ids, mask, 32, share_prompts=shared).sum().backward()
+            return None
+        with torch.inference_mode():
+            return completion_logprobs(model, ids, mask, 32, share_prompts=shared)
 
     diff = float((run(True, False) - run(False, False)).abs().max())
     times = {(s, g): [] for s in (True, False) for g in (True, False)}

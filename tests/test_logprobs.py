@@ -137,7 +137,7 @@ def grouped_batch(C=4):
     [(LlamaForCausalLM, LlamaConfig, True), (Qwen2ForCausalLM, Qwen2Config, True),
      (GPT2LMHeadModel, GPT2Config, True), (Gemma2ForCausalLM, Gemma2Config, False)],  # Gemma2: sliding layers
 )
-def test_shared_prompts_match_separate_rows(cls, config_cls, shared, monkeypatch):
+def test_shared_prompts_match_separate_rows(cls, config_cls, shared):
     """Each distinct prompt run once (KV cache gathered to its rows): same log-probs and gradients."""
     ids, mask = grouped_batch()
     C = 4
@@ -148,8 +148,7 @@ def test_shared_prompts_match_separate_rows(cls, config_cls, shared, monkeypatch
     (out * mask[:, -C:] * g).sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    monkeypatch.setattr(logprobs_module, "_shared_prompt_hidden", lambda *a: None)
-    ref = completion_logprobs(model, ids, mask, C)
+    ref = completion_logprobs(model, ids, mask, C, share_prompts=False)
     (ref * mask[:, -C:] * g).sum().backward()
     valid = mask[:, -C:].bool()
     torch.testing.assert_close(out[valid], ref[valid], atol=1e-5, rtol=0)
@@ -177,6 +176,23 @@ def test_shared_prompts_guards(monkeypatch):
     apply_activation_checkpointing(model, check_fn=lambda m: type(m).__name__ == "LlamaDecoderLayer")
     assert share(model.get_decoder(), ids, mask, 4) is None
     completion_logprobs(model, ids, mask, 4).sum().backward()  # the full pass recomputes fine
+
+
+def test_decoder_that_ignores_the_cache_falls_back_with_a_warning():
+    """A decoder that never fills the cache it is given would see completions without their prompt."""
+    model = tiny(LlamaForCausalLM, LlamaConfig)
+
+    class IgnoresCache(type(model.model)):
+        def forward(self, *args, cache=None, **kwargs):
+            return super().forward(*args, **kwargs)
+
+    model.model.__class__ = IgnoresCache
+    ids, mask = grouped_batch()
+    with torch.no_grad(), pytest.warns(UserWarning, match="IgnoresCache cannot run from a shared prompt cache"):
+        out = completion_logprobs(model, ids, mask, 4)
+        ref = completion_logprobs(model, ids, mask, 4, share_prompts=False)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    assert IgnoresCache in logprobs_module._UNSHAREABLE
 
 
 def test_shared_prompts_with_lora_and_its_reference():

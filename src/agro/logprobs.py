@@ -10,6 +10,7 @@ O(chunk_size · V) instead of O(B · T · V).
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from torch import nn
@@ -83,6 +84,7 @@ def completion_logprobs(
     attention_mask: torch.Tensor,
     num_completion_tokens: int,
     chunk_size: int = 1024,
+    share_prompts: bool = True,
 ) -> torch.Tensor:
     """log π(y_t | x, y_<t) for the last C = num_completion_tokens columns of `input_ids`: [B,L] -> [B,C].
 
@@ -90,7 +92,8 @@ def completion_logprobs(
     the hidden state at column p predicts the token at p+1. Position ids follow HF generate
     (cumsum(mask) − 1), so a left-padded row gets the same log-probs as unpadded. Entries at padded
     completion positions are finite but meaningless: mask them. Works with peft models (inside
-    `model.disable_adapter()` it gives the base model's log-probs).
+    `model.disable_adapter()` it gives the base model's log-probs). `share_prompts`: run each distinct
+    prompt once where possible (`_shared_prompt_hidden`); the same values up to float rounding.
     """
     C = num_completion_tokens
     if not 0 < C < input_ids.shape[1]:
@@ -99,7 +102,7 @@ def completion_logprobs(
         )
     softcap = logit_softcap(model.config)
     decoder = model.get_decoder()
-    hidden = _shared_prompt_hidden(decoder, input_ids, attention_mask, C)
+    hidden = _shared_prompt_hidden(decoder, input_ids, attention_mask, C) if share_prompts else None
     if hidden is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = decoder(
@@ -152,17 +155,23 @@ def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     prompt_ids, prompt_mask = unique[:, :P], unique[:, P:]
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    failure = None
     try:
         prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask.to(attention_mask.dtype),
                          position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **{cache_arg: cache})
         if cache.get_seq_length() != P:
-            raise ValueError("the decoder did not fill the cache")
-        cache.batch_select_indices(inverse)
-        completion = decoder(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=positions[:, P:],
-                             use_cache=True, **{cache_arg: cache})
+            failure = "the decoder left the cache empty"
+        else:
+            cache.batch_select_indices(inverse)
+            completion = decoder(input_ids=input_ids[:, P:], attention_mask=attention_mask,
+                                 position_ids=positions[:, P:], use_cache=True, **{cache_arg: cache})
     except torch.OutOfMemoryError:
         raise
-    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError):
-        _UNSHAREABLE.add(type(decoder))  # e.g. a model with its own cache class: run every row from now on
+    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+        failure = f"{type(err).__name__}: {err}"  # e.g. a model with its own cache class
+    if failure is not None:
+        _UNSHAREABLE.add(type(decoder))
+        warnings.warn(f"agro: {type(decoder).__name__} cannot run from a shared prompt cache ({failure}); "
+                      "computing every row in full from now on", stacklevel=3)
         return None
     return torch.cat([prompt.last_hidden_state[inverse, -1:], completion.last_hidden_state[:, :-1]], dim=1)

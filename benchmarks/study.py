@@ -70,7 +70,7 @@ def kl_to_reference(model, ref_model, tokenizer, problems, max_len: int, samples
 
 
 @torch.no_grad()
-def share_on_data(model, tokenizer, offline_path: Path, samples: int = 4) -> float:
+def share_on_data(model, tokenizer, offline_path: Path, max_len: int, samples: int = 4) -> float:
     """Fraction of π's samples, on the offline set's prompts, that are completions the offline set holds.
 
     The offline objective only sees those completions; mass that leaves them is not measured by it.
@@ -80,8 +80,8 @@ def share_on_data(model, tokenizer, offline_path: Path, samples: int = 4) -> flo
     for r in records:
         support.setdefault(r["prompt"], set()).add(r["completion"])
     prompts = sorted(support)
-    generator = HFGenerator(tokenizer, arithmetic.max_completion_tokens(arithmetic.ArithmeticTask()), batch_size=512)
-    completions = generator.generate(model, [encode_prompt(tokenizer, p) for p in prompts], samples)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    completions = HFGenerator(tokenizer, max_len, batch_size=512).generate(model, encoded, samples)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     return sum(t in support[prompts[i // samples]] for i, t in enumerate(texts)) / len(texts)
 
@@ -140,7 +140,8 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
         "generations_used": used,
         "curve": curve,
         "fresh_generations": int(sum(r.get("count/on_policy", 0) for r in rows)),
-        "share_on_data": (share_on_data(model, prep["tokenizer"], prep["offline"][OFFLINE_SOURCE[regime]])
+        "share_on_data": (share_on_data(model, prep["tokenizer"], prep["offline"][OFFLINE_SOURCE[regime]],
+                                         prep["max_len"])
                           if regime in OFFLINE_SOURCE else None),
         "seconds": time.perf_counter() - start,
     }

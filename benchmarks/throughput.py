@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 # transformers are imported inside the functions that need them, so that the workers start light.
 
 SIZES = {"3M": dict(hidden_size=256, num_layers=3, num_heads=4),
-         "11M": dict(hidden_size=416, num_layers=4, num_heads=8)}
+         "11M": dict(hidden_size=416, num_layers=4, num_heads=8),
+         "113M": dict(hidden_size=768, num_layers=12, num_heads=12)}  # GPU size: too slow for the CPU default
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FULL = dict(prompts_per_step=8, num_generations=8, completion_length=32, warmup=2, steps=6, matmul_n=2048)
 QUICK = dict(prompts_per_step=2, num_generations=8, completion_length=16, warmup=1, steps=1, matmul_n=1024)
 LEARNING_RATE, BETA, SEED = 1e-5, 0.04, 0
@@ -88,7 +90,7 @@ def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
         "max_completion_length": s["completion_length"], "max_prompt_length": 16, "offline_per_group": 0,
         "learning_rate": LEARNING_RATE, "max_grad_norm": 1.0, "lr_scheduler_type": "constant",
         "mini_batch_size": batch, "generation_batch_size": batch, "max_steps": 10**6, "save_steps": 0,
-        "report_to": "none", "output_dir": root / f"agro-{objective}", "seed": SEED,
+        "report_to": "none", "output_dir": root / f"agro-{objective}", "seed": SEED, "torch_dtype": s["dtype"],
     }
     return Trainer(load_config(None, [f"{k}={v}" for k, v in settings.items()]))
 
@@ -98,15 +100,17 @@ def trl_trainer(root: Path, prompts: list[str], s: dict, max_steps: int, callbac
     from trl import GRPOConfig, GRPOTrainer
 
     args = GRPOConfig(
-        output_dir=str(root / "trl"), use_cpu=True, seed=SEED, max_steps=max_steps,
+        output_dir=str(root / "trl"), use_cpu=DEVICE == "cpu", seed=SEED, max_steps=max_steps,
         per_device_train_batch_size=s["prompts_per_step"] * s["num_generations"],
         gradient_accumulation_steps=1,
         num_generations=s["num_generations"], max_completion_length=s["completion_length"],
         generation_kwargs={"min_new_tokens": s["completion_length"]}, temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=LEARNING_RATE, lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0,
         max_grad_norm=1.0, beta=BETA, epsilon=0.2, loss_type="grpo", disable_dropout=True,
-        # TRL defaults both to True (bf16 autocast, recomputed activations); agro runs float32, no recompute
-        **({} if s["trl_defaults"] else {"bf16": False, "gradient_checkpointing": False}),
+        # TRL defaults both to True (bf16 autocast, recomputed activations); agro runs without autocast and
+        # without recompute, in float32 (CPU) or with bfloat16 weights (GPU, where TRL gets the same weights)
+        model_init_kwargs={"dtype": s["dtype"]},
+        **({} if s["trl_defaults"] else {"bf16": s["dtype"] == "bfloat16", "gradient_checkpointing": False}),
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -123,23 +127,30 @@ def trl_trainer(root: Path, prompts: list[str], s: dict, max_steps: int, callbac
                        callbacks=[callback])
 
 
-def matmul_peak(n: int, repeats: int = 3) -> float:
-    """Best float32 FLOP/s of an n x n matmul over `repeats` runs."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int, dtype: str, repeats: int = 3) -> float:
+    """Best FLOP/s of an n x n matmul in `dtype` on DEVICE over `repeats` runs."""
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=getattr(torch, dtype)) for _ in range(2))
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
+        synchronize()
         t0 = time.perf_counter()
         torch.matmul(a, b)
+        synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+def synchronize() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 class Interleaved:
     """Runs one step of every agro trainer and a matmul peak measurement; records all timings."""
 
-    def __init__(self, agro: dict[str, Trainer], warmup: int, matmul_n: int):
-        self.agro, self.warmup, self.matmul_n = agro, warmup, matmul_n
+    def __init__(self, agro: dict[str, Trainer], warmup: int, matmul_n: int, dtype: str):
+        self.agro, self.warmup, self.matmul_n, self.dtype = agro, warmup, matmul_n, dtype
         self.rounds = 0
         self.agro_steps: dict[str, list[dict]] = {name: [] for name in agro}
         self.trl_steps: list[dict] = []
@@ -147,13 +158,15 @@ class Interleaved:
 
     def round(self) -> None:
         for name, trainer in self.agro.items():
+            synchronize()
             t0 = time.perf_counter()
             metrics = trainer.train_step()
+            synchronize()
             wall = time.perf_counter() - t0
             if self.rounds >= self.warmup:
                 tokens = round(metrics["tokens_per_s"] * metrics["time_step"])
                 self.agro_steps[name].append({**metrics, "wall": wall, "tokens": tokens})
-        self.peaks.append(matmul_peak(self.matmul_n))
+        self.peaks.append(matmul_peak(self.matmul_n, self.dtype))
         self.rounds += 1
 
 
@@ -167,6 +180,7 @@ def make_trl_callback(interleaved: Interleaved):
             self.resumed, self.seen = time.perf_counter(), 0
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize()
             wall = time.perf_counter() - self.resumed
             if interleaved.rounds >= interleaved.warmup:
                 lengths = self.trainer._metrics["train"]["completions/mean_length"]
@@ -190,7 +204,7 @@ def run_size(size: str, s: dict, use_trl: bool) -> dict:
         root = Path(tmp)
         _, prompts, params = build_assets(root, size, s["completion_length"])
         agro = {"agro_grpo": agro_trainer(root, "grpo", s), "agro": agro_trainer(root, "agro", s)}
-        interleaved = Interleaved(agro, s["warmup"], s["matmul_n"])
+        interleaved = Interleaved(agro, s["warmup"], s["matmul_n"], s["dtype"])
         try:
             if use_trl:
                 callback = make_trl_callback(interleaved)
@@ -234,7 +248,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 tokens, 1 measured step")
     p.add_argument("--no-trl", action="store_true", help="agro only")
-    p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated, of: " + ", ".join(SIZES))
+    p.add_argument("--sizes", default="3M,11M" if DEVICE == "cpu" else ",".join(SIZES),
+                   help="comma-separated, of: " + ", ".join(SIZES))
+    p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                   help="weights of both sides (default: float32 on CPU, bfloat16 on a GPU)")
     p.add_argument("--steps", type=int, help="measured steps per side")
     p.add_argument("--warmup", type=int, help="unmeasured steps per side")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -244,6 +261,9 @@ def main():
     s = dict(QUICK if a.quick else FULL)
     s.update({k: getattr(a, k) for k in ("steps", "warmup") if getattr(a, k) is not None})
     s["trl_defaults"] = a.trl_defaults
+    s["dtype"] = a.dtype or ("float32" if DEVICE == "cpu" else "bfloat16")
+    if DEVICE == "cuda":
+        s["matmul_n"] = 8192
     if a.threads:
         torch.set_num_threads(a.threads)
     use_trl = not a.no_trl
@@ -258,6 +278,7 @@ def main():
         results[size] = run_size(size, s, use_trl)
         print(json.dumps({size: results[size]}), flush=True)
     results["config"] = {**s, "threads": torch.get_num_threads(), "trl": use_trl, "torch": torch.__version__,
+                         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
                          "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
     print(json.dumps(results))
 

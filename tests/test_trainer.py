@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny locally-built model: regimes, checkpoints, resume, final/, errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from agro.cli import main
 from agro.config import load_config
+from agro.rollout import HFGenerator
 from agro.trainer import Trainer
 
 REWARD = f"{Path(__file__).parent / 'trainer_rewards.py'}:digit_fraction"
@@ -110,23 +112,35 @@ def test_resume_is_bit_exact(assets, tmp_path):
 
 
 def test_two_processes_match_one(assets, tmp_path):
-    """accelerate --cpu with 2 processes, offline-only, fixed seed: same loss trajectory as 1 process."""
+    """2 CPU processes under DDP (gloo), offline-only, fixed seed: the loss trajectory of 1 process.
+
+    `accelerate launch --cpu` starts a single process whatever --num_processes says, so the processes
+    are started with torchrun, and accelerate's CPU flag makes them one MULTI_CPU group.
+    """
     common = {"num_generations": 0, "offline_data": assets / "offline.jsonl", "offline_per_group": 4,
               "train_data": "null", "prompts_per_step": 4, "max_steps": 3, "save_steps": 0, "mini_batch_size": 3}
     losses = {}
     for procs in (1, 2):
         out = tmp_path / f"p{procs}"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(procs),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agro.cli", "train"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+               "--master_port", str(29500 + procs), "-m", "agro.cli", "train"]
         for item in overrides(assets, out, **common):
             cmd += ["--set", item]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         losses[procs] = [r["loss"] for r in read_metrics(out)]
+        assert ("agro: 2 processes (MULTI_CPU)" in proc.stdout) == (procs == 2), proc.stdout[-2000:]
     assert len(losses[1]) == 3
     assert losses[1] == pytest.approx(losses[2], rel=1e-4, abs=1e-6)
     assert losses[1][0] != pytest.approx(losses[1][-1], abs=1e-6)  # training moved the loss
+    # Same update: elementwise, Adam turns reduction-order noise in near-zero gradients into visible steps,
+    # so compare the whole update, which without the gradient all-reduce would differ by its own size.
+    start = load_file(assets / "model" / "model.safetensors")
+    one, two = (final_weights(tmp_path / f"p{procs}") for procs in (1, 2))
+    moved = sum(float((one[k] - start[k]).norm() ** 2) for k in start) ** 0.5
+    apart = sum(float((one[k] - two[k]).norm() ** 2) for k in start) ** 0.5
+    assert moved > 0.1 and apart < 1e-3 * moved, (moved, apart)
 
 
 def run_cli(args, capsys):
@@ -246,3 +260,23 @@ def test_gradient_checkpointing_gives_the_same_step(assets, tmp_path):
         weights.append(final_weights(out))
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-6)
+
+
+def test_static_cache_generates_what_the_dynamic_cache_does(assets):
+    """cache_implementation=static: a cache of max_prompt_length + max_completion_length tokens for every
+    generate call; greedy completions of prompts of several widths equal the dynamic cache's, and a step trains."""
+    trainer = Trainer(load_config(None, overrides(assets, assets / "unused", cache_implementation="static")))
+    try:
+        static = trainer.generator
+        config = static._config(trainer.policy, True, 1)
+        assert (config.cache_implementation, config.max_cache_len) == ("static", 64)
+        dynamic = HFGenerator(trainer.tokenizer, static.max_new_tokens)
+        prompts = [trainer.prompt_ids[k][i % 3 :] for i, k in enumerate(trainer.problems[:6])]
+        assert len({len(p) for p in prompts}) == 3  # left padding differs between rows and calls
+        for chunk in (prompts[:2], prompts[2:]):
+            assert static.generate(trainer.policy, chunk, 1, do_sample=False) == \
+                dynamic.generate(trainer.policy, chunk, 1, do_sample=False)
+        metrics = trainer.train_step()
+        assert metrics["length/on_policy"] > 0 and math.isfinite(metrics["loss"])
+    finally:
+        trainer.scorer.close()

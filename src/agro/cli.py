@@ -104,9 +104,11 @@ def _run_train(args) -> int:
     from agro.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
-    metrics = Trainer(config, resume=args.resume).train()
-    summary = {k: v for k, v in metrics.items() if k in ("step", "loss", "kl", "reward/on_policy", "eval/accuracy")}
-    print(f"agro: done; {summary}; outputs in {config.output_dir}")
+    trainer = Trainer(config, resume=args.resume)
+    metrics = trainer.train()
+    if trainer.accelerator.is_main_process:
+        summary = {k: v for k, v in metrics.items() if k in ("step", "loss", "kl", "reward/on_policy", "eval/accuracy")}
+        print(f"agro: done; {summary}; outputs in {config.output_dir}")
     return 0
 
 

@@ -66,6 +66,9 @@ class TrainConfig:
     top_p: float = _f(1.0, "nucleus sampling threshold")
     generation_backend: str = _f("hf", "hf (transformers generate) | vllm (colocated, needs vllm and a GPU)")
     generation_batch_size: int = _f(64, "sequences per generate call")
+    cache_implementation: str = _f("dynamic", "hf: generate's KV cache, dynamic | static (fixed size, the prompt "
+                                   "and completion lengths; on a GPU transformers compiles its decoding step, "
+                                   "slower at first, then faster: docs/performance.md)")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm: fraction of GPU memory for the colocated engine")
     # reward
     reward_function: str = _f("math", "exact | math | module:function | path/file.py:function")
@@ -111,6 +114,7 @@ CHOICES = {
     "prompt_template": ("plain", "chat", "raw"),
     "on_bad_record": ("error", "skip"),
     "generation_backend": ("hf", "vllm"),
+    "cache_implementation": ("dynamic", "static"),
     "lr_scheduler_type": ("constant", "linear", "cosine"),
 }
 POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length",

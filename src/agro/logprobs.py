@@ -111,6 +111,25 @@ def completion_logprobs(
     return token_logprobs(hidden, model.get_output_embeddings(), input_ids[:, -C:], chunk_size, softcap)
 
 
+class CompletionLogprobs(nn.Module):
+    """A causal LM whose forward is `completion_logprobs`: the module to hand to accelerate.
+
+    Distributed wrappers (DDP, FSDP, DeepSpeed) hook the module they wrap: DDP prepares its gradient
+    all-reduce, FSDP gathers the root's parameters. `completion_logprobs` runs the decoder and the output
+    head as submodules, which would bypass those hooks, so the trainer wraps this module instead of
+    the LM. Its state-dict keys are the LM's with the prefix `lm.`.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self._no_split_modules = getattr(lm, "_no_split_modules", None)  # FSDP wraps these layer classes
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int,
+                chunk_size: int = 1024) -> torch.Tensor:
+        return completion_logprobs(self.lm, input_ids, attention_mask, num_completion_tokens, chunk_size)
+
+
 # Without grad the full pass frees each layer's keys and values; the shared pass keeps the whole cache
 # until the completions have run. Above this size the full pass is used instead.
 NO_GRAD_CACHE_BYTES = 2**30

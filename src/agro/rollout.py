@@ -99,16 +99,20 @@ class HFGenerator:
     """
 
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 batch_size: int = 64):
+                 batch_size: int = 64, static_cache_len: int | None = None):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.batch_size = batch_size
+        self.static_cache_len = static_cache_len  # None: dynamic cache; else a static cache of this many tokens
 
     def _config(self, model, do_sample: bool, num_generations: int) -> GenerationConfig:
         eos = sorted(eos_token_ids(self.tokenizer, model))
         common = {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                   "eos_token_id": eos, "use_cache": True, "num_return_sequences": num_generations}
+        if self.static_cache_len is not None:
+            # one cache size for every call, so that a compiled decoding step is not recompiled per prompt width
+            common.update(cache_implementation="static", max_cache_len=self.static_cache_len)
         if do_sample:
             return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, **common)
         return GenerationConfig(do_sample=False, **common)
@@ -140,10 +144,11 @@ class HFGenerator:
 
 def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
                    gpu_memory_utilization: float = 0.3, model_name_or_path: str | None = None,
-                   max_model_len: int | None = None):
+                   max_model_len: int | None = None, cache_implementation: str = "dynamic"):
     """`hf`: transformers generate; `vllm`: a colocated vLLM engine (optional extra, GPU only)."""
     if backend == "hf":
-        return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size)
+        static_len = max_model_len if cache_implementation == "static" else None
+        return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size, static_len)
     if backend != "vllm":
         raise AgroError(f"unknown generation backend {backend!r}; choose hf or vllm")
     from agro.vllm_backend import VLLMGenerator

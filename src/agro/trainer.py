@@ -33,7 +33,7 @@ from agro.buffer import SOURCES, Generation, ReplayBuffer
 from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
-from agro.logprobs import completion_logprobs
+from agro.logprobs import CompletionLogprobs
 from agro.rewards import RewardResult, RewardScorer
 from agro.rollout import collate, completion_token_ids, encode_prompt, make_generator, prompt_text
 
@@ -104,7 +104,8 @@ class Trainer:
         self.generator = make_generator(config.generation_backend, self.tokenizer, config.max_completion_length,
                                         config.temperature, config.top_p, config.generation_batch_size,
                                         config.vllm_gpu_memory_utilization, config.model_name_or_path,
-                                        config.max_prompt_length + config.max_completion_length)
+                                        config.max_prompt_length + config.max_completion_length,
+                                        config.cache_implementation)
         self.scorer = RewardScorer(config.reward_function, timeout=config.reward_timeout,
                                    num_workers=config.reward_workers)
         self.replay = ReplayBuffer(config.replay_max_staleness, config.replay_weight)
@@ -217,10 +218,10 @@ class Trainer:
 
             model = get_peft_model(model, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=0.0,
                                                      target_modules=c.lora_target_modules, task_type="CAUSAL_LM"))
-            self.ref_model = None  # the reference is the same weights with adapters disabled
+            self.reference = None  # the reference is the same weights with adapters disabled
         else:
-            self.ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
-            self.ref_model.requires_grad_(False).eval().to(self.accelerator.device)
+            ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
+            self.reference = CompletionLogprobs(ref_model.requires_grad_(False).eval().to(self.accelerator.device))
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if context is not None and c.max_prompt_length + c.max_completion_length > context:
             raise AgroError(f"config: key 'max_completion_length': max_prompt_length + max_completion_length = "
@@ -237,11 +238,14 @@ class Trainer:
                                       weight_decay=c.weight_decay)
         scheduler = get_scheduler(c.lr_scheduler_type, optimizer, num_warmup_steps=c.warmup_steps,
                                   num_training_steps=c.max_steps)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        # self.model: the policy's log-prob module, as accelerate wrapped it (DDP/FSDP/DeepSpeed or as is)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            CompletionLogprobs(model), optimizer, scheduler)
 
     @property
     def policy(self):
-        return self.accelerator.unwrap_model(self.model)
+        """The policy causal LM, unwrapped (generation, evaluation, saving)."""
+        return self.accelerator.unwrap_model(self.model).lm
 
     # ------------------------------------------------------------------ one step
 
@@ -293,15 +297,15 @@ class Trainer:
         return {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
                 "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
 
-    def _logprobs(self, model, gens: list[Generation]) -> list[torch.Tensor]:
+    def _logprobs(self, model: CompletionLogprobs, gens: list[Generation]) -> list[torch.Tensor]:
         """Per-token log-probs of each generation's completion under `model`, in mini-batches."""
         out = []
         for start in range(0, len(gens), self.config.mini_batch_size):
             chunk = gens[start : start + self.config.mini_batch_size]
             batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
                             self.tokenizer.pad_token_id, self.accelerator.device)
-            lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
-                                     self.config.logprob_chunk_size).float().cpu()
+            lp = model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                       self.config.logprob_chunk_size).float().cpu()
             out.extend(lp[i, : len(g.completion_ids)] for i, g in enumerate(chunk))
         return out
 
@@ -317,8 +321,8 @@ class Trainer:
                 return self._logprobs(self.model, gens), None
         batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
                         self.tokenizer.pad_token_id, self.accelerator.device)
-        lp = completion_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                 batch.num_completion_tokens, self.config.logprob_chunk_size).float()
+        lp = self.model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                        self.config.logprob_chunk_size).float()
         values = lp.detach().cpu()
         return [values[i, : len(g.completion_ids)] for i, g in enumerate(gens)], lp
 
@@ -328,11 +332,11 @@ class Trainer:
         todo = [g for g in gens if g.ref_logprobs is None]
         if not todo:
             return
-        if self.ref_model is not None:
-            values = self._logprobs(self.ref_model, todo)
+        if self.reference is not None:
+            values = self._logprobs(self.reference, todo)
         else:
             with self.policy.disable_adapter():
-                values = self._logprobs(self.policy, todo)
+                values = self._logprobs(CompletionLogprobs(self.policy), todo)
         for g, v in zip(todo, values):
             g.ref_logprobs = v.clone()
 
@@ -397,8 +401,8 @@ class Trainer:
                 else:
                     batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
                                     self.tokenizer.pad_token_id, device)
-                    lp = completion_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                             batch.num_completion_tokens, c.logprob_chunk_size).float()
+                    lp = self.model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                                    c.logprob_chunk_size).float()
                 width = t["mask"].shape[1]
                 lp = torch.nn.functional.pad(lp, (0, max(0, width - lp.shape[1])))[:, :width]
                 rows = torch.arange(start, start + len(chunk), device=device)
@@ -427,40 +431,46 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": grad_norm, "learning_rate": lr, "skipped_update": 0.0}
 
+    def _clock(self) -> float:
+        """Wall time once the device's queued kernels are done, so that GPU phase times count them."""
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def train_step(self) -> dict[str, float]:
         c = self.config
         times = {}
-        t0 = time.perf_counter()
+        t0 = self._clock()
         keys = self._next_prompts()
         on_policy = self._rollout(keys)
-        times["time_generation"] = time.perf_counter() - t0
+        times["time_generation"] = self._clock() - t0
         gens = self._assemble(keys, on_policy)
-        t1 = time.perf_counter()
+        t1 = self._clock()
         reward_metrics = self._score(gens)
-        times["time_reward"] = time.perf_counter() - t1
-        t1 = time.perf_counter()
+        times["time_reward"] = self._clock() - t1
+        t1 = self._clock()
         self._reference_logprobs(gens)
-        times["time_reference"] = time.perf_counter() - t1
-        t1 = time.perf_counter()
+        times["time_reference"] = self._clock() - t1
+        t1 = self._clock()
         logprobs_now, graph = self._policy_logprobs(gens)
         for g, lp in zip(on_policy, logprobs_now[: len(on_policy)]):
             g.behavior_logprobs = lp  # the sampling policy's log-probs, for importance weights and replay
         tensors = self._tensors(gens, keys, logprobs_now)
         out = self._backward(gens, tensors, graph)
-        times["time_policy"] = time.perf_counter() - t1
-        t1 = time.perf_counter()
+        times["time_policy"] = self._clock() - t1
+        t1 = self._clock()
         loss = float(self.accelerator.reduce(out.loss.detach().reshape(1), "mean").item())
         if math.isfinite(loss):
             opt = self._optimizer_step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
             opt = {"grad_norm": float("nan"), "learning_rate": self.scheduler.get_last_lr()[0], "skipped_update": 1.0}
-        times["time_optimizer"] = time.perf_counter() - t1
+        times["time_optimizer"] = self._clock() - t1
         self.step += 1
         if c.replay_per_group:
             self.replay.add(on_policy)
             self.replay.evict(self.step)
-        elapsed = time.perf_counter() - t0
+        elapsed = self._clock() - t0
         tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
         metrics = {"step": self.step, "loss": loss, **opt, **reward_metrics, **times, "time_step": elapsed,
                    "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
@@ -499,7 +509,7 @@ class Trainer:
         if acc.is_main_process:
             checkpoint.staging_dir(self.output_dir, self.step)
         acc.wait_for_everyone()
-        state_dict = acc.get_state_dict(self.model)
+        state_dict = {k.removeprefix("lm."): v for k, v in acc.get_state_dict(self.model).items()}
         if acc.is_main_process:
             self.policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank)
@@ -568,6 +578,9 @@ class Trainer:
                 self._discard_unsaved()
                 tqdm.write(f"agro: resuming at step {self.step}")
             save_config(c, self.output_dir / "config.yaml")
+            if self.world > 1:
+                tqdm.write(f"agro: {self.world} processes ({acc.distributed_type.value}), "
+                           f"{c.prompts_per_step // self.world} prompts per step on each")
             for report in self.data_reports:
                 if report.skipped or report.duplicates:
                     tqdm.write(report.summary())

@@ -91,6 +91,7 @@ def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
         "learning_rate": LEARNING_RATE, "max_grad_norm": 1.0, "lr_scheduler_type": "constant",
         "mini_batch_size": batch, "generation_batch_size": batch, "max_steps": 10**6, "save_steps": 0,
         "report_to": "none", "output_dir": root / f"agro-{objective}", "seed": SEED, "torch_dtype": s["dtype"],
+        "cache_implementation": s["cache_implementation"],
     }
     return Trainer(load_config(None, [f"{k}={v}" for k, v in settings.items()]))
 
@@ -110,6 +111,7 @@ def trl_trainer(root: Path, prompts: list[str], s: dict, max_steps: int, callbac
         # TRL defaults both to True (bf16 autocast, recomputed activations); agro runs without autocast and
         # without recompute, in float32 (CPU) or with bfloat16 weights (GPU, where TRL gets the same weights)
         model_init_kwargs={"dtype": s["dtype"]},
+        cache_implementation=None if s["trl_cache_implementation"] == "dynamic" else s["trl_cache_implementation"],
         **({} if s["trl_defaults"] else {"bf16": s["dtype"] == "bfloat16", "gradient_checkpointing": False}),
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0,
@@ -255,12 +257,19 @@ def main():
     p.add_argument("--steps", type=int, help="measured steps per side")
     p.add_argument("--warmup", type=int, help="unmeasured steps per side")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--cache-implementation", choices=("dynamic", "static"), default="dynamic",
+                   help="generate's KV cache of agro, and of TRL unless --trl-cache-implementation (static: "
+                        "compiled decoding on a GPU)")
+    p.add_argument("--trl-cache-implementation", choices=("dynamic", "static"),
+                   help="TRL's generate cache, when it differs from agro's (each side at its faster setting)")
     p.add_argument("--trl-defaults", action="store_true",
                    help="keep TRL's bf16 autocast and gradient checkpointing (not the same work)")
     a = p.parse_args()
     s = dict(QUICK if a.quick else FULL)
     s.update({k: getattr(a, k) for k in ("steps", "warmup") if getattr(a, k) is not None})
     s["trl_defaults"] = a.trl_defaults
+    s["cache_implementation"] = a.cache_implementation
+    s["trl_cache_implementation"] = a.trl_cache_implementation or a.cache_implementation
     s["dtype"] = a.dtype or ("float32" if DEVICE == "cpu" else "bfloat16")
     if DEVICE == "cuda":
         s["matmul_n"] = 8192

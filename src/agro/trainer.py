@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
@@ -96,11 +96,18 @@ class Trainer:
         if config.prompts_per_step % self.world:
             raise AgroError(f"config: key 'prompts_per_step': {config.prompts_per_step} groups cannot be split "
                             f"evenly over {self.world} processes")
+        if (self.accelerator.distributed_type == DistributedType.FSDP and config.generation_backend == "hf"
+                and (config.num_generations or config.eval_data)):
+            # generate() runs the unwrapped LM, outside the FSDP root's forward that gathers the shards
+            raise AgroError("config: key 'num_generations': generation with the hf backend under FSDP is not "
+                            "supported; use DDP or DeepSpeed, or FSDP with offline data only (num_generations: 0, "
+                            "no eval_data)")
         set_seed(config.seed)
         self.tokenizer = load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path,
                                         config.trust_remote_code)
         self._load_data()
-        self._load_models()
+        saved = checkpoint.list_checkpoints(self.output_dir) if resume else []
+        self._load_models(saved[-1] if saved else None)
         self.generator = make_generator(config.generation_backend, self.tokenizer, config.max_completion_length,
                                         config.temperature, config.top_p, config.generation_batch_size,
                                         config.vllm_gpu_memory_utilization, config.model_name_or_path,
@@ -114,8 +121,8 @@ class Trainer:
         self.nonfinite_run = 0
         self._stop_signal: int | None = None
         self.resumed = resume
-        if resume and checkpoint.list_checkpoints(self.output_dir):
-            self._resume()
+        if saved:
+            self._resume(saved[-1])
 
     # ------------------------------------------------------------------ setup
 
@@ -210,7 +217,8 @@ class Trainer:
                 prompt=self.prompt_texts[key], completion=r.completion, behavior_logprobs=behavior,
             ))
 
-    def _load_models(self) -> None:
+    def _load_models(self, resume_from: Path | None) -> None:
+        """Policy (from `resume_from`'s weights when given), reference, optimizer, all through accelerate."""
         c = self.config
         model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
         if c.use_peft:
@@ -222,6 +230,8 @@ class Trainer:
         else:
             ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
             self.reference = CompletionLogprobs(ref_model.requires_grad_(False).eval().to(self.accelerator.device))
+        if resume_from is not None:  # before accelerate shards or wraps the weights (FSDP, ZeRO-3)
+            _load_weights(model, resume_from, c.use_peft)
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if context is not None and c.max_prompt_length + c.max_completion_length > context:
             raise AgroError(f"config: key 'max_completion_length': max_prompt_length + max_completion_length = "
@@ -499,6 +509,10 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "position": self.position,
                 "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
 
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The policy LM's whole state dict (gathered under FSDP / ZeRO-3; call on every process)."""
+        return {k.removeprefix("lm."): v for k, v in self.accelerator.get_state_dict(self.model).items()}
+
     def save_checkpoint(self) -> Path | None:
         """`checkpoint-<step>/`, written atomically; a step already saved is not rewritten."""
         acc = self.accelerator
@@ -509,7 +523,7 @@ class Trainer:
         if acc.is_main_process:
             checkpoint.staging_dir(self.output_dir, self.step)
         acc.wait_for_everyone()
-        state_dict = {k.removeprefix("lm."): v for k, v in acc.get_state_dict(self.model).items()}
+        state_dict = self._full_state_dict()
         if acc.is_main_process:
             self.policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank)
@@ -520,26 +534,8 @@ class Trainer:
         acc.wait_for_everyone()
         return path
 
-    def _resume(self) -> None:
-        path = checkpoint.list_checkpoints(self.output_dir)[-1]
-        policy = self.policy
-        if self.config.use_peft:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            set_peft_model_state_dict(policy, load_file(path / "adapter_model.safetensors"))
-        else:
-            from safetensors.torch import load_file
-
-            files = sorted(path.glob("model*.safetensors"))
-            state = {}
-            for f in files:
-                state.update(load_file(f))
-            missing, unexpected = policy.load_state_dict(state, strict=False)
-            if unexpected or [m for m in missing if "lm_head" not in m]:
-                raise AgroError(f"{path}: checkpoint does not match the model ({len(missing)} missing, "
-                                f"{len(unexpected)} unexpected tensors)")
-            policy.tie_weights()
+    def _resume(self, path: Path) -> None:
+        """Optimizer, scheduler and trainer state of checkpoint `path` (its weights were loaded with the model)."""
         state = checkpoint.load_states(path, self.optimizer, self.scheduler, self.rank)
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.nonfinite_run = state["nonfinite_run"]
@@ -640,10 +636,12 @@ class Trainer:
         """`final/`: a model loadable with `from_pretrained` (LoRA merged into the base weights)."""
         final = self.output_dir / "final"
         self.accelerator.wait_for_everyone()
+        # every process takes part: FSDP and ZeRO-3 gather the full weights here
+        state_dict = None if self.config.use_peft else self._full_state_dict()
         if self.accelerator.is_main_process:
             policy = _merged_copy(self.policy) if self.config.use_peft else self.policy
             staging = checkpoint.staging_dir(self.output_dir, "final")
-            policy.save_pretrained(staging, safe_serialization=True)
+            policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(staging)
             checkpoint.replace_dir(staging, final)
         self.accelerator.wait_for_everyone()
@@ -720,6 +718,25 @@ def _disable_dropout(model) -> None:
         for name, value in vars(config).items():
             if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
                 setattr(config, name, 0.0)
+
+
+def _load_weights(model, path: Path, use_peft: bool) -> None:
+    """The policy weights (or LoRA adapter) saved in checkpoint `path`, into `model` in place."""
+    from safetensors.torch import load_file
+
+    if use_peft:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        return
+    state = {}
+    for f in sorted(path.glob("model*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise AgroError(f"{path}: checkpoint does not match the model ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected tensors)")
+    model.tie_weights()
 
 
 def _merged_copy(peft_model):

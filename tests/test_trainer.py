@@ -122,8 +122,8 @@ def test_two_processes_match_one(assets, tmp_path):
     losses = {}
     for procs in (1, 2):
         out = tmp_path / f"p{procs}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_port", str(29500 + procs), "-m", "agro.cli", "train"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
+               "-m", "agro.cli", "train"]  # --standalone: a free local port
         for item in overrides(assets, out, **common):
             cmd += ["--set", item]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}

@@ -40,5 +40,6 @@ def test_prefix_sharing_benchmark_quick():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])["3M/prompt9"]
     assert result["parameters"] > 3_000_000 and result["max_abs_diff"] < 1e-4
-    for key in ("reference_shared_s", "reference_full_s", "policy_shared_s", "policy_full_s"):
+    for key in ("reference_shared_s", "reference_full_s", "policy_shared_s", "policy_full_s", "generate_shared_s",
+                "generate_full_s"):
         assert result[key] > 0

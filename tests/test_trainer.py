@@ -268,7 +268,7 @@ def test_static_cache_generates_what_the_dynamic_cache_does(assets):
     trainer = Trainer(load_config(None, overrides(assets, assets / "unused", cache_implementation="static")))
     try:
         static = trainer.generator
-        config = static._config(trainer.policy, True, 1)
+        config = static._config(trainer.policy, True)
         assert (config.cache_implementation, config.max_cache_len) == ("static", 64)
         dynamic = HFGenerator(trainer.tokenizer, static.max_new_tokens)
         prompts = [trainer.prompt_ids[k][i % 3 :] for i, k in enumerate(trainer.problems[:6])]

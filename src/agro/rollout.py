@@ -6,10 +6,13 @@ the policy's log-probs of a completion are computed exactly as it was sampled.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from agro.errors import AgroError
 
@@ -99,17 +102,18 @@ class HFGenerator:
     """
 
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 batch_size: int = 64, static_cache_len: int | None = None):
+                 batch_size: int = 64, static_cache_len: int | None = None, share_prefill: bool = True):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.batch_size = batch_size
         self.static_cache_len = static_cache_len  # None: dynamic cache; else a static cache of this many tokens
+        self.share_prefill = share_prefill  # dynamic cache: the samples of a prompt share its prefill
 
-    def _config(self, model, do_sample: bool, num_generations: int) -> GenerationConfig:
+    def _config(self, model, do_sample: bool) -> GenerationConfig:
         eos = sorted(eos_token_ids(self.tokenizer, model))
         common = {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
-                  "eos_token_id": eos, "use_cache": True, "num_return_sequences": num_generations}
+                  "eos_token_id": eos, "use_cache": True}
         if self.static_cache_len is not None:
             # one cache size for every call, so that a compiled decoding step is not recompiled per prompt width
             common.update(cache_implementation="static", max_cache_len=self.static_cache_len)
@@ -121,7 +125,7 @@ class HFGenerator:
     def generate(self, model, prompts: list[list[int]], num_generations: int = 1, do_sample: bool = True
                  ) -> list[list[int]]:
         """`num_generations` completions per prompt, prompt-major order, each cut after its first EOS."""
-        config = self._config(model, do_sample, num_generations)
+        config = self._config(model, do_sample)
         eos = set(config.eos_token_id)
         pad = self.tokenizer.pad_token_id
         device = next(model.parameters()).device
@@ -131,15 +135,53 @@ class HFGenerator:
         out: list[list[int]] = []
         for start in range(0, len(prompts), per_call):
             chunk = prompts[start : start + per_call]
-            ids, attn = left_pad(chunk, pad)
+            ids, attn = (t.to(device) for t in left_pad(chunk, pad))
             width = ids.shape[1]
-            sequences = model.generate(
-                input_ids=ids.to(device), attention_mask=attn.to(device),
-                generation_config=config,
+            shared = {}
+            if num_generations > 1 and width > 1 and self.static_cache_len is None and self.share_prefill:
+                shared = shared_prefill(model, ids, attn, num_generations)
+            sequences = model.generate(  # rows prompt-major, as num_return_sequences would order them
+                input_ids=ids.repeat_interleave(num_generations, 0),
+                attention_mask=attn.repeat_interleave(num_generations, 0), generation_config=config, **shared,
             )
             out.extend(cut_at_eos(row.tolist(), eos, pad) for row in sequences[:, width:].cpu())
         model.train(was_training)
         return out
+
+
+_NO_SHARED_PREFILL: set[type] = set()  # decoder classes whose forward could not fill a shared cache
+
+
+def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) -> dict:
+    """`generate`'s cache argument holding each prompt's first L−1 tokens, run once and repeated `copies` times.
+
+    `generate` then feeds only the last prompt column and samples from there: the G samples of a prompt
+    share one prefill instead of G (generation 1.1× faster with 9-token prompts, 1.3× with 64, 1.8× with
+    200: the 11M benchmark model, 8 × 8 samples of 32 tokens, CPU; docs/performance.md). {} (generate
+    does its own prefill) when the model's cache is not plain full attention or its decoder cannot fill it.
+    """
+    decoder = model.get_decoder()
+    if type(decoder) in _NO_SHARED_PREFILL:
+        return {}
+    cache = DynamicCache(config=model.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return {}
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    try:
+        decoder(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=positions[:, :-1], use_cache=True,
+                **{cache_arg: cache})
+    except (AttributeError, TypeError, ValueError, NotImplementedError) as err:  # e.g. its own cache class
+        failure = f"{type(err).__name__}: {err}"
+    else:
+        if cache.get_seq_length() == ids.shape[1] - 1:
+            cache.batch_repeat_interleave(copies)
+            return {cache_arg: cache}
+        failure = "the decoder left the cache empty"
+    _NO_SHARED_PREFILL.add(type(decoder))
+    warnings.warn(f"agro: {type(decoder).__name__} cannot prefill a shared prompt cache ({failure}); "
+                  "generate prefills every sample from now on", stacklevel=3)
+    return {}
 
 
 def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,

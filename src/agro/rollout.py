@@ -98,7 +98,9 @@ class HFGenerator:
     """Batched transformers `generate` with KV cache and left padding.
 
     Sampling is from the policy itself (top_k disabled); `temperature`/`top_p` other than 1 make the
-    samples slightly off-policy, which AGRO handles as any other off-policy data.
+    samples slightly off-policy, which AGRO handles as any other off-policy data. With the dynamic
+    cache the samples of a prompt share its prefill (`shared_prefill`); `static_cache_len` gives
+    `generate` a static cache of that many tokens instead (compiled decoding on a GPU).
     """
 
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,

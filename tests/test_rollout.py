@@ -63,6 +63,16 @@ def test_shared_prefill_is_the_per_sample_prefill(name):
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
 
 
+def test_generator_uses_the_shared_prefill_with_the_dynamic_cache_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(rollout, "shared_prefill", lambda *args: calls.append(args[-1]) or shared_prefill(*args))
+    model = model_named("llama")
+    HFGenerator(TOKENIZER, 4).generate(model, PROMPTS, 3)
+    HFGenerator(TOKENIZER, 4).generate(model, PROMPTS, 1)  # one sample per prompt: nothing to share
+    HFGenerator(TOKENIZER, 4, static_cache_len=16).generate(model, PROMPTS, 3)
+    assert calls == [3]
+
+
 def test_decoder_that_ignores_the_cache_falls_back_with_a_warning():
     model = model_named("llama")
 

@@ -268,15 +268,28 @@ def test_static_cache_generates_what_the_dynamic_cache_does(assets):
     trainer = Trainer(load_config(None, overrides(assets, assets / "unused", cache_implementation="static")))
     try:
         static = trainer.generator
-        config = static._config(trainer.policy, True)
-        assert (config.cache_implementation, config.max_cache_len) == ("static", 64)
         dynamic = HFGenerator(trainer.tokenizer, static.max_new_tokens)
         prompts = [trainer.prompt_ids[k][i % 3 :] for i, k in enumerate(trainer.problems[:6])]
         assert len({len(p) for p in prompts}) == 3  # left padding differs between rows and calls
         for chunk in (prompts[:2], prompts[2:]):
             assert static.generate(trainer.policy, chunk, 1, do_sample=False) == \
                 dynamic.generate(trainer.policy, chunk, 1, do_sample=False)
+        assert trainer.policy._previous_max_cache_length == 64  # generate built a static cache of that size
         metrics = trainer.train_step()
         assert metrics["length/on_policy"] > 0 and math.isfinite(metrics["loss"])
     finally:
         trainer.scorer.close()
+
+
+def test_mixed_precision_reference_runs_under_the_same_autocast(assets, tmp_path):
+    """accelerate autocasts the prepared policy's forward; the reference pass must be cast alike, or the
+    first step (policy = reference) would show a log-ratio from bf16 rounding alone."""
+    out = tmp_path / "bf16"
+    cmd = [sys.executable, "-m", "agro.cli", "train"]
+    for item in overrides(assets, out, max_steps=1, save_steps=0):
+        cmd += ["--set", item]
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = read_metrics(out)
+    assert row["log_ratio_mean"] == 0.0 and row["kl"] == 0.0, row

@@ -197,6 +197,8 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
     joining = (config.offline_per_group if config.offline_data else 0) + config.replay_per_group
     if config.num_generations == 1 and joining == 0:
         fail("num_generations", f"must be ≥ 2 with the group baseline of objective '{config.objective}', got 1")
+    if config.generation_backend == "vllm" and config.cache_implementation != "dynamic":
+        fail("cache_implementation", "applies to the hf backend only (vllm manages its own cache)")
     if config.generation_backend == "vllm" and config.use_peft:
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
     if config.objective == "rloo" and config.baseline != "mean":

@@ -117,13 +117,24 @@ class CompletionLogprobs(nn.Module):
     Distributed wrappers (DDP, FSDP, DeepSpeed) hook the module they wrap: DDP prepares its gradient
     all-reduce, FSDP gathers the root's parameters. `completion_logprobs` runs the decoder and the output
     head as submodules, which would bypass those hooks, so the trainer wraps this module instead of
-    the LM. Its state-dict keys are the LM's with the prefix `lm.`.
+    the LM. Its state-dict keys are the LM's with the prefix `lm.`. It shows accelerate the LM's config,
+    layer classes and embeddings, which DeepSpeed's "auto" sizes and FSDP's wrapping and loading read.
     """
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
+        self.config = lm.config
         self._no_split_modules = getattr(lm, "_no_split_modules", None)  # FSDP wraps these layer classes
+
+    def tie_weights(self) -> None:
+        self.lm.tie_weights()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.lm.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int,
                 chunk_size: int = 1024) -> torch.Tensor:

@@ -96,12 +96,15 @@ class Trainer:
         if config.prompts_per_step % self.world:
             raise AgroError(f"config: key 'prompts_per_step': {config.prompts_per_step} groups cannot be split "
                             f"evenly over {self.world} processes")
-        if (self.accelerator.distributed_type == DistributedType.FSDP and config.generation_backend == "hf"
-                and (config.num_generations or config.eval_data)):
-            # generate() runs the unwrapped LM, outside the FSDP root's forward that gathers the shards
-            raise AgroError("config: key 'num_generations': generation with the hf backend under FSDP is not "
-                            "supported; use DDP or DeepSpeed, or FSDP with offline data only (num_generations: 0, "
-                            "no eval_data)")
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            # generate() and the LoRA reference pass run the unwrapped LM, outside the FSDP root's forward
+            # that gathers the shards
+            if config.generation_backend == "hf" and (config.num_generations or config.eval_data):
+                raise AgroError("config: key 'num_generations': generation with the hf backend under FSDP is "
+                                "not supported; use DDP or DeepSpeed, or FSDP with offline data only "
+                                "(num_generations: 0, no eval_data)")
+            if config.use_peft:
+                raise AgroError("config: key 'use_peft': LoRA under FSDP is not supported; use DDP or DeepSpeed")
         set_seed(config.seed)
         self.tokenizer = load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path,
                                         config.trust_remote_code)
@@ -307,16 +310,22 @@ class Trainer:
         return {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
                 "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
 
-    def _logprobs(self, model: CompletionLogprobs, gens: list[Generation]) -> list[torch.Tensor]:
-        """Per-token log-probs of each generation's completion under `model`, in mini-batches."""
+    def _logprobs(self, model: CompletionLogprobs, gens: list[Generation], rounds: int = 0) -> list[torch.Tensor]:
+        """Per-token log-probs of each generation's completion under `model`, in mini-batches.
+
+        `rounds`: run at least this many forward passes, repeating the last mini-batch, so that every
+        process of a sharded model (FSDP, ZeRO-3: each forward gathers weights) runs as many.
+        """
         out = []
-        for start in range(0, len(gens), self.config.mini_batch_size):
-            chunk = gens[start : start + self.config.mini_batch_size]
+        starts = list(range(0, len(gens), self.config.mini_batch_size))
+        for j in range(max(len(starts), rounds)):
+            chunk = gens[starts[min(j, len(starts) - 1)] :][: self.config.mini_batch_size]
             batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
                             self.tokenizer.pad_token_id, self.accelerator.device)
             lp = model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
                        self.config.logprob_chunk_size).float().cpu()
-            out.extend(lp[i, : len(g.completion_ids)] for i, g in enumerate(chunk))
+            if j < len(starts):
+                out.extend(lp[i, : len(g.completion_ids)] for i, g in enumerate(chunk))
         return out
 
     def _policy_logprobs(self, gens: list[Generation]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -327,8 +336,9 @@ class Trainer:
         kernels do not depend on grad mode). Otherwise it is a no-grad pass and the tensor is None.
         """
         if self.world > 1 or len(gens) > self.config.mini_batch_size:
+            count = torch.tensor([math.ceil(len(gens) / self.config.mini_batch_size)], device=self.accelerator.device)
             with torch.no_grad():
-                return self._logprobs(self.model, gens), None
+                return self._logprobs(self.model, gens, int(self.accelerator.gather(count).max().item())), None
         batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
                         self.tokenizer.pad_token_id, self.accelerator.device)
         lp = self.model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
@@ -342,11 +352,14 @@ class Trainer:
         todo = [g for g in gens if g.ref_logprobs is None]
         if not todo:
             return
-        if self.reference is not None:
-            values = self._logprobs(self.reference, todo)
-        else:
-            with self.policy.disable_adapter():
-                values = self._logprobs(CompletionLogprobs(self.policy), todo)
+        # accelerate runs the prepared policy's forward under its mixed-precision autocast: so does π_ref,
+        # or Δ = log π − log π_ref would carry the rounding difference
+        with self.accelerator.autocast():
+            if self.reference is not None:
+                values = self._logprobs(self.reference, todo)
+            else:
+                with self.policy.disable_adapter():
+                    values = self._logprobs(CompletionLogprobs(self.policy), todo)
         for g, v in zip(todo, values):
             g.ref_logprobs = v.clone()
 

@@ -11,7 +11,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from agro import rollout
+from agro import logprobs, rollout
 from agro.rollout import HFGenerator, left_pad, shared_prefill
 from agro.tasks.arithmetic import build_tokenizer
 
@@ -82,6 +82,6 @@ def test_decoder_that_ignores_the_cache_falls_back_with_a_warning():
 
     model.model.__class__ = IgnoresCacheForPrefill
     ids, attn = left_pad(PROMPTS, TOKENIZER.pad_token_id)
-    with torch.inference_mode(), pytest.warns(UserWarning, match="IgnoresCacheForPrefill cannot prefill"):
+    with torch.inference_mode(), pytest.warns(UserWarning, match="IgnoresCacheForPrefill cannot run from a shared prompt cache"):
         assert shared_prefill(model, ids, attn, 3) == {}
-    assert IgnoresCacheForPrefill in rollout._NO_SHARED_PREFILL
+    assert IgnoresCacheForPrefill in logprobs._UNSHAREABLE

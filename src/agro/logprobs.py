@@ -144,7 +144,49 @@ class CompletionLogprobs(nn.Module):
 # Without grad the full pass frees each layer's keys and values; the shared pass keeps the whole cache
 # until the completions have run. Above this size the full pass is used instead.
 NO_GRAD_CACHE_BYTES = 2**30
-_UNSHAREABLE: set[type] = set()  # decoder classes whose forward could not run from a gathered cache
+_UNSHAREABLE: set[type] = set()  # decoder classes that could not run from a cache agro filled
+
+
+def prefill(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, instead: str):
+    """Left-padded prompts through `decoder` into a fresh KV cache: (output, cache, the forward's cache keyword).
+
+    Shared by the log-prob pass and generation, which run each distinct prompt once from it. None when
+    the config's cache is not plain full attention (sliding windows, hybrid or recurrent layers) or the
+    decoder cannot fill it; then its class is remembered and a warning says what agro does `instead`.
+    """
+    if type(decoder) in _UNSHAREABLE:
+        return None
+    cache = DynamicCache(config=decoder.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = cached_forward(decoder, cache, cache_arg, instead, input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=positions)
+    if out is None:
+        return None
+    if cache.get_seq_length() != input_ids.shape[1]:
+        _give_up(decoder, "the decoder left the cache empty", instead)
+        return None
+    return out, cache, cache_arg
+
+
+def cached_forward(decoder: nn.Module, cache: DynamicCache, cache_arg: str, instead: str, **inputs):
+    """`decoder(**inputs)` reading and extending `cache`; None, with `_give_up`, when the decoder raises."""
+    try:
+        return decoder(**inputs, use_cache=True, **{cache_arg: cache})
+    except torch.OutOfMemoryError:
+        raise
+    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+        # a decoder with a cache class of its own rejects or mishandles a DynamicCache
+        _give_up(decoder, f"{type(err).__name__}: {err}", instead)
+        return None
+
+
+def _give_up(decoder: nn.Module, failure: str, instead: str) -> None:
+    _UNSHAREABLE.add(type(decoder))
+    warnings.warn(f"agro: {type(decoder).__name__} cannot run from a shared prompt cache ({failure}); "
+                  f"{instead} from now on", stacklevel=2)
 
 
 def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -163,7 +205,7 @@ def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention
     P = L - num_completion_tokens
     key = torch.cat([input_ids[:, :P], attention_mask[:, :P].long()], dim=1)
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-    if len(unique) == B or type(decoder) in _UNSHAREABLE:
+    if len(unique) == B:
         return None
     config = decoder.config
     if torch.is_grad_enabled():
@@ -179,29 +221,15 @@ def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention
         element = next(decoder.parameters()).element_size()
         if 2 * layers * heads * head_dim * B * L * element > NO_GRAD_CACHE_BYTES:
             return None
-    cache = DynamicCache(config=config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+    instead = "computing every row in full"
+    filled = prefill(decoder, unique[:, :P], unique[:, P:].to(attention_mask.dtype), instead)
+    if filled is None:
         return None
-    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    prompt_ids, prompt_mask = unique[:, :P], unique[:, P:]
+    prompt, cache, cache_arg = filled
+    cache.batch_select_indices(inverse)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    failure = None
-    try:
-        prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask.to(attention_mask.dtype),
-                         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **{cache_arg: cache})
-        if cache.get_seq_length() != P:
-            failure = "the decoder left the cache empty"
-        else:
-            cache.batch_select_indices(inverse)
-            completion = decoder(input_ids=input_ids[:, P:], attention_mask=attention_mask,
-                                 position_ids=positions[:, P:], use_cache=True, **{cache_arg: cache})
-    except torch.OutOfMemoryError:
-        raise
-    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
-        failure = f"{type(err).__name__}: {err}"  # e.g. a model with its own cache class
-    if failure is not None:
-        _UNSHAREABLE.add(type(decoder))
-        warnings.warn(f"agro: {type(decoder).__name__} cannot run from a shared prompt cache ({failure}); "
-                      "computing every row in full from now on", stacklevel=3)
+    completion = cached_forward(decoder, cache, cache_arg, instead, input_ids=input_ids[:, P:],
+                                attention_mask=attention_mask, position_ids=positions[:, P:])
+    if completion is None:
         return None
     return torch.cat([prompt.last_hidden_state[inverse, -1:], completion.last_hidden_state[:, :-1]], dim=1)

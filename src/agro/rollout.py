@@ -6,15 +6,13 @@ the policy's log-probs of a completion are computed exactly as it was sampled.
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from agro.errors import AgroError
+from agro.logprobs import prefill
 
 
 def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
@@ -151,40 +149,23 @@ class HFGenerator:
         return out
 
 
-_NO_SHARED_PREFILL: set[type] = set()  # decoder classes whose forward could not fill a shared cache
-
-
 def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) -> dict:
     """`generate`'s cache argument holding each prompt's first L−1 tokens, run once and repeated `copies` times.
 
     `generate` then feeds only the last prompt column and samples from there: the G samples of a prompt
     share one prefill instead of G (generation 1.1× faster with 9-token prompts, 1.3× with 64, 1.8× with
     200: the 11M benchmark model, 8 × 8 samples of 32 tokens, CPU; docs/performance.md). {} (generate
-    does its own prefill) when the model's cache is not plain full attention, its decoder cannot fill it,
-    or its generation config asks for a cache implementation of its own.
+    does its own prefill) when `agro.logprobs.prefill` cannot fill a cache for this model, or its
+    generation config asks for a cache implementation of its own.
     """
-    decoder = model.get_decoder()
-    if type(decoder) in _NO_SHARED_PREFILL or getattr(model.generation_config, "cache_implementation", None):
+    if getattr(model.generation_config, "cache_implementation", None):
         return {}  # a model that asks generate for its own cache kind gets it
-    cache = DynamicCache(config=model.config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+    filled = prefill(model.get_decoder(), ids[:, :-1], attn[:, :-1], "generate prefills every sample")
+    if filled is None:
         return {}
-    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    try:
-        decoder(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=positions[:, :-1], use_cache=True,
-                **{cache_arg: cache})
-    except (AttributeError, TypeError, ValueError, NotImplementedError) as err:  # e.g. its own cache class
-        failure = f"{type(err).__name__}: {err}"
-    else:
-        if cache.get_seq_length() == ids.shape[1] - 1:
-            cache.batch_repeat_interleave(copies)
-            return {cache_arg: cache}
-        failure = "the decoder left the cache empty"
-    _NO_SHARED_PREFILL.add(type(decoder))
-    warnings.warn(f"agro: {type(decoder).__name__} cannot prefill a shared prompt cache ({failure}); "
-                  "generate prefills every sample from now on", stacklevel=3)
-    return {}
+    _, cache, cache_arg = filled
+    cache.batch_repeat_interleave(copies)
+    return {cache_arg: cache}
 
 
 def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,

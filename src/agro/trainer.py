@@ -319,7 +319,8 @@ class Trainer:
         out = []
         starts = list(range(0, len(gens), self.config.mini_batch_size))
         for j in range(max(len(starts), rounds)):
-            chunk = gens[starts[min(j, len(starts) - 1)] :][: self.config.mini_batch_size]
+            start = starts[min(j, len(starts) - 1)]
+            chunk = gens[start : start + self.config.mini_batch_size]
             batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
                             self.tokenizer.pad_token_id, self.accelerator.device)
             lp = model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
@@ -327,6 +328,10 @@ class Trainer:
             if j < len(starts):
                 out.extend(lp[i, : len(g.completion_ids)] for i, g in enumerate(chunk))
         return out
+
+    def _rounds(self, count: int) -> int:
+        """The largest `count` over processes: how many passes each runs to keep collectives in step."""
+        return int(self.accelerator.gather(torch.tensor([count], device=self.accelerator.device)).max().item())
 
     def _policy_logprobs(self, gens: list[Generation]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """The policy's detached per-token log-probs of `gens`, and the graph-attached [B, C] tensor.
@@ -336,9 +341,9 @@ class Trainer:
         kernels do not depend on grad mode). Otherwise it is a no-grad pass and the tensor is None.
         """
         if self.world > 1 or len(gens) > self.config.mini_batch_size:
-            count = torch.tensor([math.ceil(len(gens) / self.config.mini_batch_size)], device=self.accelerator.device)
+            rounds = self._rounds(math.ceil(len(gens) / self.config.mini_batch_size))
             with torch.no_grad():
-                return self._logprobs(self.model, gens, int(self.accelerator.gather(count).max().item())), None
+                return self._logprobs(self.model, gens, rounds), None
         batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
                         self.tokenizer.pad_token_id, self.accelerator.device)
         lp = self.model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
@@ -411,8 +416,7 @@ class Trainer:
         device = self.accelerator.device
         t = {k: v.to(device) for k, v in t.items()}
         starts = list(range(0, len(gens), c.mini_batch_size))
-        counts = self.accelerator.gather(torch.tensor([len(starts)], device=device))
-        rounds = int(counts.max().item())  # every process runs the same number of backward passes
+        rounds = self._rounds(len(starts))  # every process runs the same number of backward passes
         output = None
         for j in range(rounds):
             start = starts[min(j, len(starts) - 1)]

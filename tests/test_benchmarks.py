@@ -43,3 +43,13 @@ def test_prefix_sharing_benchmark_quick():
     for key in ("reference_shared_s", "reference_full_s", "policy_shared_s", "policy_full_s", "generate_shared_s",
                 "generate_full_s"):
         assert result[key] > 0
+
+
+def test_generation_cache_benchmark_quick():
+    script = SCRIPT.with_name("generation_cache.py")
+    proc = subprocess.run([sys.executable, str(script), "--sizes", "3M", "--completion-lengths", "8", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])["3M/completion8"]
+    assert result["same_samples"] and result["parameters"] > 3_000_000
+    assert result["in_place_s"] > 0 and result["concatenated_s"] > 0

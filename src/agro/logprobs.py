@@ -147,6 +147,17 @@ NO_GRAD_CACHE_BYTES = 2**30
 _UNSHAREABLE: set[type] = set()  # decoder classes that could not run from a cache agro filled
 
 
+def empty_cache(decoder: nn.Module) -> tuple[DynamicCache, str] | None:
+    """A fresh cache for `decoder` and the forward's keyword for it; None unless every layer is plain full
+    attention (sliding windows, hybrid or recurrent layers) and the decoder has run from agro's caches."""
+    if type(decoder) in _UNSHAREABLE:
+        return None
+    cache = DynamicCache(config=decoder.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    return cache, "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 def prefill(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, instead: str):
     """Left-padded prompts through `decoder` into a fresh KV cache: (output, cache, the forward's cache keyword).
 
@@ -154,12 +165,10 @@ def prefill(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     the config's cache is not plain full attention (sliding windows, hybrid or recurrent layers) or the
     decoder cannot fill it; then its class is remembered and a warning says what agro does `instead`.
     """
-    if type(decoder) in _UNSHAREABLE:
+    empty = empty_cache(decoder)
+    if empty is None:
         return None
-    cache = DynamicCache(config=decoder.config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None
-    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    cache, cache_arg = empty
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = cached_forward(decoder, cache, cache_arg, instead, input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=positions)

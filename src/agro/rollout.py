@@ -12,7 +12,8 @@ import torch
 from transformers import GenerationConfig
 
 from agro.errors import AgroError
-from agro.logprobs import prefill
+from agro.kv_cache import preallocate
+from agro.logprobs import empty_cache, prefill
 
 
 def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
@@ -97,18 +98,21 @@ class HFGenerator:
 
     Sampling is from the policy itself (top_k disabled); `temperature`/`top_p` other than 1 make the
     samples slightly off-policy, which AGRO handles as any other off-policy data. With the dynamic
-    cache the samples of a prompt share its prefill (`shared_prefill`); `static_cache_len` gives
-    `generate` a static cache of that many tokens instead (compiled decoding on a GPU).
+    cache the samples of a prompt share its prefill (`shared_prefill`) and each step's keys and values
+    are written in place (`agro.kv_cache`); `static_cache_len` gives `generate` a static cache of that
+    many tokens instead (compiled decoding on a GPU).
     """
 
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 batch_size: int = 64, static_cache_len: int | None = None, share_prefill: bool = True):
+                 batch_size: int = 64, static_cache_len: int | None = None, share_prefill: bool = True,
+                 preallocate: bool = True):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.batch_size = batch_size
         self.static_cache_len = static_cache_len  # None: dynamic cache; else a static cache of this many tokens
         self.share_prefill = share_prefill  # dynamic cache: the samples of a prompt share its prefill
+        self.preallocate = preallocate  # dynamic cache: written in place (agro.kv_cache), not concatenated
 
     def _config(self, model, do_sample: bool) -> GenerationConfig:
         eos = sorted(eos_token_ids(self.tokenizer, model))
@@ -137,16 +141,28 @@ class HFGenerator:
             chunk = prompts[start : start + per_call]
             ids, attn = (t.to(device) for t in left_pad(chunk, pad))
             width = ids.shape[1]
-            shared = {}
-            if num_generations > 1 and width > 1 and self.static_cache_len is None and self.share_prefill:
-                shared = shared_prefill(model, ids, attn, num_generations)
             sequences = model.generate(  # rows prompt-major, as num_return_sequences would order them
                 input_ids=ids.repeat_interleave(num_generations, 0),
-                attention_mask=attn.repeat_interleave(num_generations, 0), generation_config=config, **shared,
+                attention_mask=attn.repeat_interleave(num_generations, 0), generation_config=config,
+                **self._cache(model, ids, attn, num_generations),
             )
             out.extend(cut_at_eos(row.tolist(), eos, pad) for row in sequences[:, width:].cpu())
         model.train(was_training)
         return out
+
+    def _cache(self, model, ids: torch.Tensor, attn: torch.Tensor, num_generations: int) -> dict:
+        """`generate`'s cache argument: the shared prefill, in place-written buffers; {} for generate's own."""
+        if self.static_cache_len is not None or getattr(model.generation_config, "cache_implementation", None):
+            return {}  # the static cache, or the cache kind the model's generation config asks for
+        kwargs = {}
+        if num_generations > 1 and ids.shape[1] > 1 and self.share_prefill:
+            kwargs = shared_prefill(model, ids, attn, num_generations)
+        if not self.preallocate:
+            return kwargs
+        if not kwargs:
+            empty = empty_cache(model.get_decoder())
+            kwargs = {} if empty is None else {empty[1]: empty[0]}
+        return {arg: preallocate(cache, ids.shape[1] + self.max_new_tokens) for arg, cache in kwargs.items()}
 
 
 def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) -> dict:

@@ -66,18 +66,28 @@ LEARNING_RATE, BETA, SEED = 1e-5, 0.04, 0
 REWARD = f"{Path(__file__).with_name('bench_reward.py')}:digit_fraction"
 
 
-def build_assets(root: Path, size: str, completion_length: int) -> tuple[Path, list[str], int]:
-    """Save the model (always `completion_length` new tokens) and prompts; (model dir, prompts, params)."""
+def build_assets(root: Path, size: str, completion_length: int, prompt_length: int | None
+                 ) -> tuple[Path, list[str], int]:
+    """Save the model (always `completion_length` new tokens) and prompts; (model dir, prompts, params).
+
+    With `prompt_length`, each problem is preceded by solved ones (`12+3=15;`), a few-shot prompt of
+    `prompt_length` characters (= tokens) ending in the problem; without, the bare problem (5-9 tokens).
+    """
     from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems
 
     torch.manual_seed(SEED)
     tokenizer = build_tokenizer()
-    model = build_model(ArithmeticTask(**SIZES[size], max_positions=64), tokenizer)
+    positions = (prompt_length or 16) + completion_length + 8
+    model = build_model(ArithmeticTask(**SIZES[size], max_positions=max(64, positions)), tokenizer)
     model.generation_config.min_new_tokens = completion_length
     model.generation_config.suppress_tokens = [tokenizer.pad_token_id]  # agro trims trailing padding
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     prompts = [p.prompt for p in generate_problems(64, seed=SEED, split="train")]
+    if prompt_length:
+        solved = "".join(f"{p.prompt}{p.answer};" for p in generate_problems(2000, seed=SEED + 1, split="train"))
+        starts = [i * prompt_length % (len(solved) - prompt_length) for i in range(len(prompts))]
+        prompts = [(solved[i:i + prompt_length] + p)[-prompt_length:] for i, p in zip(starts, prompts)]
     with open(root / "train.jsonl", "w") as f:
         f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
     return root / "model", prompts, sum(p.numel() for p in model.parameters())
@@ -92,7 +102,7 @@ def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
         "model_name_or_path": root / "model", "train_data": root / "train.jsonl", "prompt_template": "raw",
         "reward_function": REWARD, "objective": objective, "beta": BETA,
         "num_generations": s["num_generations"], "prompts_per_step": s["prompts_per_step"],
-        "max_completion_length": s["completion_length"], "max_prompt_length": 16, "offline_per_group": 0,
+        "max_completion_length": s["completion_length"], "max_prompt_length": (s["prompt_length"] or 16), "offline_per_group": 0,
         "learning_rate": LEARNING_RATE, "max_grad_norm": 1.0, "lr_scheduler_type": "constant",
         "mini_batch_size": batch, "generation_batch_size": batch, "max_steps": 10**6, "save_steps": 0,
         "report_to": "none", "output_dir": root / f"agro-{objective}", "seed": SEED, "torch_dtype": s["dtype"],
@@ -209,7 +219,7 @@ def summarize(steps: list[dict]) -> dict:
 def run_size(size: str, s: dict, use_trl: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _, prompts, params = build_assets(root, size, s["completion_length"])
+        _, prompts, params = build_assets(root, size, s["completion_length"], s["prompt_length"])
         agro = {"agro_grpo": agro_trainer(root, "grpo", s), "agro": agro_trainer(root, "agro", s)}
         interleaved = Interleaved(agro, s["warmup"], s["matmul_n"], s["dtype"])
         try:
@@ -259,6 +269,9 @@ def main():
                    help="comma-separated, of: " + ", ".join(SIZES))
     p.add_argument("--dtype", choices=("float32", "bfloat16"),
                    help="weights of both sides (default: float32 on CPU, bfloat16 on a GPU)")
+    p.add_argument("--completion-length", type=int, help="tokens per completion (default 32)")
+    p.add_argument("--prompt-length", type=int,
+                   help="few-shot prompts of this many tokens (default: the bare problems, 5-9 tokens)")
     p.add_argument("--steps", type=int, help="measured steps per side")
     p.add_argument("--warmup", type=int, help="unmeasured steps per side")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -271,7 +284,8 @@ def main():
                    help="keep TRL's bf16 autocast and gradient checkpointing (not the same work)")
     a = p.parse_args()
     s = dict(QUICK if a.quick else FULL)
-    s.update({k: getattr(a, k) for k in ("steps", "warmup") if getattr(a, k) is not None})
+    s.update({k: getattr(a, k) for k in ("steps", "warmup", "completion_length") if getattr(a, k) is not None})
+    s["prompt_length"] = a.prompt_length
     s["trl_defaults"] = a.trl_defaults
     s["cache_implementation"] = a.cache_implementation
     s["trl_cache_implementation"] = a.trl_cache_implementation or a.cache_implementation

@@ -1,11 +1,13 @@
 """Training throughput: agro (`objective: grpo` and `objective: agro`) against TRL's GRPOTrainer.
 
-    python benchmarks/throughput.py            # 3M and 11M models, 8 prompts x 8 generations, 32 tokens
+    python benchmarks/throughput.py            # 3M and 11M models, 8 prompts x 8 generations, 32 + 32 tokens
     python benchmarks/throughput.py --quick    # small smoke run
     python benchmarks/throughput.py --no-trl   # agro only (TRL is the optional `bench` extra)
 
 Both sides train the same tiny Llama (built by `agro.tasks.arithmetic`, saved locally, float32) on
 the same arithmetic prompts with the same dense reward, `num_generations` completions per prompt,
+each prompt 32 tokens (`--prompt-length`): solved problems then the problem to solve, a few-shot prompt
+shorter than most real ones (`--prompt-length 0`: the bare 5-9-token problems),
 AdamW (lr 1e-5, no weight decay, clip 1.0, constant schedule), beta 0.04, one forward/backward over
 the whole batch per step, no vLLM, no evaluation, no logging or checkpoints. TRL runs with
 `bf16=False, gradient_checkpointing=False` (its defaults are True: bf16 autocast on CPU and recomputed
@@ -60,8 +62,10 @@ SIZES = {"3M": dict(hidden_size=256, num_layers=3, num_heads=4),
          "11M": dict(hidden_size=416, num_layers=4, num_heads=8),
          "113M": dict(hidden_size=768, num_layers=12, num_heads=12)}  # GPU size: too slow for the CPU default
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FULL = dict(prompts_per_step=8, num_generations=8, completion_length=32, warmup=2, steps=6, matmul_n=2048)
-QUICK = dict(prompts_per_step=2, num_generations=8, completion_length=16, warmup=1, steps=1, matmul_n=1024)
+FULL = dict(prompts_per_step=8, num_generations=8, prompt_length=32, completion_length=32, warmup=2, steps=6,
+            matmul_n=2048)
+QUICK = dict(prompts_per_step=2, num_generations=8, prompt_length=32, completion_length=16, warmup=1, steps=1,
+             matmul_n=1024)
 LEARNING_RATE, BETA, SEED = 1e-5, 0.04, 0
 REWARD = f"{Path(__file__).with_name('bench_reward.py')}:digit_fraction"
 
@@ -71,7 +75,7 @@ def build_assets(root: Path, size: str, completion_length: int, prompt_length: i
     """Save the model (always `completion_length` new tokens) and prompts; (model dir, prompts, params).
 
     With `prompt_length`, each problem is preceded by solved ones (`12+3=15;`), a few-shot prompt of
-    `prompt_length` characters (= tokens) ending in the problem; without, the bare problem (5-9 tokens).
+    `prompt_length` characters (= tokens) ending in the problem; with 0, the bare problem (5-9 tokens).
     """
     from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems
 
@@ -271,7 +275,7 @@ def main():
                    help="weights of both sides (default: float32 on CPU, bfloat16 on a GPU)")
     p.add_argument("--completion-length", type=int, help="tokens per completion (default 32)")
     p.add_argument("--prompt-length", type=int,
-                   help="few-shot prompts of this many tokens (default: the bare problems, 5-9 tokens)")
+                   help="tokens per few-shot prompt (default 32); 0: the bare problems, 5-9 tokens")
     p.add_argument("--steps", type=int, help="measured steps per side")
     p.add_argument("--warmup", type=int, help="unmeasured steps per side")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -284,8 +288,8 @@ def main():
                    help="keep TRL's bf16 autocast and gradient checkpointing (not the same work)")
     a = p.parse_args()
     s = dict(QUICK if a.quick else FULL)
-    s.update({k: getattr(a, k) for k in ("steps", "warmup", "completion_length") if getattr(a, k) is not None})
-    s["prompt_length"] = a.prompt_length
+    s.update({k: getattr(a, k) for k in ("steps", "warmup", "prompt_length", "completion_length")
+              if getattr(a, k) is not None})
     s["trl_defaults"] = a.trl_defaults
     s["cache_implementation"] = a.cache_implementation
     s["trl_cache_implementation"] = a.trl_cache_implementation or a.cache_implementation

@@ -31,7 +31,8 @@ dense-matmul peak measurement, so that load from other processes hits every side
 
 For TRL the step time is the wall time between the ends of consecutive TRL steps minus the time the
 callback spent on the other sides. `train_flops_per_s` is 6 * parameters * tokens / agro's
-policy-update time (`time_policy`, objective agro; median over steps), `matmul_peak_flops_per_s` the
+policy-update time (`time_policy`, objective agro; median over steps), counting the tokens the pass
+runs: every completion token and each distinct prompt once. `matmul_peak_flops_per_s` is the
 best float32 `torch.matmul` of two 2048 x 2048 matrices (1024 with --quick) in each round (median over
 rounds), same thread count. Last line printed: one JSON object, per model size.
 """
@@ -253,8 +254,13 @@ def run_size(size: str, s: dict, use_trl: bool) -> dict:
     times = {p: statistics.mean(m[f"time_{p}"] for m in steps) for p in phases}
     other = statistics.mean(m["wall"] for m in steps) - sum(times.values())
     result["agro_phases_s"] = {**times, "other": other}
-    result["train_flops_per_s"] = statistics.median(6 * params * m["tokens"] / m["time_policy"]
-                                                    for m in steps)
+    rows = s["prompts_per_step"] * s["num_generations"]
+
+    def executed(m: dict) -> float:  # each distinct prompt runs once in the policy pass, not once per row
+        completion = rows * m["length/on_policy"]
+        return completion + (m["tokens"] - completion) / s["num_generations"]
+
+    result["train_flops_per_s"] = statistics.median(6 * params * executed(m) / m["time_policy"] for m in steps)
     result["matmul_peak_flops_per_s"] = statistics.median(interleaved.peaks)
     result["train_over_peak"] = result["train_flops_per_s"] / result["matmul_peak_flops_per_s"]
     return result

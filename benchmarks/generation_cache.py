@@ -2,8 +2,9 @@
 
 The throughput benchmark's 11M and 3M Llamas in float32, 8 prompts × 8 samples (9-token prompts, each
 prompt's prefill shared), every sample exactly `--completion-lengths` tokens long; the two caches
-interleaved for `--repeats` rounds from the same seed. Prints one JSON object: the median seconds of
-each, the speed-up, and whether the two drew the same samples.
+interleaved for `--repeats` rounds from the same seed, OpenMP threads waiting passively as in
+throughput.py. Prints one JSON object: the median seconds of each, the speed-up, and whether the two
+drew the same samples.
 
     .venv/bin/python benchmarks/generation_cache.py
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import torch
-from throughput import SIZES  # the same models
+from throughput import SIZES, wait_passively  # the same models
 
 from agro.rollout import HFGenerator
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
@@ -29,26 +31,27 @@ def measure(size: str, completion_length: int, repeats: int) -> dict:
     model.generation_config.min_new_tokens = completion_length
     model.generation_config.suppress_tokens = [tokenizer.pad_token_id]
     prompts = torch.randint(3, len(tokenizer), (8, 9)).tolist()
-    generators = {p: HFGenerator(tokenizer, completion_length, preallocate=p) for p in (True, False)}
+    generators = {p: HFGenerator(tokenizer, completion_length, in_place_cache=p) for p in (True, False)}
 
-    def sample(preallocate: bool, seed: int) -> tuple[float, list]:
+    def sample(in_place: bool, seed: int) -> tuple[float, list]:
         torch.manual_seed(seed)
         start = time.perf_counter()
-        samples = generators[preallocate].generate(model, prompts, 8)
+        samples = generators[in_place].generate(model, prompts, 8)
         return time.perf_counter() - start, samples
 
     same = sample(True, 0)[1] == sample(False, 0)[1]
     times = {True: [], False: []}
     for r in range(repeats):
-        for preallocate in times:
-            times[preallocate].append(sample(preallocate, r)[0])
-    in_place, concatenated = (statistics.median(times[p]) for p in (True, False))
+        for in_place in times:
+            times[in_place].append(sample(in_place, r)[0])
+    in_place_s, concatenated_s = (statistics.median(times[p]) for p in (True, False))
     return {"parameters": sum(p.numel() for p in model.parameters()), "completion_length": completion_length,
-            "in_place_s": in_place, "concatenated_s": concatenated, "speedup": concatenated / in_place,
+            "in_place_s": in_place_s, "concatenated_s": concatenated_s, "speedup": concatenated_s / in_place_s,
             "same_samples": same}
 
 
 def main() -> None:
+    wait_passively()  # as throughput.py
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="11M,3M")
     p.add_argument("--completion-lengths", default="32,128,256")
@@ -56,7 +59,8 @@ def main() -> None:
     args = p.parse_args()
     out = {f"{size}/completion{n}": measure(size, int(n), args.repeats)
            for size in args.sizes.split(",") for n in args.completion_lengths.split(",")}
-    out["config"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    out["config"] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
     print(json.dumps(out))
 
 

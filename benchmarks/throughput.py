@@ -7,7 +7,7 @@
 Both sides train the same tiny Llama (built by `agro.tasks.arithmetic`, saved locally, float32) on
 the same arithmetic prompts with the same dense reward, `num_generations` completions per prompt,
 each prompt 32 tokens (`--prompt-length`): solved problems then the problem to solve, a few-shot prompt
-shorter than most real ones (`--prompt-length 0`: the bare 5-9-token problems),
+shorter than most real ones (`--prompt-length 0`: the bare 7-token problems),
 AdamW (lr 1e-5, no weight decay, clip 1.0, constant schedule), beta 0.04, one forward/backward over
 the whole batch per step, no vLLM, no evaluation, no logging or checkpoints. TRL runs with
 `bf16=False, gradient_checkpointing=False` (its defaults are True: bf16 autocast on CPU and recomputed
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def build_assets(root: Path, size: str, completion_length: int, prompt_length: i
     """Save the model (always `completion_length` new tokens) and prompts; (model dir, prompts, params).
 
     With `prompt_length`, each problem is preceded by solved ones (`12+3=15;`), a few-shot prompt of
-    `prompt_length` characters (= tokens) ending in the problem; with 0, the bare problem (5-9 tokens).
+    `prompt_length` characters (= tokens) ending in the problem; with 0, the bare problem (7 tokens).
     """
     from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems
 
@@ -91,8 +92,15 @@ def build_assets(root: Path, size: str, completion_length: int, prompt_length: i
     prompts = [p.prompt for p in generate_problems(64, seed=SEED, split="train")]
     if prompt_length:
         solved = "".join(f"{p.prompt}{p.answer};" for p in generate_problems(2000, seed=SEED + 1, split="train"))
-        starts = [i * prompt_length % (len(solved) - prompt_length) for i in range(len(prompts))]
-        prompts = [(solved[i:i + prompt_length] + p)[-prompt_length:] for i, p in zip(starts, prompts)]
+        ends = [m.end() for m in re.finditer(";", solved)]
+        few_shot = []
+        for i, problem in enumerate(prompts):
+            context = prompt_length - len(problem)  # solved problems before it, cut at the left
+            if context < 1:
+                raise ValueError(f"--prompt-length {prompt_length} leaves no room before the problem {problem!r}")
+            end = next(e for e in ends if e >= i * prompt_length % (len(solved) // 2) + context)
+            few_shot.append(solved[end - context:end] + problem)
+        prompts = few_shot
     with open(root / "train.jsonl", "w") as f:
         f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
     return root / "model", prompts, sum(p.numel() for p in model.parameters())
@@ -107,7 +115,8 @@ def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
         "model_name_or_path": root / "model", "train_data": root / "train.jsonl", "prompt_template": "raw",
         "reward_function": REWARD, "objective": objective, "beta": BETA,
         "num_generations": s["num_generations"], "prompts_per_step": s["prompts_per_step"],
-        "max_completion_length": s["completion_length"], "max_prompt_length": (s["prompt_length"] or 16), "offline_per_group": 0,
+        "max_completion_length": s["completion_length"], "max_prompt_length": s["prompt_length"] or 16,
+        "offline_per_group": 0,
         "learning_rate": LEARNING_RATE, "max_grad_norm": 1.0, "lr_scheduler_type": "constant",
         "mini_batch_size": batch, "generation_batch_size": batch, "max_steps": 10**6, "save_steps": 0,
         "report_to": "none", "output_dir": root / f"agro-{objective}", "seed": SEED, "torch_dtype": s["dtype"],
@@ -266,12 +275,19 @@ def run_size(size: str, s: dict, use_trl: bool) -> dict:
     return result
 
 
-def main():
+def wait_passively() -> None:
+    """Restart this script with OMP_WAIT_POLICY=PASSIVE unless the environment sets it.
+
+    Waiting OpenMP threads then sleep instead of spinning: on a machine shared with other processes,
+    spinning threads stall every parallel region (generation 10x slower with 2 threads on 2 busy
+    cores). OpenMP reads it when torch loads, hence the restart; it applies to every side alike.
+    """
     if "OMP_WAIT_POLICY" not in os.environ:
-        # Waiting OpenMP threads sleep instead of spinning: on a machine shared with other processes,
-        # spinning threads stall every parallel region (generation 10x slower with 2 threads on 2 busy
-        # cores). OpenMP reads it when torch loads, hence the restart; it applies to every side alike.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def main():
+    wait_passively()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 tokens, 1 measured step")
     p.add_argument("--no-trl", action="store_true", help="agro only")
@@ -281,7 +297,7 @@ def main():
                    help="weights of both sides (default: float32 on CPU, bfloat16 on a GPU)")
     p.add_argument("--completion-length", type=int, help="tokens per completion (default 32)")
     p.add_argument("--prompt-length", type=int,
-                   help="tokens per few-shot prompt (default 32); 0: the bare problems, 5-9 tokens")
+                   help="tokens per few-shot prompt (default 32); 0: the bare problems, 7 tokens")
     p.add_argument("--steps", type=int, help="measured steps per side")
     p.add_argument("--warmup", type=int, help="unmeasured steps per side")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_rollout import MODELS, PROMPTS, TOKENIZER, model_named
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -14,15 +14,18 @@ OPERATIONS = st.lists(st.one_of(
     st.tuples(st.just("update"), st.integers(1, 5)),
     st.tuples(st.just("repeat"), st.integers(1, 3)),
     st.tuples(st.just("select"), st.integers(0, 2**16)),
+    st.tuples(st.just("reorder"), st.integers(0, 2**16)),
     st.tuples(st.just("crop"), st.integers(1, 3)),
-    st.tuples(st.just("reset"), st.just(0)),
+    st.tuples(st.just("reset"), st.integers(1, 4)),
 ), min_size=1, max_size=12)
 
 
 @settings(max_examples=150, deadline=None)
 @given(operations=OPERATIONS, capacity=st.integers(1, 12))
+@example(operations=[("update", 2), ("repeat", 2), ("update", 1), ("reset", 2), ("update", 1)], capacity=8)
 def test_same_keys_and_values_as_the_concatenating_layer(operations, capacity):
-    """Any sequence of updates, batch repeats and selections, crops and resets; capacities too small included."""
+    """Any sequence of updates, batch repeats, selections and reorders, crops and resets (to any number of
+    rows); capacities too small included. The example: buffers with more rows than the next update."""
     generator = torch.Generator().manual_seed(0)
     reference, layer = DynamicLayer(), PreallocatedLayer(capacity)
     rows = 2
@@ -44,13 +47,17 @@ def test_same_keys_and_values_as_the_concatenating_layer(operations, capacity):
             reference.batch_select_indices(indices)
             layer.batch_select_indices(indices)
             rows = len(indices)
-        elif name == "crop" and length > arg:
+        elif name == "reorder" and length:
+            order = torch.randperm(rows, generator=torch.Generator().manual_seed(arg))
+            reference.reorder_cache(order)
+            layer.reorder_cache(order)
+        elif name == "crop" and length >= arg:
             reference.crop(-arg)
             layer.crop(-arg)
         elif name == "reset":
             reference.reset()
             layer.reset()
-            rows = 2
+            rows = arg
         assert layer.get_seq_length() == reference.get_seq_length()
 
 
@@ -83,7 +90,7 @@ def test_generation_with_the_preallocated_cache_samples_the_same(name, share_pre
     updates = []
     update = PreallocatedLayer.update
     monkeypatch.setattr(PreallocatedLayer, "update", lambda self, *a, **k: updates.append(1) or update(self, *a, **k))
-    in_place, concatenated = (HFGenerator(TOKENIZER, 12, share_prefill=share_prefill, preallocate=p)
+    in_place, concatenated = (HFGenerator(TOKENIZER, 12, share_prefill=share_prefill, in_place_cache=p)
                               for p in (True, False))
     assert in_place.generate(model, PROMPTS, 3, do_sample=False) == \
         concatenated.generate(model, PROMPTS, 3, do_sample=False)

@@ -1,10 +1,11 @@
 """A KV cache for generation that writes each new position in place instead of concatenating.
 
 transformers' `DynamicLayer` grows by `torch.cat` at every decoding step, so sampling T tokens copies
-the whole cache T times: O(T²) memory traffic, most of `generate`'s time at a few hundred tokens on a
-CPU (64 × 256 tokens with the 11M benchmark model: 11.8 s concatenating, 7.2 s in place). Here the
-keys and values live in buffers sized once for prompt + completion, and the layer's `keys`/`values`
-are views of their first L positions: the same tensors an attention layer reads, without the copies.
+the whole cache T times: O(T²) memory traffic, a third of `generate`'s time at a few hundred tokens on
+a CPU (64 × 256 tokens with the 11M benchmark model: 11.4 s concatenating, 7.5 s in place;
+benchmarks/generation_cache.py). Here the keys and values live in buffers sized once for prompt +
+completion, and the layer's `keys`/`values` are views of their first L positions: the same tensors an
+attention layer reads, without the copies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ class PreallocatedLayer(DynamicLayer):
     offload) leave a tensor that is not a view of the buffers, and the next `update` copies it into
     new buffers once; `crop` leaves a shorter view, which the next `update` writes after. A buffer too
     small for a sequence is replaced by one twice the length needed.
+
+    For generation without grad: writing in place, an update after `crop` overwrites positions that
+    views returned earlier still show, and autograd could not differentiate through the writes. The
+    buffers take `capacity` positions for every row from the first update, as a static cache does,
+    where DynamicLayer grows only as far as the longest sample goes.
     """
 
     def __init__(self, capacity: int):
@@ -41,6 +47,11 @@ class PreallocatedLayer(DynamicLayer):
         values[..., start:end, :] = value_states
         self.keys, self.values = keys[..., :end, :], values[..., :end, :]
         return self.keys, self.values
+
+    def reset(self) -> None:
+        """As DynamicLayer: drop the tensors, buffers included."""
+        self.buffers = None
+        super().reset()
 
     def _holds(self, key_states: torch.Tensor, start: int, end: int) -> bool:
         """Whether the buffers fit `end` positions of these rows and hold the cached `start` ones."""

@@ -148,8 +148,9 @@ _UNSHAREABLE: set[type] = set()  # decoder classes that could not run from a cac
 
 
 def empty_cache(decoder: nn.Module) -> tuple[DynamicCache, str] | None:
-    """A fresh cache for `decoder` and the forward's keyword for it; None unless every layer is plain full
-    attention (sliding windows, hybrid or recurrent layers) and the decoder has run from agro's caches."""
+    """A fresh cache for `decoder` and the forward's keyword for it. None when a layer is not plain full
+    attention (sliding windows, hybrid or recurrent layers) or the decoder's class failed with a cache
+    agro filled (`_give_up`)."""
     if type(decoder) in _UNSHAREABLE:
         return None
     cache = DynamicCache(config=decoder.config)

@@ -105,14 +105,14 @@ class HFGenerator:
 
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 64, static_cache_len: int | None = None, share_prefill: bool = True,
-                 preallocate: bool = True):
+                 in_place_cache: bool = True):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.batch_size = batch_size
         self.static_cache_len = static_cache_len  # None: dynamic cache; else a static cache of this many tokens
         self.share_prefill = share_prefill  # dynamic cache: the samples of a prompt share its prefill
-        self.preallocate = preallocate  # dynamic cache: written in place (agro.kv_cache), not concatenated
+        self.in_place_cache = in_place_cache  # dynamic cache: written in place (agro.kv_cache), not concatenated
 
     def _config(self, model, do_sample: bool) -> GenerationConfig:
         eos = sorted(eos_token_ids(self.tokenizer, model))
@@ -157,7 +157,7 @@ class HFGenerator:
         kwargs = {}
         if num_generations > 1 and ids.shape[1] > 1 and self.share_prefill:
             kwargs = shared_prefill(model, ids, attn, num_generations)
-        if not self.preallocate:
+        if not self.in_place_cache:
             return kwargs
         if not kwargs:
             empty = empty_cache(model.get_decoder())

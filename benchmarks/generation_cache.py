@@ -11,14 +11,11 @@ drew the same samples.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import time
 
 import torch
-from throughput import SIZES, wait_passively  # the same models
+from throughput import SIZES, sweep  # the same models
 
 from agro.rollout import HFGenerator
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
@@ -51,17 +48,7 @@ def measure(size: str, completion_length: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    wait_passively()  # as throughput.py
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="11M,3M")
-    p.add_argument("--completion-lengths", default="32,128,256")
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
-    out = {f"{size}/completion{n}": measure(size, int(n), args.repeats)
-           for size in args.sizes.split(",") for n in args.completion_lengths.split(",")}
-    out["config"] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
-    print(json.dumps(out))
+    sweep(__doc__, "completion", "32,128,256", 5, measure)
 
 
 if __name__ == "__main__":

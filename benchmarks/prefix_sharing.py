@@ -11,13 +11,11 @@ and pass, the speed-ups, and the largest log-prob difference.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
 import torch
-from throughput import SIZES  # the same two models
+from throughput import SIZES, sweep  # the same two models
 
 from agro.logprobs import completion_logprobs
 from agro.rollout import HFGenerator
@@ -71,15 +69,7 @@ def measure(size: str, prompt_length: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="11M,3M")
-    p.add_argument("--prompt-lengths", default="9,64")
-    p.add_argument("--repeats", type=int, default=7)
-    args = p.parse_args()
-    out = {f"{size}/prompt{n}": measure(size, int(n), args.repeats)
-           for size in args.sizes.split(",") for n in args.prompt_lengths.split(",")}
-    out["config"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
-    print(json.dumps(out))
+    sweep(__doc__, "prompt", "9,64", 7, measure)
 
 
 if __name__ == "__main__":

@@ -286,6 +286,21 @@ def wait_passively() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
 
 
+def sweep(doc: str, axis: str, lengths: str, repeats: int, measure) -> None:
+    """CLI of the pass benchmarks: `measure(size, length, repeats)` over sizes × `--{axis}-lengths`; one JSON line."""
+    wait_passively()
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="11M,3M")
+    p.add_argument(f"--{axis}-lengths", default=lengths)
+    p.add_argument("--repeats", type=int, default=repeats)
+    args = p.parse_args()
+    out = {f"{size}/{axis}{n}": measure(size, int(n), args.repeats)
+           for size in args.sizes.split(",") for n in getattr(args, f"{axis}_lengths").split(",")}
+    out["config"] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
+    print(json.dumps(out))
+
+
 def main():
     wait_passively()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

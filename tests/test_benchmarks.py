@@ -33,12 +33,16 @@ def test_throughput_quick_without_trl(tmp_path):
         assert set(r["agro_phases_s"]) == phases
 
 
-def test_prefix_sharing_benchmark_quick():
-    script = SCRIPT.with_name("prefix_sharing.py")
-    proc = subprocess.run([sys.executable, str(script), "--sizes", "3M", "--prompt-lengths", "9", "--repeats", "1"],
-                          capture_output=True, text=True, timeout=300)
+def quick_sweep(script: str, axis: str, length: int) -> dict:
+    """One repeat of a pass benchmark on the 3M model at one length: its result."""
+    proc = subprocess.run([sys.executable, str(SCRIPT.with_name(script)), "--sizes", "3M", f"--{axis}-lengths",
+                           str(length), "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])["3M/prompt9"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])[f"3M/{axis}{length}"]
+
+
+def test_prefix_sharing_benchmark_quick():
+    result = quick_sweep("prefix_sharing.py", "prompt", 9)
     assert result["parameters"] > 3_000_000 and result["max_abs_diff"] < 1e-4
     for key in ("reference_shared_s", "reference_full_s", "policy_shared_s", "policy_full_s", "generate_shared_s",
                 "generate_full_s"):
@@ -46,10 +50,6 @@ def test_prefix_sharing_benchmark_quick():
 
 
 def test_generation_cache_benchmark_quick():
-    script = SCRIPT.with_name("generation_cache.py")
-    proc = subprocess.run([sys.executable, str(script), "--sizes", "3M", "--completion-lengths", "8", "--repeats", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])["3M/completion8"]
+    result = quick_sweep("generation_cache.py", "completion", 8)
     assert result["same_samples"] and result["parameters"] > 3_000_000
     assert result["in_place_s"] > 0 and result["concatenated_s"] > 0

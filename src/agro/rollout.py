@@ -151,7 +151,7 @@ class HFGenerator:
         return out
 
     def _cache(self, model, ids: torch.Tensor, attn: torch.Tensor, num_generations: int) -> dict:
-        """`generate`'s cache argument: the shared prefill, in place-written buffers; {} for generate's own."""
+        """`generate`'s cache argument: the shared prefill if any, in buffers written in place; {}: its own."""
         if self.static_cache_len is not None or getattr(model.generation_config, "cache_implementation", None):
             return {}  # the static cache, or the cache kind the model's generation config asks for
         kwargs = {}

@@ -25,7 +25,7 @@ OPERATIONS = st.lists(st.one_of(
 @example(operations=[("update", 2), ("repeat", 2), ("update", 1), ("reset", 2), ("update", 1)], capacity=8)
 def test_same_keys_and_values_as_the_concatenating_layer(operations, capacity):
     """Any sequence of updates, batch repeats, selections and reorders, crops and resets (to any number of
-    rows); capacities too small included. The example: buffers with more rows than the next update."""
+    rows); capacities too small included."""
     generator = torch.Generator().manual_seed(0)
     reference, layer = DynamicLayer(), PreallocatedLayer(capacity)
     rows = 2

@@ -171,11 +171,9 @@ def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) ->
     `generate` then feeds only the last prompt column and samples from there: the G samples of a prompt
     share one prefill instead of G (generation 1.1× faster with 9-token prompts, 1.3× with 64, 1.8× with
     200: the 11M benchmark model, 8 × 8 samples of 32 tokens, CPU; docs/performance.md). {} (generate
-    does its own prefill) when `agro.logprobs.prefill` cannot fill a cache for this model, or its
-    generation config asks for a cache implementation of its own.
+    does its own prefill) when `agro.logprobs.prefill` cannot fill a cache for this model. A model whose
+    generation config asks for a cache kind of its own is not sent here (`HFGenerator._cache`).
     """
-    if getattr(model.generation_config, "cache_implementation", None):
-        return {}  # a model that asks generate for its own cache kind gets it
     filled = prefill(model.get_decoder(), ids[:, :-1], attn[:, :-1], "generate prefills every sample")
     if filled is None:
         return {}

@@ -321,13 +321,17 @@ class Trainer:
         for j in range(max(len(starts), rounds)):
             start = starts[min(j, len(starts) - 1)]
             chunk = gens[start : start + self.config.mini_batch_size]
-            batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
-                            self.tokenizer.pad_token_id, self.accelerator.device)
-            lp = model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
-                       self.config.logprob_chunk_size).float().cpu()
+            lp = self._forward(model, chunk).float().cpu()
             if j < len(starts):
                 out.extend(lp[i, : len(g.completion_ids)] for i, g in enumerate(chunk))
         return out
+
+    def _forward(self, model: CompletionLogprobs, gens: list[Generation]) -> torch.Tensor:
+        """[B, C] per-token log-probs of the completions of `gens`, one padded batch, under `model`."""
+        batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
+                        self.tokenizer.pad_token_id, self.accelerator.device)
+        return model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                     self.config.logprob_chunk_size)
 
     def _rounds(self, count: int) -> int:
         """The largest `count` over processes: how many passes each runs to keep collectives in step."""
@@ -344,10 +348,7 @@ class Trainer:
             rounds = self._rounds(math.ceil(len(gens) / self.config.mini_batch_size))
             with torch.no_grad():
                 return self._logprobs(self.model, gens, rounds), None
-        batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
-                        self.tokenizer.pad_token_id, self.accelerator.device)
-        lp = self.model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
-                        self.config.logprob_chunk_size).float()
+        lp = self._forward(self.model, gens).float()
         values = lp.detach().cpu()
         return [values[i, : len(g.completion_ids)] for i, g in enumerate(gens)], lp
 
@@ -426,10 +427,7 @@ class Trainer:
                 if graph is not None:
                     lp = graph
                 else:
-                    batch = collate([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk],
-                                    self.tokenizer.pad_token_id, device)
-                    lp = self.model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
-                                    c.logprob_chunk_size).float()
+                    lp = self._forward(self.model, chunk).float()
                 width = t["mask"].shape[1]
                 lp = torch.nn.functional.pad(lp, (0, max(0, width - lp.shape[1])))[:, :width]
                 rows = torch.arange(start, start + len(chunk), device=device)

@@ -10,6 +10,10 @@ and is scored by greedy accuracy on the same held-out problems. Regimes:
     offline_strong  8 records per prompt from a stronger policy (warm-up with fewer dropped carries)
     mixed           4 fresh samples + 4 π_ref records per prompt
     stale           4 fresh samples + 4 replayed samples of the same prompt, 1 to `staleness` steps old
+    offline_plus_one  the π_ref records of offline_ref + 1 fresh sample per prompt
+
+Methods are the objectives of `agro.objectives` with their defaults, plus `agro_untapered`
+(AGRO with `taper: none`, the estimator before the offline taper).
 
 The offline sets hold 8 samples per prompt (--offline-samples); the loader drops repeated
 (prompt, completion) records, so a peaked policy's groups hold fewer distinct records: the
@@ -40,9 +44,11 @@ from agro.rollout import HFGenerator, collate, encode_prompt
 from agro.tasks import arithmetic
 from agro.trainer import Trainer
 
-METHODS = ("agro", "grpo", "rloo", "kl_pg", "is_pg")
-REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "mixed", "stale")
-OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong": "strong", "mixed": "ref"}
+METHODS = ("agro", "agro_untapered", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre")
+METHOD_SETTINGS = {"agro_untapered": ["objective=agro", "taper=none"]}
+REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale")
+OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong": "strong", "mixed": "ref",
+                  "offline_plus_one": "ref"}
 
 
 def regime_settings(regime: str, offline: dict[str, Path], staleness: int, offline_samples: int) -> list[str]:
@@ -53,6 +59,8 @@ def regime_settings(regime: str, offline: dict[str, Path], staleness: int, offli
     path = offline[OFFLINE_SOURCE[regime]]
     if regime == "mixed":
         return ["num_generations=4", f"offline_data={path}", "offline_per_group=4"]
+    if regime == "offline_plus_one":
+        return ["num_generations=1", f"offline_data={path}", f"offline_per_group={offline_samples}"]
     return ["num_generations=0", f"offline_data={path}", f"offline_per_group={offline_samples}"]
 
 
@@ -113,7 +121,7 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
     run_dir = out / "runs" / f"{regime}-{method}-seed{seed}"
     settings = [f"model_name_or_path={prep['ref_path']}", f"train_data={prep['data_dir'] / 'train.jsonl'}",
                 f"output_dir={run_dir}", f"max_completion_length={prep['max_len']}", f"seed={seed}",
-                f"objective={method}", f"max_steps={args.steps}", f"prompts_per_step={args.prompts_per_step}",
+                *METHOD_SETTINGS.get(method, [f"objective={method}"]), f"max_steps={args.steps}", f"prompts_per_step={args.prompts_per_step}",
                 f"eval_data={prep['data_dir'] / 'heldout.jsonl'}", f"eval_steps={args.eval_every}",
                 "report_to=none", "save_total_limit=1", "logging_steps=1",
                 f"num_threads={args.threads}"]
@@ -153,15 +161,16 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
     for r in runs:
         cell.setdefault((r["regime"], r["method"]), []).append(r)
     seeds = sorted({r["seed"] for r in runs})
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
     ref = statistics.mean(r["reference_accuracy"] for r in runs)
     lines = [f"Command: `{command}`", "",
              f"Greedy held-out accuracy (mean ± std over seeds {seeds}); π_ref: {ref:.3f}. "
              "KL: Monte-Carlo KL(π‖π_ref) on held-out prompts. Generations: trained on, per run (fresh). "
              "On-data: share of the final policy's samples on the offline prompts that the offline set holds.", "",
-             "| regime | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+             "| regime | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for regime in REGIMES:
         row = []
-        for method in METHODS:
+        for method in methods:
             rs = cell.get((regime, method), [])
             if not rs:
                 row.append("—")
@@ -182,9 +191,9 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharey=True)
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7), sharey=True)
     for ax, regime in zip(axes.flat, REGIMES):
-        for method in METHODS:
+        for method in methods:
             curves = [r["curve"] for r in cell.get((regime, method), []) if r.get("curve")]
             if not curves:
                 continue
@@ -198,6 +207,8 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
         ax.set_title(regime)
         ax.set_xlabel("generations used (trained on)")
         ax.set_ylim(0, 1)
+    for ax in axes.flat[len(REGIMES):]:
+        ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("greedy held-out accuracy")
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}

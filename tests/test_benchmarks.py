@@ -53,3 +53,18 @@ def test_generation_cache_benchmark_quick():
     result = quick_sweep("generation_cache.py", "completion", 8)
     assert result["same_samples"] and result["parameters"] > 3_000_000
     assert result["in_place_s"] > 0 and result["concatenated_s"] > 0
+
+
+def test_tabular_bias_quick(tmp_path):
+    """The candidates' table: the tapered AGRO and TOPR agree when μ = π_ref and AsymRE keeps a bias."""
+    script = Path(__file__).parents[1] / "benchmarks" / "tabular_bias.py"
+    proc = subprocess.run([sys.executable, str(script), "--instances", "2", "--steps", "300"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["regimes"]) == {"reference", "fixed"}
+    ref = result["regimes"]["reference"]
+    assert ref["agro_taper_ref"]["values"] == ref["topr"]["values"]
+    for r in result["regimes"].values():  # the consistent candidates have moved toward π* from π_ref
+        assert all(0 < v < 1 for name in ("agro_untapered", "agro_taper_ref", "topr") for v in r[name]["values"])
+    assert ref["asymre_delta_0.1"]["min"] > ref["agro_untapered"]["max"]

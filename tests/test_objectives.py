@@ -256,3 +256,68 @@ def test_bad_options_raise():
         objectives.agro_loss(*args, beta=BETA, baseline="median")
     with pytest.raises(ValueError, match="loss_type"):
         objectives.grpo_loss(*args, beta=BETA, loss_type="ppo")
+
+
+def _regularised_advantages(batch, delta_shift=0.0):
+    """(A_i with the group-mean baseline of R̃ = r − βΔ, shifted up by δ; Δ_i) by plain loops."""
+    groups = batch["group_ids"].tolist()
+    delta = [a - b for a, b in zip(seq_sums(batch["logprobs"].detach(), batch["mask"]),
+                                   seq_sums(batch["ref_logprobs"], batch["mask"]))]
+    reg = [r - BETA * d for r, d in zip(batch["rewards"].tolist(), delta)]
+    ones = [1.0] * len(reg)
+    return [reg[i] - ref_mean(reg, groups, ones, i) + delta_shift for i in range(len(reg))], delta
+
+
+@pytest.mark.parametrize("fresh", [None, (False,) * 6, (True, False, False, False, False, True)])
+def test_agro_ref_taper_gradient_matches_formula(fresh):
+    """Negative-advantage records of groups with no fresh sample are weighted by min(1, exp(Δ))."""
+    batch = make_batch(seed=6)
+    fresh_t = None if fresh is None else torch.tensor(fresh)
+    out = objectives.agro_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                               batch["group_ids"], beta=BETA, taper="ref", fresh=fresh_t)
+    adv, delta = _regularised_advantages(batch)
+    groups = batch["group_ids"].tolist()
+    fresh_list = fresh or (False,) * len(adv)
+    coef = []
+    for i, a in enumerate(adv):
+        group_fresh = any(fresh_list[j] for j in members(groups, i))
+        coef.append(a * min(1.0, math.exp(delta[i])) if a < 0 and not group_fresh else a)
+    assert any(c != a for c, a in zip(coef, adv))  # the taper acts on this batch
+    torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, coef))
+
+
+def test_agro_taper_leaves_groups_with_a_fresh_sample_bit_identical():
+    """A fresh sample in every group: the shipped default is today's AGRO, exactly."""
+    batch = make_batch(seed=7)
+    args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
+    fresh = torch.tensor([True, False, False, True, False, True])
+    tapered = objectives.agro_loss(*args, beta=BETA, taper="ref", fresh=fresh)
+    plain = objectives.agro_loss(*args, beta=BETA, taper="none")
+    assert torch.equal(grad_of(tapered, batch), grad_of(plain, batch))
+
+
+def test_topr_gradient_matches_formula():
+    batch = make_batch(seed=8)
+    out = objectives.topr_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                               batch["group_ids"], beta=BETA, behavior_logprobs=batch["behavior"])
+    adv, _ = _regularised_advantages(batch)
+    lp = seq_sums(batch["logprobs"].detach(), batch["mask"])
+    mu = seq_sums(batch["behavior"], batch["mask"])
+    ratio = [min(1.0, math.exp(a - b)) for a, b in zip(lp, mu)]
+    coef = [a * (ratio[i] if a < 0 else 1.0) for i, a in enumerate(adv)]
+    assert any(a < 0 and r < 1 for a, r in zip(adv, ratio)) and any(a > 0 for a in adv)
+    torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, coef))
+    with pytest.raises(ValueError, match="behavior_logprobs"):
+        objectives.topr_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                             batch["group_ids"], beta=BETA)
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.25])
+def test_asymre_gradient_matches_formula(delta):
+    batch = make_batch(seed=9)
+    args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
+    grad = grad_of(objectives.asymre_loss(*args, beta=BETA, delta=delta), batch)
+    adv, _ = _regularised_advantages(batch, delta_shift=delta)
+    torch.testing.assert_close(grad, expected_seq_grad(batch, adv))
+    if delta == 0.0:  # no shift: AGRO's estimator
+        torch.testing.assert_close(grad, grad_of(objectives.agro_loss(*args, beta=BETA), batch))

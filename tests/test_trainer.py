@@ -157,6 +157,8 @@ def run_cli(args, capsys):
         ("num_generations: two\n", "cfg.yaml:4: key 'num_generations': expected an integer"),
         ("num_generations: 1\n", "key 'num_generations': must be ≥ 2 with the group baseline"),
         ("objective: ppo\n", "key 'objective': must be one of"),
+        ("taper: token\n", "cfg.yaml:4: key 'taper': must be one of none, ref"),
+        ("objective: asymre\nasymre_delta: -0.1\n", "cfg.yaml:5: key 'asymre_delta': must be ≥ 0"),
         ("beta: [1\n", "cfg.yaml:5: invalid YAML"),
     ],
 )
@@ -199,6 +201,16 @@ def test_bad_offline_record_errors_or_is_skipped(assets, tmp_path, capsys, bad_r
     rc, _ = run_cli([*args, "--set", "on_bad_record=skip"], capsys)
     assert rc == 0
     assert read_metrics(out)[0]["skipped_records"] == 1
+
+
+def test_topr_needs_behaviour_logprobs_of_offline_records(assets, tmp_path, capsys):
+    off = tmp_path / "off.jsonl"
+    write_offline(off, [{"prompt": "11+12+13=", "completion": "11+12=23;23+13=36;A=36", "answer": "36"}])
+    args = ["train", *sum((["--set", s] for s in overrides(
+        assets, tmp_path / "run", objective="topr", num_generations=0, offline_data=off, offline_per_group=2,
+        train_data="null", max_steps=1, max_prompt_length=30)), [])]
+    rc, err = run_cli(args, capsys)
+    assert rc == 2 and "off.jsonl:1: field 'behavior_logprobs': objective topr needs" in err, err
 
 
 def test_context_too_long_for_model(assets, tmp_path, capsys):
@@ -293,3 +305,62 @@ def test_mixed_precision_reference_runs_under_the_same_autocast(assets, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = read_metrics(out)
     assert row["log_ratio_mean"] == 0.0 and row["kl"] == 0.0, row
+
+
+def test_behaviour_logprobs_are_paired_by_identity(assets, tmp_path, monkeypatch):
+    """Groups are on-policy, offline, then replayed samples per prompt, with several prompts per step:
+    each on-policy sample gets its own log-probs (importance weight exactly 1) and a replayed sample
+    carries the log-probs it had when it was fresh."""
+    seen = []
+    tensors = Trainer._tensors
+
+    def capture(self, gens, keys, logprobs_now):
+        t = tensors(self, gens, keys, logprobs_now)
+        seen.append((list(gens), t))
+        return t
+
+    monkeypatch.setattr(Trainer, "_tensors", capture)
+    config = load_config(None, overrides(assets, tmp_path / "run", objective="is_pg", train_data=assets / "two.jsonl",
+                                         offline_data=assets / "offline.jsonl", offline_per_group=2,
+                                         replay_per_group=2, replay_max_staleness=2, max_steps=2, save_steps=0))
+    trainer = Trainer(config)
+    fresh_at_step1 = {}
+    for step in range(2):
+        trainer.train_step()
+        gens, t = seen[-1]
+        mask, now, behavior = t["mask"], t["logprobs_now"], t["behavior_logprobs"]
+        log_weight = ((now - behavior) * mask).sum(-1)
+        sources = [g.source for g in gens]
+        assert sources.count("on_policy") == 6 and sources.count("offline") == 4
+        assert sources[:3] == ["on_policy"] * 3  # the second prompt's samples are not at the front
+        for i, g in enumerate(gens):
+            if g.source == "on_policy":
+                assert log_weight[i].item() == 0.0  # π/μ = 1 exactly
+                fresh_at_step1.setdefault((g.group, tuple(g.completion_ids)), now[i].clone()) if step == 0 else None
+            elif g.source == "offline":
+                assert torch.equal(behavior[i, : len(g.completion_ids)], g.behavior_logprobs)  # the record's own
+                assert g.behavior_logprobs[0].item() == -1.0
+    gens, t = seen[-1]
+    replayed = [i for i, g in enumerate(gens) if g.source == "replay"]
+    assert replayed
+    for i in replayed:
+        own = fresh_at_step1[(gens[i].group, tuple(gens[i].completion_ids))]
+        assert torch.equal(t["behavior_logprobs"][i], own)
+        assert not torch.equal(t["logprobs_now"][i], own)  # the policy moved: the weight is not 1
+
+
+@pytest.mark.parametrize("objective", ["agro", "topr", "asymre"])
+def test_off_policy_objectives_train_offline_and_the_taper_spares_fresh_groups(assets, tmp_path, objective):
+    offline = load_config(None, overrides(assets, tmp_path / "off", objective=objective, num_generations=0,
+                                          offline_data=assets / "offline.jsonl", offline_per_group=4,
+                                          train_data="null", max_steps=6, save_steps=0, learning_rate=0.05))
+    rows = Trainer(offline).train() and read_metrics(tmp_path / "off")
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    if objective != "asymre":  # negative records get weights below 1 (AGRO's start at 1: π = π_ref)
+        assert min(r["objective/taper_mean"] for r in rows) < 1.0
+        assert objective == "topr" or rows[0]["objective/taper_mean"] == 1.0
+    if objective == "agro":  # groups with a fresh sample are never tapered
+        mixed = load_config(None, overrides(assets, tmp_path / "mixed", offline_data=assets / "offline.jsonl",
+                                            offline_per_group=2, max_steps=3, save_steps=0))
+        Trainer(mixed).train()
+        assert all(r["objective/taper_mean"] == 1.0 for r in read_metrics(tmp_path / "mixed"))

@@ -50,6 +50,9 @@ def _add_tabular(sub) -> None:
     p.add_argument("--reward", type=_floats, default=None, help="K comma-separated rewards instead of random")
     p.add_argument("--ref-policy", type=_floats, default=None, help="K comma-separated π_ref probabilities")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--taper", default=d.taper, help="agro: none | ref (negative records weighted by min(1, π/π_ref) "
+                   "when no sample is fresh)")
+    p.add_argument("--asymre-delta", type=float, default=d.asymre_delta, help="asymre: baseline shift δ below V̂^μ")
     p.add_argument("--out", type=Path, default=Path("runs/tabular"), help="output directory")
     p.set_defaults(func=_run_tabular)
 
@@ -65,7 +68,8 @@ def _run_tabular(args) -> int:
         samples=args.samples, steps=args.steps, lr=args.lr, lr_decay=args.lr_decay,
         lr_decay_steps=args.lr_decay_steps, seed=args.seed,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-        mu=args.mu, reward=args.reward, ref_policy=args.ref_policy,
+        mu=args.mu, reward=args.reward, ref_policy=args.ref_policy, taper=args.taper,
+        asymre_delta=args.asymre_delta,
     )
     config.validate()
     results = tabular.run(config)

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from agro.errors import AgroError
-from agro.objectives import OBJECTIVES
+from agro.objectives import OBJECTIVES, TAPERS
 
 
 def _f(default, help: str, **kw):
@@ -38,9 +38,12 @@ class TrainConfig:
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA adapters")
     # objective
-    objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg")
+    objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg | topr | asymre")
     beta: float = _f(0.05, "KL coefficient β (> 0)")
     baseline: str = _f("mean", "agro: mean | loo (leave-one-out) group baseline of the regularised reward")
+    taper: str = _f("ref", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
+                    "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results.md)")
+    asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
     epsilon: float = _f(0.2, "grpo: lower clip range of the ratio")
     epsilon_high: float | None = _f(None, "grpo: upper clip range (default: epsilon)")
     loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo")
@@ -108,6 +111,7 @@ class TrainConfig:
 CHOICES = {
     "objective": OBJECTIVES,
     "baseline": ("mean", "loo"),
+    "taper": TAPERS,
     "loss_type": ("grpo", "dapo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),
@@ -122,7 +126,7 @@ POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_promp
             "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
-                "eval_steps", "eval_max_problems", "num_threads", "epsilon")
+                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "asymre_delta")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 

@@ -9,6 +9,7 @@ Common inputs (B generations, T completion positions):
     weights        [B]    optional per-sample weights (e.g. per data source); all 1 by default
     behavior_logprobs [B,T]  log μ of the policy that generated y, when known
     old_logprobs   [B,T]  log-probs at generation time, for clipped ratios
+    fresh          [B]    True for on-policy samples of the current policy (default: none fresh)
 
 Each function returns a `LossOutput(loss, metrics)`. Weighted averages use Σ w_i (·) / Σ w_i, so
 with unit weights "mean" means (1/N) Σ_i. In the tabular lab, feeding all K actions with
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-OBJECTIVES = ("agro", "grpo", "rloo", "kl_pg", "is_pg")
+OBJECTIVES = ("agro", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre")
+TAPERS = ("none", "ref")
 
 
 @dataclass
@@ -124,6 +126,19 @@ def _common_metrics(
 # ----------------------------------------------------------------------------- AGRO
 
 
+def negative_taper(advantages: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
+    """ρ_i = 1 where A_i ≥ 0, min(1, exp(log_ratio_i)) where A_i < 0 (TOPR's taper; no gradient)."""
+    return torch.where(advantages < 0, log_ratio.detach().clamp(max=0.0).exp(), torch.ones_like(advantages))
+
+
+def groups_without_fresh(group_ids: torch.Tensor, fresh: torch.Tensor | None) -> torch.Tensor:
+    """[B] bool: the sample's group holds no fresh (on-policy) sample. `fresh` None: no sample is fresh."""
+    if fresh is None:
+        return torch.ones_like(group_ids, dtype=torch.bool)
+    index, num_groups = _group_index(group_ids)
+    return _group_sum(fresh.to(torch.float64), index, num_groups) == 0
+
+
 def agro_loss(
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
@@ -133,29 +148,46 @@ def agro_loss(
     beta: float,
     baseline: str = "mean",
     weights: torch.Tensor | None = None,
+    taper: str = "none",
+    fresh: torch.Tensor | None = None,
 ) -> LossOutput:
     """Any-Generation Reward Optimization, for generations from any sampling distribution μ.
 
         Δ_i  = Σ_t mask·(log π − log π_ref)          sequence-level log-ratio
         R̃_i = r_i − β·Δ_i                             regularised reward, no gradient
         V̂_i = mean (or leave-one-out mean) of R̃ over the group of x_i
-        loss = −Σ_i w_i (R̃_i − V̂_i) · Σ_t mask·log π  /  Σ_i w_i
+        A_i  = R̃_i − V̂_i
+        ρ_i  = 1, or with taper "ref", in a group with no fresh sample and A_i < 0: min(1, exp(Δ_i))
+        loss = −Σ_i w_i ρ_i A_i · Σ_t mask·log π  /  Σ_i w_i
 
-    Its expected gradient E_μ[(R̃ − V_μ) ∇log π] vanishes only where R̃ is constant over the
-    support of μ, i.e. at π* = π_ref·exp(r/β)/Z (generation consistency); on-policy it is the
-    KL-regularised policy gradient.
+    Its expected gradient E_μ[ρ(R̃ − V_μ) ∇log π] vanishes only where R̃ is constant over the
+    support of μ, i.e. at π* = π_ref·exp(r/β)/Z (generation consistency); on-policy (untapered)
+    it is the KL-regularised policy gradient.
+
+    The taper: on a finite offline set the untapered update pins only the differences of Δ between
+    a prompt's records, and pushing the negative records down lowers every record together, so mass
+    leaves the data. min(1, π/π_ref) stops pushing down a record once the policy holds less of it
+    than π_ref did; positive records are pulled up at full weight. ρ > 0 everywhere, so consistency
+    (A ≡ 0) is still the only fixed point under full coverage (`docs/results.md`). Groups with a
+    fresh sample are never tapered: the fresh sample sees where the mass went.
     """
     if baseline not in ("mean", "loo"):
         raise ValueError(f"baseline must be 'mean' or 'loo', got {baseline!r}")
+    if taper not in TAPERS:
+        raise ValueError(f"taper must be one of {', '.join(TAPERS)}, got {taper!r}")
     w = _weights_like(rewards, weights)
     seq_logprob = sequence_sum(logprobs, mask)
     log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
     regularised = rewards - beta * log_ratio
     value = group_mean(regularised, group_ids, w) if baseline == "mean" else group_loo_mean(regularised, group_ids, w)
     advantages = (regularised - value).detach()
-    loss = -_weighted_mean(advantages * seq_logprob, w)
+    scale = torch.ones_like(advantages)
+    if taper == "ref":
+        scale = torch.where(groups_without_fresh(group_ids, fresh), negative_taper(advantages, log_ratio), scale)
+    loss = -_weighted_mean(scale * advantages * seq_logprob, w)
     metrics = _common_metrics(rewards, log_ratio, advantages, mask)
     metrics["regularised_reward_mean"] = regularised.detach().float().mean().item()
+    metrics["taper_mean"] = scale.float().mean().item()
     return LossOutput(loss, metrics)
 
 
@@ -302,3 +334,69 @@ def is_pg_loss(
     metrics.update(_stats("importance_weight", importance))
     metrics["importance_truncated_fraction"] = (log_importance.exp() > max_importance_weight).float().mean().item()
     return LossOutput(loss, metrics)
+
+
+def topr_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    behavior_logprobs: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """Tapered Off-Policy REINFORCE (Le Roux et al. 2025, arXiv 2503.14286).
+
+        R̃_i = r_i − β Δ_i,  A_i = R̃_i − mean_g R̃                      (no gradient)
+        ρ_i  = 1 if A_i ≥ 0,  clip(π(y_i)/μ(y_i), 0, 1) if A_i < 0        (sequence level, no gradient)
+        loss = −Σ_i w_i ρ_i A_i Σ_t mask·log π / Σ_i w_i
+
+    Positive examples are trained on as in SFT, negative ones with truncated importance sampling,
+    so a negative record the policy has already left stops being pushed down. The paper's
+    reward R − c uses a constant baseline c; here c is the group mean of the KL-regularised reward
+    (AGRO's baseline, so every method of the study optimises the same β-regularised objective and
+    the baseline adapts to the reward's scale). With β = 0 and rewards ±1 around c it is the
+    paper's estimator. Needs the generating policy's log-probs.
+    """
+    if behavior_logprobs is None:
+        raise ValueError("topr_loss needs behavior_logprobs (the generating policy's log-probs)")
+    w = _weights_like(rewards, weights)
+    seq_logprob = sequence_sum(logprobs, mask)
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    regularised = rewards - beta * log_ratio
+    advantages = (regularised - group_mean(regularised, group_ids, w)).detach()
+    taper = negative_taper(advantages, sequence_sum(logprobs.detach() - behavior_logprobs, mask))
+    loss = -_weighted_mean(taper * advantages * seq_logprob, w)
+    metrics = _common_metrics(rewards, log_ratio, advantages, mask)
+    metrics["taper_mean"] = taper.float().mean().item()
+    return LossOutput(loss, metrics)
+
+
+def asymre_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    delta: float = 0.1,
+    weights: torch.Tensor | None = None,
+) -> LossOutput:
+    """Asymmetric REINFORCE (Arnal et al. 2025, arXiv 2506.20520).
+
+        R̃_i = r_i − β Δ_i,  V = mean_g R̃ − δ,  A_i = R̃_i − V          (no gradient)
+        loss = −Σ_i w_i A_i Σ_t mask·log π / Σ_i w_i
+
+    Off-policy REINFORCE E_μ[(r − V) ∇log π] with a baseline below the data's value V^μ: the paper
+    proves policy improvement for V < V^μ and a collapse of the support for V ≥ V^μ, and uses
+    V = V̂^μ + δV with a small δV < 0 (here δ = −δV > 0). δ = 0 is AGRO's estimator. Its fixed
+    point is not π*: the shift δ keeps pulling up every record (biased by design, `agro tabular`).
+    """
+    w = _weights_like(rewards, weights)
+    seq_logprob = sequence_sum(logprobs, mask)
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    regularised = rewards - beta * log_ratio
+    advantages = (regularised - group_mean(regularised, group_ids, w) + delta).detach()
+    loss = -_weighted_mean(advantages * seq_logprob, w)
+    return LossOutput(loss, _common_metrics(rewards, log_ratio, advantages, mask))

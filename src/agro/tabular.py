@@ -23,7 +23,7 @@ import torch
 from agro import objectives
 from agro.errors import AgroError
 
-METHODS = ("agro", "kl_pg", "kl_pg_exact", "grpo", "is_pg")
+METHODS = ("agro", "kl_pg", "kl_pg_exact", "grpo", "is_pg", "topr", "asymre")
 DATA_REGIMES = ("on-policy", "reference", "mixed", "fixed")
 MODES = ("exact", "sampled")
 LR_DECAYS = ("none", "inverse_sqrt", "inverse")
@@ -47,6 +47,8 @@ class TabularConfig:
     mu: list[float] | None = None
     reward: list[float] | None = None
     ref_policy: list[float] | None = None
+    taper: str = "ref"
+    asymre_delta: float = 0.1
 
     def validate(self) -> None:
         """Raise AgroError (one line) on any invalid setting."""
@@ -66,6 +68,8 @@ class TabularConfig:
             raise AgroError(f"--steps must be at least 1, got {self.steps}")
         if not self.lr > 0:
             raise AgroError(f"--lr must be > 0, got {self.lr}")
+        if self.taper not in objectives.TAPERS:
+            raise AgroError(f"--taper must be one of {', '.join(objectives.TAPERS)}, got {self.taper!r}")
         if self.lr_decay not in LR_DECAYS:
             raise AgroError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -144,11 +148,17 @@ def _draw(config: TabularConfig, log_pi: torch.Tensor, log_ref: torch.Tensor, lo
     return actions, log_mu[actions]
 
 
-def method_loss(method: str, beta: float, batch: dict[str, torch.Tensor], log_pi: torch.Tensor, log_ref: torch.Tensor):
-    """The loss of `method` on a batch of one-token completions (all from agro.objectives)."""
+def method_loss(method: str, config: TabularConfig, batch: dict[str, torch.Tensor], log_pi: torch.Tensor,
+                log_ref: torch.Tensor):
+    """The loss of `method` on a batch of one-token completions (all from agro.objectives).
+
+    Samples count as fresh (on-policy) when π draws some of them: data `on-policy` or `mixed`.
+    """
+    beta = config.beta
     common = {k: batch[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids", "weights")}
     if method == "agro":
-        return objectives.agro_loss(**common, beta=beta).loss
+        fresh = torch.full_like(batch["group_ids"], config.data in ("on-policy", "mixed"), dtype=torch.bool)
+        return objectives.agro_loss(**common, beta=beta, taper=config.taper, fresh=fresh).loss
     if method == "kl_pg":
         return objectives.kl_pg_loss(**common, beta=beta).loss
     if method == "kl_pg_exact":
@@ -157,6 +167,10 @@ def method_loss(method: str, beta: float, batch: dict[str, torch.Tensor], log_pi
         return objectives.grpo_loss(**common, beta=beta).loss
     if method == "is_pg":
         return objectives.is_pg_loss(**common, beta=beta, behavior_logprobs=batch["behavior_logprobs"]).loss
+    if method == "topr":
+        return objectives.topr_loss(**common, beta=beta, behavior_logprobs=batch["behavior_logprobs"]).loss
+    if method == "asymre":
+        return objectives.asymre_loss(**common, beta=beta, delta=config.asymre_delta).loss
     raise AgroError(f"unknown method {method!r}")
 
 
@@ -186,7 +200,7 @@ def run_method(config: TabularConfig, problem: Problem, method: str) -> dict:
             "weights": weights,
             "behavior_logprobs": behavior.unsqueeze(-1),
         }
-        loss = method_loss(method, config.beta, batch, log_pi, problem.log_ref)
+        loss = method_loss(method, config, batch, log_pi, problem.log_ref)
         (grad,) = torch.autograd.grad(loss, theta)
         with torch.no_grad():
             theta -= _learning_rate(config, step - 1) * grad

@@ -38,6 +38,7 @@ from agro.rewards import RewardResult, RewardScorer
 from agro.rollout import collate, completion_token_ids, encode_prompt, make_generator, prompt_text
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NEEDS_BEHAVIOR = ("is_pg", "topr")  # objectives that read the generating policy's log-probs
 
 
 def load_model(path: str, dtype: str, trust_remote_code: bool):
@@ -63,7 +64,8 @@ def objective_loss(config: TrainConfig, t: dict[str, torch.Tensor]) -> objective
     """The configured objective on batch tensors (one word in the config switches the loss)."""
     common = {k: t[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids", "weights")}
     if config.objective == "agro":
-        return objectives.agro_loss(**common, beta=config.beta, baseline=config.baseline)
+        return objectives.agro_loss(**common, beta=config.beta, baseline=config.baseline, taper=config.taper,
+                                    fresh=t["fresh"])
     if config.objective == "grpo":
         return objectives.grpo_loss(**common, beta=config.beta, old_logprobs=t["old_logprobs"],
                                     epsilon=config.epsilon, epsilon_high=config.epsilon_high,
@@ -72,6 +74,10 @@ def objective_loss(config: TrainConfig, t: dict[str, torch.Tensor]) -> objective
         return objectives.rloo_loss(**common, beta=config.beta)
     if config.objective == "kl_pg":
         return objectives.kl_pg_loss(**common, beta=config.beta)
+    if config.objective == "topr":
+        return objectives.topr_loss(**common, beta=config.beta, behavior_logprobs=t["behavior_logprobs"])
+    if config.objective == "asymre":
+        return objectives.asymre_loss(**common, beta=config.beta, delta=config.asymre_delta)
     return objectives.is_pg_loss(**common, beta=config.beta, behavior_logprobs=t["behavior_logprobs"],
                                  max_importance_weight=config.max_importance_weight)
 
@@ -204,14 +210,14 @@ class Trainer:
                           f"{c.max_completion_length}", report)
                 continue
             behavior = None
-            if c.objective == "is_pg" and r.behavior_logprobs is not None:  # only is_pg reads them
+            if c.objective in NEEDS_BEHAVIOR and r.behavior_logprobs is not None:  # only they read them
                 if len(r.behavior_logprobs) not in (len(ids), len(ids) - 1):
                     self._bad(where, "behavior_logprobs", f"has {len(r.behavior_logprobs)} values for "
                               f"{len(ids) - 1} completion tokens", report)
                     continue
                 behavior = torch.tensor(r.behavior_logprobs + [0.0] * (len(ids) - len(r.behavior_logprobs)))
-            elif c.objective == "is_pg":
-                self._bad(where, "behavior_logprobs", "objective is_pg needs the generating policy's log-probs "
+            elif c.objective in NEEDS_BEHAVIOR:
+                self._bad(where, "behavior_logprobs", f"objective {c.objective} needs the generating policy's log-probs "
                           "for every offline record", report)
                 continue
             self.offline_by_group[key].append(Generation(
@@ -399,6 +405,7 @@ class Trainer:
             "rewards": torch.tensor([g.reward for g in gens], dtype=torch.float32),
             "group_ids": torch.tensor([group_index[g.group] for g in gens]),
             "weights": torch.tensor([g.weight for g in gens], dtype=torch.float32),
+            "fresh": torch.tensor([g.source == "on_policy" for g in gens]),
             "old_logprobs": now,
             "behavior_logprobs": _padded(behavior, width),
             "logprobs_now": now,
@@ -478,8 +485,9 @@ class Trainer:
         times["time_reference"] = self._clock() - t1
         t1 = self._clock()
         logprobs_now, graph = self._policy_logprobs(gens)
-        for g, lp in zip(on_policy, logprobs_now[: len(on_policy)]):
-            g.behavior_logprobs = lp  # the sampling policy's log-probs, for importance weights and replay
+        position = {id(g): i for i, g in enumerate(gens)}  # _assemble reorders: pair by identity
+        for g in on_policy:
+            g.behavior_logprobs = logprobs_now[position[id(g)]]  # the sampling policy's, for ratios and replay
         tensors = self._tensors(gens, keys, logprobs_now)
         out = self._backward(gens, tensors, graph)
         times["time_policy"] = self._clock() - t1

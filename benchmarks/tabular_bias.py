@@ -46,9 +46,10 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--actions", type=int, default=20)
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--regimes", nargs="+", default=["reference", "fixed"], choices=["reference", "fixed"])
     args = parser.parse_args()
     out: dict = {"settings": vars(args), "regimes": {}}
-    for regime in ("reference", "fixed"):
+    for regime in args.regimes:
         table = {}
         for name in args.candidates:
             method, extra = CANDIDATES[name]

@@ -201,8 +201,8 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
             x = [statistics.mean(c[i][0] for c in curves) for i in range(n)]
             y = [statistics.mean(c[i][1] for c in curves) for i in range(n)]
             sd = [statistics.stdev(c[i][1] for c in curves) if len(curves) > 1 else 0.0 for i in range(n)]
-            ax.plot(x, y, marker=".", label=method)
-            ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], alpha=0.15)
+            line, = ax.plot(x, y, marker=".", label=method, color=f"C{METHODS.index(method)}")  # one colour per method
+            ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)], alpha=0.15, color=line.get_color())
         ax.axhline(ref, color="gray", linestyle="--", linewidth=1)
         ax.set_title(regime)
         ax.set_xlabel("generations used (trained on)")

@@ -170,6 +170,11 @@ def agro_loss(
     than π_ref did; positive records are pulled up at full weight. ρ > 0 everywhere, so consistency
     (A ≡ 0) is still the only fixed point under full coverage (`docs/results.md`). Groups with a
     fresh sample are never tapered: the fresh sample sees where the mass went.
+
+    Reusing a generation batch (the trainer's `num_iterations` > 1) needs no ratio and no clip: after
+    the first update the batch's samples are generations from μ = the policy that made them, i.e.
+    off-policy data, which the estimator above is made for; only π's log-probs are recomputed. The
+    trainer keeps them `fresh` (made for this batch) over all its iterations.
     """
     if baseline not in ("mean", "loo"):
         raise ValueError(f"baseline must be 'mean' or 'loo', got {baseline!r}")
@@ -217,7 +222,12 @@ def grpo_loss(
         loss_type "grpo": mean_i [Σ_t mask ℓ_it / Σ_t mask]  (per-sequence token mean)
         loss_type "dapo": Σ_it mask ℓ_it / Σ_it mask          (token mean over the batch)
 
-    `old_logprobs` defaults to `logprobs.detach()` (one update per generation: ρ = 1).
+    `old_logprobs` defaults to `logprobs.detach()` (one update per generation: ρ = 1). The trainer
+    passes the log-probs before the generation batch's first update, so with `num_iterations` > 1
+    the later iterations' ratios leave 1 and the clip acts (TRL's old_per_token_logps).
+    Metrics: `clip_fraction`, the fraction of tokens whose ratio lies outside [1−ε, 1+ε_high];
+    `clip_region_fraction`, those where the clipped term is the minimum, so the token has no policy
+    gradient (ρ < 1−ε with A < 0, or ρ > 1+ε_high with A > 0; TRL's clip_ratio/region_mean).
     """
     if loss_type not in ("grpo", "dapo"):
         raise ValueError(f"loss_type must be 'grpo' or 'dapo', got {loss_type!r}")
@@ -242,6 +252,8 @@ def grpo_loss(
     metrics["k3_kl_mean"] = (sequence_sum(k3.detach(), mask) / tokens.clamp_min(1)).mean().item()
     was_clipped = ((ratio.detach() - clipped.detach()).abs() > 0).float()
     metrics["clip_fraction"] = (sequence_sum(was_clipped, mask).sum() / tokens.sum().clamp_min(1)).item()
+    in_region = (((ratio.detach() < 1 - epsilon) & (adv < 0)) | ((ratio.detach() > 1 + epsilon_high) & (adv > 0)))
+    metrics["clip_region_fraction"] = (sequence_sum(in_region.float(), mask).sum() / tokens.sum().clamp_min(1)).item()
     return LossOutput(loss, metrics)
 
 

@@ -7,7 +7,9 @@
           groups (one per prompt) ─► rewards, reference log-probs (cached) ─► objective ─► AdamW
 
 Each process takes whole groups (a group is never split across processes); gradients are
-averaged across processes by accelerate.
+averaged across processes by accelerate. With `num_iterations` k > 1 (TRL's name and meaning) a
+generation batch is trained on for k optimizer steps, the gradient recomputed each time; a "step"
+is an optimizer step (max_steps, save_steps, eval_steps, logging_steps, the scheduler).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from agro import checkpoint, data, objectives
-from agro.buffer import SOURCES, Generation, ReplayBuffer
+from agro.buffer import SOURCES, Generation, GenerationBatch, ReplayBuffer
 from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
@@ -126,6 +128,8 @@ class Trainer:
                                    num_workers=config.reward_workers)
         self.replay = ReplayBuffer(config.replay_max_staleness, config.replay_weight)
         self.step = 0
+        self.batch: GenerationBatch | None = None  # the generation batch still in use (num_iterations)
+        self.iteration = 0  # optimizer steps taken on the current (or last) generation batch
         self.epoch, self.position = 0, 0
         self.nonfinite_run = 0
         self._stop_signal: int | None = None
@@ -470,13 +474,25 @@ class Trainer:
         return time.perf_counter()
 
     def train_step(self) -> dict[str, float]:
+        """One optimizer step; a new generation batch at the first of every `num_iterations` steps.
+
+        A batch's later iterations reuse its generations (on-policy, offline and replayed members),
+        rewards, reference log-probs, and the log-probs before its first update: GRPO's π_old, and
+        the behaviour log-probs of its on-policy samples.
+        """
         c = self.config
         times = {}
         t0 = self._clock()
-        keys = self._next_prompts()
-        on_policy = self._rollout(keys)
-        times["time_generation"] = self._clock() - t0
-        gens = self._assemble(keys, on_policy)
+        first = self.batch is None
+        if first:
+            keys = self._next_prompts()
+            on_policy = self._rollout(keys)
+            times["time_generation"] = self._clock() - t0
+            self.batch, self.iteration = GenerationBatch(keys, self._assemble(keys, on_policy)), 0
+        else:
+            on_policy, times["time_generation"] = [], 0.0
+        keys, gens = self.batch.keys, self.batch.generations
+        self.iteration += 1
         t1 = self._clock()
         reward_metrics = self._score(gens)
         times["time_reward"] = self._clock() - t1
@@ -485,10 +501,14 @@ class Trainer:
         times["time_reference"] = self._clock() - t1
         t1 = self._clock()
         logprobs_now, graph = self._policy_logprobs(gens)
-        position = {id(g): i for i, g in enumerate(gens)}  # _assemble reorders: pair by identity
-        for g in on_policy:
-            g.behavior_logprobs = logprobs_now[position[id(g)]]  # the sampling policy's, for ratios and replay
+        if first:
+            position = {id(g): i for i, g in enumerate(gens)}  # _assemble reorders: pair by identity
+            for g in on_policy:
+                g.behavior_logprobs = logprobs_now[position[id(g)]]  # the sampling policy's, for ratios and replay
+            self.batch.old_logprobs = logprobs_now
         tensors = self._tensors(gens, keys, logprobs_now)
+        if not first:  # the first iteration's are logprobs_now itself (ratio 1)
+            tensors["old_logprobs"] = _padded(self.batch.old_logprobs, tensors["mask"].shape[1])
         out = self._backward(gens, tensors, graph)
         times["time_policy"] = self._clock() - t1
         t1 = self._clock()
@@ -501,12 +521,14 @@ class Trainer:
         times["time_optimizer"] = self._clock() - t1
         self.step += 1
         if c.replay_per_group:
-            self.replay.add(on_policy)
+            self.replay.add(on_policy)  # at a batch's first iteration: only a new batch samples replays
             self.replay.evict(self.step)
+        if self.iteration >= c.num_iterations:
+            self.batch = None
         elapsed = self._clock() - t0
         tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
-        metrics = {"step": self.step, "loss": loss, **opt, **reward_metrics, **times, "time_step": elapsed,
-                   "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
+        metrics = {"step": self.step, "iteration": self.iteration, "loss": loss, **opt, **reward_metrics, **times,
+                   "time_step": elapsed, "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
         metrics.update({f"objective/{k}": v for k, v in out.metrics.items()})
         metrics.update(self._source_metrics(gens, tensors))
         return metrics
@@ -529,7 +551,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop, checkpoints, eval
 
     def _trainer_state(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "position": self.position,
+        return {"step": self.step, "epoch": self.epoch, "position": self.position, "iteration": self.iteration,
                 "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -549,7 +571,8 @@ class Trainer:
         state_dict = self._full_state_dict()
         if acc.is_main_process:
             self.policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-        checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank)
+        checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank,
+                               None if self.batch is None else self.batch.to_state())
         acc.wait_for_everyone()
         path = None
         if acc.is_main_process:
@@ -563,6 +586,14 @@ class Trainer:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.nonfinite_run = state["nonfinite_run"]
         self.replay.load_state(state["replay"])
+        self.iteration = state.get("iteration", 0)  # checkpoints before num_iterations: none mid-batch
+        saved_by = checkpoint.batch_files(path)
+        if saved_by and saved_by != self.world:
+            raise AgroError(f"{path}: saved in the middle of a generation batch by {saved_by} processes; "
+                            f"resume it with {saved_by} processes, not {self.world}")
+        batch = checkpoint.load_batch(path, self.rank)
+        if batch is not None and self.iteration < self.config.num_iterations:  # (a run resumed with fewer: done)
+            self.batch = GenerationBatch.from_state(batch)
 
     def _discard_unsaved(self) -> None:
         """On resume: drop staging directories and the metrics of steps after the checkpoint (torn lines too)."""
@@ -688,8 +719,8 @@ class Trainer:
         return _Loggers(loggers)
 
     def _log(self, writer, metrics: dict) -> None:
-        if writer is not None:
-            writer.write(metrics)
+        if writer is not None:  # every row says which iteration of its generation batch it is (0: no step yet)
+            writer.write({"step": metrics["step"], "iteration": self.iteration, **metrics})
 
     def _eval_problems(self) -> list[data.Problem]:
         c = self.config

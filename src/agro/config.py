@@ -43,7 +43,7 @@ class TrainConfig:
     baseline: str = _f("mean", "agro: mean | loo (leave-one-out) group baseline of the regularised reward")
     epsilon: float = _f(0.2, "grpo: lower clip range of the ratio")
     epsilon_high: float | None = _f(None, "grpo: upper clip range (default: epsilon)")
-    loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo")
+    loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo | bnpo | dr_grpo (TRL's meanings)")
     max_importance_weight: float = _f(2.0, "is_pg: truncation c of the sequence importance weight π/μ")
     # data
     train_data: str | None = _f(None, "problem set for on-policy prompts (jsonl/json/parquet or datasets name)")
@@ -108,7 +108,7 @@ class TrainConfig:
 CHOICES = {
     "objective": OBJECTIVES,
     "baseline": ("mean", "loo"),
-    "loss_type": ("grpo", "dapo"),
+    "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),
     "prompt_template": ("plain", "chat", "raw"),

@@ -67,7 +67,7 @@ def objective_loss(config: TrainConfig, t: dict[str, torch.Tensor]) -> objective
     if config.objective == "grpo":
         return objectives.grpo_loss(**common, beta=config.beta, old_logprobs=t["old_logprobs"],
                                     epsilon=config.epsilon, epsilon_high=config.epsilon_high,
-                                    loss_type=config.loss_type)
+                                    loss_type=config.loss_type, max_completion_length=config.max_completion_length)
     if config.objective == "rloo":
         return objectives.rloo_loss(**common, beta=config.beta)
     if config.objective == "kl_pg":

@@ -158,6 +158,12 @@ def run_cli(args, capsys):
         ("num_generations: 1\n", "key 'num_generations': must be ≥ 2 with the group baseline"),
         ("objective: ppo\n", "key 'objective': must be one of"),
         ("beta: [1\n", "cfg.yaml:5: invalid YAML"),
+        ("reward_function: nothere.py:fn\n", "cfg.yaml:4: key 'reward_function': reward file not found for "
+                                             "'nothere.py:fn'"),
+        ("reward_function: nothere_module:fn\n", "cfg.yaml:4: key 'reward_function': cannot import module "
+                                                 "'nothere_module'"),
+        (f"reward_function: {REWARD.replace('digit_fraction', 'nothere')}\n", "cfg.yaml:4: key 'reward_function': "
+                                                                            "reward "),
     ],
 )
 def test_bad_config_one_line_exit_2_nothing_written(assets, tmp_path, capsys, yaml_text, message):
@@ -171,6 +177,18 @@ def test_bad_config_one_line_exit_2_nothing_written(assets, tmp_path, capsys, ya
     assert message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
+    """A typo or a bad value is found without the heavy imports (torch, transformers: seconds)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model_name_or_path: m\nlearning_rat: 0.1\n")
+    check = ("import sys\nfrom agro.cli import main\nrc = main(sys.argv[1:])\n"
+             "print(rc, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    for args in (["train", str(cfg)], ["train", str(cfg), "--set", "beta=-1"], ["eval", "--model", "m"]):
+        proc = subprocess.run([sys.executable, "-c", check, *args], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.split("\n")[0] == "2 []", (args, proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "agro: error: " in proc.stderr
 
 
 def write_offline(path, rows):

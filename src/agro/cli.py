@@ -26,13 +26,17 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+TABULAR_HELP = "exact tabular lab: convergence to π* from on- and off-policy data"
+
+
 def _add_tabular(sub) -> None:
+    # imports torch: built only when tabular runs (build_parser)
     from agro.tabular import METHODS, TabularConfig
 
     d = TabularConfig()
     p = sub.add_parser(
         "tabular",
-        help="exact tabular lab: convergence to π* from on- and off-policy data",
+        help=TABULAR_HELP,
         description="One prompt, K actions, softmax policy started at π_ref. Plots KL(π_t‖π*)/KL(π_ref‖π*).",
     )
     p.add_argument("--actions", type=int, default=d.actions, help="number of actions K (≥ 2)")
@@ -101,9 +105,10 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from agro.config import load_config
+
+    config = load_config(args.config, args.overrides)  # before the heavy imports: a typo is reported at once
     from agro.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)
     trainer = Trainer(config, resume=args.resume)
     metrics = trainer.train()
     if trainer.accelerator.is_main_process:
@@ -166,6 +171,7 @@ def _load_eval_problems(args):
 def _run_eval(args) -> int:
     import json
 
+    problems = _load_eval_problems(args)  # before the heavy imports: a bad flag or record is reported at once
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -173,7 +179,6 @@ def _run_eval(args) -> int:
     from agro.evaluate import evaluate, load_for_inference
     from agro.rollout import make_generator
 
-    problems = _load_eval_problems(args)
     with _scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
         torch.manual_seed(args.seed)
@@ -272,20 +277,28 @@ def _run_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `agro` parser. `command`: the subcommand about to run, when known. The tabular parser imports
+    torch to build; for another command it is only named, so that a bad config or flag is reported
+    before torch is imported (seconds)."""
     parser = _Parser(prog="agro", description="RL fine-tuning of LLMs from on- and off-policy data with AGRO.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_eval(sub)
     _add_generate(sub)
-    _add_tabular(sub)
+    if command in (None, "tabular"):
+        _add_tabular(sub)
+    else:
+        sub.add_parser("tabular", help=TABULAR_HELP)
     _add_demo(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(command).parse_args(argv)
         return args.func(args)
     except AgroError as err:
         print(f"agro: error: {err}", file=sys.stderr)

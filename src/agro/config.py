@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from agro.errors import AgroError
-from agro.objectives import OBJECTIVES
 
 
 def _f(default, help: str, **kw):
@@ -105,8 +104,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "objective": OBJECTIVES,
+CHOICES = {  # "objective": agro.objectives.OBJECTIVES, checked last (importing it imports torch)
     "baseline": ("mean", "loo"),
     "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
@@ -203,6 +201,16 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
+    from agro.objectives import OBJECTIVES  # imports torch: after every check that does not need it
+
+    if config.objective not in OBJECTIVES:
+        fail("objective", f"must be one of {', '.join(OBJECTIVES)}, got {config.objective!r}")
+    from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
+
+    try:
+        load_reward_function(config.reward_function)
+    except ValueError as err:
+        fail("reward_function", str(err))
 
 
 def _key_lines(text: str, path: str) -> dict[str, str]:

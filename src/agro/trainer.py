@@ -116,8 +116,11 @@ class Trainer:
                                         config.vllm_gpu_memory_utilization, config.model_name_or_path,
                                         config.max_prompt_length + config.max_completion_length,
                                         config.cache_implementation)
-        self.scorer = RewardScorer(config.reward_function, timeout=config.reward_timeout,
-                                   num_workers=config.reward_workers)
+        try:
+            self.scorer = RewardScorer(config.reward_function, timeout=config.reward_timeout,
+                                       num_workers=config.reward_workers)
+        except ValueError as err:
+            raise AgroError(f"config: key 'reward_function': {err}") from None
         self.replay = ReplayBuffer(config.replay_max_staleness, config.replay_weight)
         self.step = 0
         self.epoch, self.position = 0, 0

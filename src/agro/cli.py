@@ -6,6 +6,7 @@ User errors (bad flags, config, data) are printed as one line and exit with code
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -111,6 +112,13 @@ def _run_train(args) -> int:
 
     trainer = Trainer(config, resume=args.resume)
     metrics = trainer.train()
+    if trainer.interrupted is not None:  # stopped by SIGTERM/SIGINT after saving: 128 + the signal, as a shell says
+        if trainer.accelerator.is_main_process:
+            then = (f"continue with --resume (outputs in {config.output_dir})" if trainer.step
+                    else "no step had finished, no checkpoint")
+            print(f"agro: interrupted by {signal.Signals(trainer.interrupted).name} at step {trainer.step}; {then}",
+                  file=sys.stderr)
+        return 128 + trainer.interrupted
     if trainer.accelerator.is_main_process:
         summary = {k: v for k, v in metrics.items() if k in ("step", "loss", "kl", "reward/on_policy", "eval/accuracy")}
         print(f"agro: done; {summary}; outputs in {config.output_dir}")

@@ -34,10 +34,11 @@ from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.logprobs import CompletionLogprobs
-from agro.rewards import RewardResult, RewardScorer
+from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted
 from agro.rollout import collate, completion_token_ids, encode_prompt, make_generator, prompt_text
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRAINING_ARGS = "agro.json"  # in final/ and checkpoints: what `agro eval` / `agro generate` default to
 
 
 def load_model(path: str, dtype: str, trust_remote_code: bool):
@@ -126,6 +127,7 @@ class Trainer:
         self.epoch, self.position = 0, 0
         self.nonfinite_run = 0
         self._stop_signal: int | None = None
+        self.interrupted: int | None = None  # the signal that stopped train() before max_steps
         self.resumed = resume
         if saved:
             self._resume(saved[-1])
@@ -298,17 +300,27 @@ class Trainer:
         """Rewards of generations that have none; failed calls get 0 and are counted (same keys every step)."""
         todo = [g for g in gens if g.reward is None]
         result = RewardResult(rewards=[])
+
+        def report_timeout(index: int, status: str, detail: str | None) -> None:
+            if status == "timeout":
+                tqdm.write(f"agro: step {self.step + 1}: reward call {index + 1} of {len(todo)} timed out ({detail})")
+
         if todo:
-            result = self.scorer.score([g.prompt for g in todo], [g.completion for g in todo],
-                                       [g.answer for g in todo])
+            try:
+                result = self.scorer.score([g.prompt for g in todo], [g.completion for g in todo],
+                                           [g.answer for g in todo], self.config.max_reward_failure_fraction,
+                                           report_timeout)
+            except (ValueError, RuntimeError) as err:  # the reward function cannot be loaded in its workers
+                raise AgroError(f"config: key 'reward_function': {str(err).splitlines()[0]}") from None
         for i, (g, r) in enumerate(zip(todo, result.rewards)):
             if abs(r) > data.MAX_ABS_REWARD:  # the bound offline records have; 1e300 would be inf in float32
                 result.record(i, "non_finite", 0.0, f"returned {r!r}, |reward| > {data.MAX_ABS_REWARD:g}")
             g.reward = float(result.rewards[i])
         if todo and result.failures / len(todo) > self.config.max_reward_failure_fraction:
+            stopped = f" (stopped there, {result.unscored} calls not run)" if result.unscored else ""
             raise AgroError(f"step {self.step + 1}: {result.failures} of {len(todo)} reward calls failed "
                             f"({result.errors} errors, {result.timeouts} timeouts, {result.non_finite} non-finite), "
-                            f"above max_reward_failure_fraction {self.config.max_reward_failure_fraction}; "
+                            f"above max_reward_failure_fraction {self.config.max_reward_failure_fraction}{stopped}; "
                             f"first: {result.first_failure}")
         return {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
                 "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
@@ -600,14 +612,21 @@ class Trainer:
                     tqdm.write(report.summary())
         writer = self._open_loggers() if main else None
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.scorer.should_stop = lambda: self._stop_signal is not None  # a signal stops reward scoring at once
         eval_problems = self._eval_problems()
         last: dict = {}
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)
         try:
-            if eval_problems and self.step == 0:
-                self._log(writer, {"step": 0, **self._evaluate(eval_problems)})
-            while self.step < c.max_steps:
-                metrics = self.train_step()
+            if eval_problems and self.step == 0 and (accuracy := self._evaluate(eval_problems)):
+                self._log(writer, {"step": 0, **accuracy})
+            while self.step < c.max_steps and self._stop_signal is None:
+                start = (self.epoch, self.position, checkpoint.rng_state())
+                try:
+                    metrics = self.train_step()
+                except ScoringInterrupted:  # before any update: back to the step's start, saved as the last step
+                    self.epoch, self.position = start[:2]
+                    checkpoint.set_rng_state(start[2])
+                    break
                 metrics["skipped_records"] = float(self.skipped_records)
                 if eval_problems and c.eval_steps and self.step % c.eval_steps == 0 and self.step < c.max_steps:
                     metrics.update(self._evaluate(eval_problems))
@@ -620,15 +639,15 @@ class Trainer:
                 last = metrics
                 if c.save_steps and self.step % c.save_steps == 0 and self.step < c.max_steps:
                     self.save_checkpoint()
-                if self._stop_signal is not None:
-                    self.save_checkpoint()
-                    tqdm.write(f"agro: received signal {self._stop_signal}; checkpoint saved at step {self.step}")
-                    return last
+            if self._stop_signal is not None:
+                return self._stop(last)
             bar.close()
             self.save_checkpoint()
             if eval_problems:
                 last.update(self._evaluate(eval_problems))
                 self._log(writer, {"step": self.step, **{k: v for k, v in last.items() if k.startswith("eval/")}})
+                if self._stop_signal is not None:  # the final evaluation was cut short: --resume redoes it
+                    return self._stop(last)
             self.save_final()
         finally:
             bar.close()  # ends the progress line, so an error message starts a line of its own
@@ -637,6 +656,14 @@ class Trainer:
             self.scorer.close()
             if writer is not None:
                 writer.close()
+        return last
+
+    def _stop(self, last: dict) -> dict:
+        """After SIGTERM/SIGINT: checkpoint the last finished step (none before the first) and return."""
+        self.interrupted = self._stop_signal
+        saved = self.save_checkpoint() if self.step > 0 else None
+        where = f"checkpoint saved at step {self.step}" if saved else "no step finished, no checkpoint"
+        tqdm.write(f"agro: received {signal.Signals(self.interrupted).name}; {where}")
         return last
 
     def _check_finite(self, metrics: dict) -> None:
@@ -697,8 +724,11 @@ class Trainer:
         return problems
 
     def _evaluate(self, problems: list[data.Problem]) -> dict[str, float]:
-        result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
-                          batch_size=self.config.generation_batch_size)
+        try:
+            result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
+                              batch_size=self.config.generation_batch_size)
+        except ScoringInterrupted:  # a signal during its scoring: no accuracy for this evaluation
+            return {}
         return {"eval/accuracy": result["accuracy"]}
 
 

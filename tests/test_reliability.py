@@ -106,6 +106,21 @@ def test_too_many_reward_failures_abort_with_one_line(assets, tmp_path, capsys, 
     assert_one_line_error(err, "step 1: 4 of 10 reward calls failed (1 errors, 1 timeouts, 2 non-finite), "
                                "above max_reward_failure_fraction 0.3; first: sample ")
     assert not (out / "final").exists() and not checkpoint.list_checkpoints(out)
+    # nothing of the stopped run is left to mistake for a run to resume: the corrected rerun just runs
+    assert not out.exists()
+    rc, _, err = cli(faulty_run(assets, out, faulty_offline, max_reward_failure_fraction=0.5), capsys)
+    assert rc == 0, err
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_a_run_stopped_before_its_first_step_leaves_what_was_there_untouched(assets, tmp_path, capsys,
+                                                                           faulty_offline):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    rc, _, err = cli(faulty_run(assets, out, faulty_offline, max_reward_failure_fraction=0.3), capsys)
+    assert rc == 2 and "reward calls failed" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_a_hanging_reward_is_reported_waited_for_in_parallel_and_stops_the_step(assets, tmp_path, capsys,

@@ -115,7 +115,7 @@ def _run_train(args) -> int:
     if trainer.interrupted is not None:  # stopped by SIGTERM/SIGINT after saving: 128 + the signal, as a shell says
         if trainer.accelerator.is_main_process:
             then = (f"continue with --resume (outputs in {config.output_dir})" if trainer.step
-                    else "no step had finished, no checkpoint")
+                    else "no step had finished; nothing was kept")
             print(f"agro: interrupted by {signal.Signals(trainer.interrupted).name} at step {trainer.step}; {then}",
                   file=sys.stderr)
         return 128 + trainer.interrupted

@@ -598,6 +598,11 @@ class Trainer:
         """Run to `max_steps`; returns the last step's metrics (and the final evaluation if any)."""
         c, acc = self.config, self.accelerator
         main = acc.is_main_process
+        # what this run creates: removed again if it stops before finishing a step, so that the corrected
+        # rerun is not refused as a run to resume (what was there before is never touched)
+        created = [p for p in (self.output_dir, *(self.output_dir / n for n in ("config.yaml", "metrics.jsonl",
+                                                                               "tensorboard", "wandb")))
+                   if main and not p.exists()]
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.resumed:
@@ -656,13 +661,15 @@ class Trainer:
             self.scorer.close()
             if writer is not None:
                 writer.close()
+            if self.step == 0 and not checkpoint.list_checkpoints(self.output_dir):
+                _remove_created(self.output_dir, created)
         return last
 
     def _stop(self, last: dict) -> dict:
         """After SIGTERM/SIGINT: checkpoint the last finished step (none before the first) and return."""
         self.interrupted = self._stop_signal
         saved = self.save_checkpoint() if self.step > 0 else None
-        where = f"checkpoint saved at step {self.step}" if saved else "no step finished, no checkpoint"
+        where = f"checkpoint saved at step {self.step}" if saved else "no step finished, nothing kept"
         tqdm.write(f"agro: received {signal.Signals(self.interrupted).name}; {where}")
         return last
 
@@ -755,6 +762,15 @@ class _Loggers:
             self.loggers["tensorboard"].close()
         if "wandb" in self.loggers:
             self.loggers["wandb"].finish()
+
+
+def _remove_created(output_dir: Path, created: list[Path]) -> None:
+    """Remove what a run created: its output_dir when the run made it, else the listed entries in it."""
+    for path in [output_dir] if output_dir in created else created:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
 
 
 def _disable_dropout(model) -> None:

@@ -66,6 +66,39 @@ def assert_one_line_error(err: str, message: str) -> None:
     assert "Traceback" not in err
 
 
+# ------------------------------------------------------------------ a huge record
+
+PEAK_RSS = """
+import resource, sys
+from agro.cli import main
+rc = main(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # bytes: Linux reports KiB
+sys.exit(rc)
+"""
+
+
+def test_a_huge_offline_record_is_rejected_from_its_length_before_tokenisation(assets, tmp_path):
+    """A 20 MB completion is refused from its character count: exit 2 with the one-line error, in about the
+    time and memory of a run refused for a 40-token completion (tokenising it took minutes and GBs)."""
+    prompt = json.loads((assets / "train.jsonl").read_text().splitlines()[0])["prompt"]
+    runs = {}
+    for name, size in (("small", 40), ("huge", 20_000_000)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps({"prompt": prompt, "completion": "1" * size}) + "\n")
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *train_args(assets, tmp_path / name, offline_data=path,
+                                                                            offline_per_group=1)],
+                              capture_output=True, text=True, timeout=600)
+        runs[name] = (proc.returncode, proc.stderr, int(proc.stdout.split()[-1]), time.monotonic() - start)
+    (rc_small, err_small, peak_small, time_small), (rc, err, peak, seconds) = runs["small"], runs["huge"]
+    assert rc_small == 2 and "completion has 40 tokens, more than max_completion_length 32" in err_small
+    assert rc == 2
+    assert_one_line_error(err, f"{tmp_path / 'huge.jsonl'}:1: field 'completion': completion has 20000000 "
+                               "characters, more than max_completion_length 32 tokens can hold")
+    assert peak - peak_small < 512 * 2**20, (peak, peak_small)
+    assert seconds - time_small < 10, (seconds, time_small)
+
+
 # ------------------------------------------------------------------ reward faults
 
 

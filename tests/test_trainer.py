@@ -200,7 +200,9 @@ def write_offline(path, rows):
     [
         ('{"prompt": "12+13+14=", "completion": "A=39", "reward": NaN}', "off.jsonl:2: field 'reward'"),
         ({"prompt": "12+13+14=", "completion": "   "}, "off.jsonl:2: field 'completion'"),
-        ({"prompt": "1+" * 300 + "1=", "completion": "A=301"}, "off.jsonl:2: field 'prompt': prompt has"),
+        ({"prompt": "1+" * 100 + "1=", "completion": "A=101"}, "off.jsonl:2: field 'prompt': prompt has 202 tokens"),
+        ({"prompt": "1+" * 300 + "1=", "completion": "A=301"},  # beyond 30 tokens × 5 characters × 4: not tokenised
+         "off.jsonl:2: field 'prompt': prompt has 602 characters, more than max_prompt_length 30 tokens can hold"),
         ({"completion": "A=3"}, "off.jsonl:2: field 'prompt'"),
     ],
 )

@@ -35,7 +35,15 @@ from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.logprobs import CompletionLogprobs
 from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted
-from agro.rollout import collate, completion_token_ids, encode_prompt, make_generator, prompt_text
+from agro.rollout import (
+    collate,
+    completion_token_ids,
+    encode_prompt,
+    make_generator,
+    max_text_chars,
+    prompt_text,
+    text_chars,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRAINING_ARGS = "agro.json"  # in final/ and checkpoints: what `agro eval` / `agro generate` default to
@@ -146,6 +154,9 @@ class Trainer:
     def _load_data(self) -> None:
         c = self.config
         self.data_reports = []
+        # texts longer than this cannot fit in the token budget: rejected before they are tokenised
+        self._max_chars = {"prompt": max_text_chars(self.tokenizer, c.max_prompt_length),
+                           "completion": max_text_chars(self.tokenizer, c.max_completion_length)}
         self.offline_by_group: dict[str, list[Generation]] = defaultdict(list)
         problems: list[data.Problem] = []
         if c.train_data:
@@ -181,6 +192,11 @@ class Trainer:
         key = data.prompt_key(prompt)
         if key in self.prompt_ids:
             return key
+        limit = self._max_chars["prompt"]
+        if limit is not None and text_chars(prompt) > limit:
+            self._bad(where, field, f"prompt has {text_chars(prompt)} characters, more than max_prompt_length "
+                      f"{self.config.max_prompt_length} tokens can hold ({limit} with this tokenizer)", report)
+            return None
         ids = encode_prompt(self.tokenizer, prompt)
         if len(ids) > self.config.max_prompt_length:
             self._bad(where, field, f"prompt has {len(ids)} tokens, more than max_prompt_length "
@@ -203,6 +219,12 @@ class Trainer:
                 key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
                 if key is None:
                     continue
+            limit = self._max_chars["completion"]
+            if limit is not None and len(r.completion) > limit:
+                self._bad(where, "completion", f"completion has {len(r.completion)} characters, more than "
+                          f"max_completion_length {c.max_completion_length} tokens can hold ({limit} with this "
+                          "tokenizer)", report)
+                continue
             ids = completion_token_ids(self.tokenizer, r.completion, c.max_completion_length)
             if len(ids) > c.max_completion_length:
                 self._bad(where, "completion", f"completion has {len(ids)} tokens, more than max_completion_length "

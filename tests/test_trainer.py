@@ -191,6 +191,19 @@ def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
         assert proc.stderr.count("\n") == 1 and "agro: error: " in proc.stderr
 
 
+def test_offline_records_of_prompts_outside_train_data_are_reported(assets, tmp_path, capsys):
+    """train_data has 2 of the 12 prompts of the offline records: the other 40 records can never join a group."""
+    config = load_config(None, overrides(assets, tmp_path / "run", train_data=assets / "two.jsonl",
+                                         offline_data=assets / "offline.jsonl", offline_per_group=2, max_steps=1))
+    trainer = Trainer(config)
+    report = trainer.data_reports[-1]
+    assert (report.loaded, report.unused, report.unused_prompts) == (48, 40, 10)
+    assert sum(len(v) for v in trainer.offline_by_group.values()) == 8
+    trainer.train()
+    assert f"{assets / 'offline.jsonl'}: 48 loaded, 0 skipped, 0 duplicates dropped, 40 never used (10 prompts not " \
+           "in train_data)" in capsys.readouterr().out
+
+
 def write_offline(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 

@@ -210,12 +210,15 @@ class Trainer:
 
     def _add_offline(self, records: list[data.OfflineRecord], take_prompts: bool, report: data.DataReport) -> None:
         c = self.config
+        unused_prompts = set()
         for r in records:
             where = f"{r.file}:{r.line}"
             key = data.prompt_key(r.prompt)
             if key not in self.prompt_ids:
                 if not take_prompts:
-                    continue  # prompts come from train_data; records of other prompts are not used
+                    unused_prompts.add(key)  # prompts come from train_data; records of other prompts are not used
+                    report.unused += 1
+                    continue
                 key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
                 if key is None:
                     continue
@@ -246,6 +249,7 @@ class Trainer:
                 weight=c.offline_weight, reward=r.reward, answer=r.answer if r.answer is not None else self.answers[key],
                 prompt=self.prompt_texts[key], completion=r.completion, behavior_logprobs=behavior,
             ))
+        report.unused_prompts = len(unused_prompts)
 
     def _load_models(self, resume_from: Path | None) -> None:
         """Policy (from `resume_from`'s weights when given), reference, optimizer, all through accelerate."""
@@ -635,7 +639,7 @@ class Trainer:
                 tqdm.write(f"agro: {self.world} processes ({acc.distributed_type.value}), "
                            f"{c.prompts_per_step // self.world} prompts per step on each")
             for report in self.data_reports:
-                if report.skipped or report.duplicates:
+                if report.skipped or report.duplicates or report.unused:
                     tqdm.write(report.summary())
         writer = self._open_loggers() if main else None
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -75,6 +75,10 @@ def test_regimes_train_log_checkpoint_and_reload(assets, tmp_path, regime):
     state = json.loads((out / ckpts[-1] / "trainer_state.json").read_text())
     assert state["step"] == config.max_steps
     final = AutoModelForCausalLM.from_pretrained(out / "final")
+    for model_dir in (out / "final", out / ckpts[-1]):  # what agro eval / generate default to
+        assert json.loads((model_dir / "agro.json").read_text()) == {
+            "prompt_template": "raw", "reward_function": REWARD, "max_completion_length": 32, "reward_timeout": 10.0,
+            "step": config.max_steps}
     trained = load_file(out / ckpts[-1] / "model.safetensors")
     for name, tensor in final.state_dict().items():
         if name in trained:

@@ -193,6 +193,22 @@ class HFGenerator:
         return {arg: preallocate(cache, ids.shape[1] + self.max_new_tokens) for arg, cache in kwargs.items()}
 
 
+def generate_with_progress(generator, model, prompts: list[list[int]], num_generations: int = 1,
+                           do_sample: bool = True, desc: str = "generate") -> list[list[int]]:
+    """`generator.generate` in chunks of one generate call (HF: `batch_size` sequences), with a progress bar
+    over prompts (tqdm, on stderr); the same completions as one call."""
+    from tqdm.auto import tqdm
+
+    per_call = max(1, getattr(generator, "batch_size", len(prompts) * num_generations) // num_generations)
+    out: list[list[int]] = []
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True) as bar:
+        for start in range(0, len(prompts), per_call):
+            chunk = prompts[start : start + per_call]
+            out += generator.generate(model, chunk, num_generations, do_sample=do_sample)
+            bar.update(len(chunk))
+    return out
+
+
 def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) -> dict:
     """`generate`'s cache argument holding each prompt's first L−1 tokens, run once and repeated `copies` times.
 

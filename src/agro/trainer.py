@@ -34,7 +34,7 @@ from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.logprobs import CompletionLogprobs
-from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted
+from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted, absolute_spec
 from agro.rollout import (
     collate,
     completion_token_ids,
@@ -582,6 +582,7 @@ class Trainer:
         state_dict = self._full_state_dict()
         if acc.is_main_process:
             self.policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+            self._write_training_args(staging)
         checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank)
         acc.wait_for_everyone()
         path = None
@@ -710,6 +711,14 @@ class Trainer:
         else:
             self.nonfinite_run = 0
 
+    def _write_training_args(self, path: Path) -> None:
+        """`agro.json`: what the model was trained with, the defaults `agro eval` and `agro generate` take."""
+        c = self.config
+        args = {"prompt_template": c.prompt_template, "reward_function": absolute_spec(c.reward_function),
+                "max_completion_length": c.max_completion_length, "reward_timeout": c.reward_timeout,
+                "step": self.step}
+        (path / TRAINING_ARGS).write_text(json.dumps(args, indent=1) + "\n", encoding="utf-8")
+
     def save_final(self) -> Path:
         """`final/`: a model loadable with `from_pretrained` (LoRA merged into the base weights)."""
         final = self.output_dir / "final"
@@ -721,6 +730,7 @@ class Trainer:
             staging = checkpoint.staging_dir(self.output_dir, "final")
             policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(staging)
+            self._write_training_args(staging)
             checkpoint.replace_dir(staging, final)
         self.accelerator.wait_for_everyone()
         return final

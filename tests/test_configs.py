@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from agro.config import load_config
-from agro.tasks import arithmetic
 from agro.errors import AgroError
+from agro.tasks import arithmetic
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GPU_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml")

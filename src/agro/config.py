@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from agro.errors import AgroError
-from agro.objectives import OBJECTIVES, TAPERS
 
 
 def _f(default, help: str, **kw):
@@ -46,7 +45,7 @@ class TrainConfig:
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
     epsilon: float = _f(0.2, "grpo: lower clip range of the ratio (a ratio ≠ 1 needs num_iterations > 1)")
     epsilon_high: float | None = _f(None, "grpo: upper clip range (default: epsilon)")
-    loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo")
+    loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo | bnpo | dr_grpo (TRL's meanings)")
     max_importance_weight: float = _f(2.0, "is_pg: truncation c of the sequence importance weight π/μ")
     # data
     train_data: str | None = _f(None, "problem set for on-policy prompts (jsonl/json/parquet or datasets name)")
@@ -112,11 +111,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "objective": OBJECTIVES,
+CHOICES = {  # "objective": agro.objectives.OBJECTIVES, checked last (importing it imports torch)
     "baseline": ("mean", "loo"),
-    "taper": TAPERS,
-    "loss_type": ("grpo", "dapo"),
+    "taper": ("none", "ref"),  # agro.objectives.TAPERS (tests check they agree)
+    "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),
     "prompt_template": ("plain", "chat", "raw"),
@@ -212,6 +210,16 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
+    from agro.objectives import OBJECTIVES  # imports torch: after every check that does not need it
+
+    if config.objective not in OBJECTIVES:
+        fail("objective", f"must be one of {', '.join(OBJECTIVES)}, got {config.objective!r}")
+    from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
+
+    try:
+        load_reward_function(config.reward_function)
+    except ValueError as err:
+        fail("reward_function", str(err))
 
 
 def _key_lines(text: str, path: str) -> dict[str, str]:

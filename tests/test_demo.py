@@ -1,13 +1,18 @@
-"""`agro demo --quick` end to end: π_ref, its offline data, AGRO through the trainer, held-out comparison."""
+"""`agro demo --quick` end to end: π_ref, its offline data, AGRO through the trainer, held-out comparison; then
+what a user does next: `agro eval` of the trained model with no other flag, `agro train configs/demo.yaml`."""
 
 import json
+from pathlib import Path
 
 from agro.cli import main
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-def test_demo_quick_writes_results_computed_in_the_run(tmp_path):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+
+def test_demo_quick_writes_results_computed_in_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo's default --out, runs/demo: where configs/demo.yaml looks
+    assert main(["demo", "--quick", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = tmp_path / "runs" / "demo"
     results = json.loads((out / "results.json").read_text())
     assert results["heldout_size"] == 100
     for key in ("reference_accuracy", "final_accuracy"):
@@ -23,3 +28,14 @@ def test_demo_quick_writes_results_computed_in_the_run(tmp_path):
     assert results["offline_records"] == len(offline) > 0
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "train" / "final" / "model.safetensors").exists()
+
+    # the trained model carries what it was trained with: eval with no other flag reproduces the demo's figure
+    assert main(["eval", "--model", "runs/demo/train/final", "--data", "runs/demo/data/heldout.jsonl",
+                 "--out", "eval.json"]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["args"]["prompt_template"] == "raw" and evaluated["args"]["reward"].endswith("arithmetic:reward")
+    assert evaluated["accuracy"] == results["final_accuracy"]
+
+    # configs/demo.yaml as it is, after the demo, from the directory the demo ran in
+    assert main(["train", str(CONFIGS / "demo.yaml"), "--set", "max_steps=1", "--set", "eval_data=null"]) == 0
+    assert (tmp_path / "runs" / "demo-train" / "final" / "model.safetensors").exists()

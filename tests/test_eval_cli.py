@@ -175,6 +175,45 @@ def test_eval_greedy_end_to_end(model_dir, tmp_path, capsys, data, template, rew
     assert f"wrote {out}" in stdout
 
 
+def test_eval_and_generate_default_to_what_the_model_was_trained_with(model_dir, tmp_path, capsys):
+    """`agro.json` in the model directory (agro train writes it into final/ and checkpoints) gives the defaults
+    of the flags left unset; a flag given wins; without it, the generic defaults. Progress bars on stderr."""
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    for f in model_dir.iterdir():
+        (trained / f.name).write_bytes(f.read_bytes())
+    (trained / "agro.json").write_text(json.dumps({"prompt_template": "chat", "reward_function": "exact",
+                                                   "max_completion_length": 5, "reward_timeout": 7.0}))
+    out = tmp_path / "eval.json"
+    rc, _, err = run(["eval", "--model", trained, "--data", GENERIC, "--max-problems", 3, "--out", out], capsys)
+    assert rc == 0, err
+    args = json.loads(out.read_text())["args"]
+    assert (args["prompt_template"], args["reward"], args["max_completion_length"], args["reward_timeout"]) == (
+        "chat", "exact", 5, 7.0)
+    assert "agro: as the model was trained" in err and "prompt_template=chat" in err
+    assert "generate: 100%" in err and "score: 100%" in err
+    assert all(len(char_tokenizer()(c, add_special_tokens=False)["input_ids"]) <= 5
+               for s in json.loads(out.read_text())["samples"] for c in s["completions"])
+    rc, _, err = run(["eval", "--model", trained, "--data", GENERIC, "--max-problems", 3, "--out", out,
+                      "--prompt-template", "plain", "--max-completion-length", 6], capsys)
+    args = json.loads(out.read_text())["args"]
+    assert rc == 0 and (args["prompt_template"], args["reward"], args["max_completion_length"]) == ("plain", "exact", 6)
+    rc, _, err = run(["eval", "--model", model_dir, "--data", GENERIC, "--max-problems", 3, "--out", out], capsys)
+    args = json.loads(out.read_text())["args"]
+    assert rc == 0 and (args["prompt_template"], args["reward"], args["max_completion_length"]) == ("plain", "math", 512)
+    assert "as the model was trained" not in err
+    off = tmp_path / "off.jsonl"
+    rc, stdout, err = run(["generate", "--model", trained, "--data", GENERIC, "--out", off, "--max-problems", 2,
+                           "--num-generations", 2], capsys)
+    assert rc == 0, err
+    records, _ = load_offline_records(off)
+    assert records and all(r.reward in (0.0, 1.0) and isinstance(r.prompt, list) for r in records)  # scored, chat
+    assert "generate: 100%" in err
+    rc, _, err = run(["generate", "--model", trained, "--data", GENERIC, "--out", tmp_path / "raw.jsonl",
+                      "--max-problems", 2, "--no-reward"], capsys)
+    assert rc == 0 and all(r.reward is None for r in load_offline_records(tmp_path / "raw.jsonl")[0])
+
+
 def test_eval_sampling_end_to_end_is_seeded(model_dir, tmp_path, capsys):
     def sample(seed):
         out = tmp_path / f"eval-{seed}.json"

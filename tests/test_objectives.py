@@ -145,7 +145,10 @@ def grpo_advantages(batch):
     return adv
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+MAX_LEN = 9  # dr_grpo's constant divisor: the generation budget, wider than the batch (6)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "bnpo", "dr_grpo"])
 def test_grpo_gradient_matches_formula(loss_type):
     batch = make_batch(seed=4)
     g = torch.Generator().manual_seed(5)
@@ -154,7 +157,7 @@ def test_grpo_gradient_matches_formula(loss_type):
     eps = 0.2
     out = objectives.grpo_loss(
         batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"],
-        beta=BETA, old_logprobs=old, epsilon=eps, loss_type=loss_type,
+        beta=BETA, old_logprobs=old, epsilon=eps, loss_type=loss_type, max_completion_length=MAX_LEN,
     )
     adv = grpo_advantages(batch)
     lp, ref, mask = batch["logprobs"].detach(), batch["ref_logprobs"], batch["mask"]
@@ -172,7 +175,7 @@ def test_grpo_gradient_matches_formula(loss_type):
             clipped_somewhere |= clipped_branch
             d_policy = 0.0 if clipped_branch else -adv[i] * rho
             d_kl = BETA * (1 - math.exp(ref[i, k] - lp[i, k]))  # d k3 / d logπ
-            scale = 1 / (lengths[i] * b) if loss_type == "grpo" else 1 / sum(lengths)
+            scale = {"grpo": 1 / (lengths[i] * b), "dr_grpo": 1 / (b * MAX_LEN)}.get(loss_type, 1 / sum(lengths))
             expected[i, k] = (d_policy + d_kl) * scale
     assert clipped_somewhere
     torch.testing.assert_close(grad_of(out, batch), expected)
@@ -190,6 +193,9 @@ LOSSES = {
     "agro": lambda b, **k: objectives.agro_loss(**b, beta=BETA, **k),
     "grpo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, **k),
     "grpo_dapo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, loss_type="dapo", **k),
+    "grpo_bnpo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, loss_type="bnpo", **k),
+    "grpo_dr_grpo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, loss_type="dr_grpo", max_completion_length=9,
+                                                        **k),
     "rloo": lambda b, **k: objectives.rloo_loss(**b, beta=BETA, **k),
     "kl_pg": lambda b, **k: objectives.kl_pg_loss(**b, beta=BETA, **k),
     "is_pg": lambda b, **k: objectives.is_pg_loss(**b, beta=BETA, **k),
@@ -256,6 +262,60 @@ def test_bad_options_raise():
         objectives.agro_loss(*args, beta=BETA, baseline="median")
     with pytest.raises(ValueError, match="loss_type"):
         objectives.grpo_loss(*args, beta=BETA, loss_type="ppo")
+    with pytest.raises(ValueError, match="dr_grpo' needs max_completion_length"):
+        objectives.grpo_loss(*args, beta=BETA, loss_type="dr_grpo")
+
+
+class _TRLStub:
+    """The attributes TRL's GRPOTrainer._compute_loss reads, with its defaults (no entropy, vLLM, OPSM...)."""
+
+    def __init__(self, loss_type, beta, epsilon, epsilon_high, max_completion_length, logprobs):
+        from types import SimpleNamespace
+
+        self.loss_type, self.beta, self.max_completion_length = loss_type, beta, max_completion_length
+        self.epsilon_low, self.epsilon_high = epsilon, epsilon_high
+        self.top_entropy_quantile, self.off_policy_mask_threshold = 1.0, None
+        self.importance_sampling_level, self.use_vllm = "token", False
+        self.aux_loss_enabled, self._entropy_bonus_enabled = False, False
+        self.current_gradient_accumulation_steps = 1
+        self.args = SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1)
+        self.model = SimpleNamespace(training=True)
+        self.accelerator = SimpleNamespace(num_processes=1, gather=lambda x: x, reduce=lambda x, reduction: x)
+        self._metrics = {"train": __import__("collections").defaultdict(list)}
+        self._logprobs = logprobs
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        return self._logprobs, torch.zeros_like(self._logprobs), None
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "bnpo", "dr_grpo"])
+def test_grpo_loss_types_match_trl(loss_type):
+    """TRL's own GRPOTrainer._compute_loss on the same batch (groups of equal size, as TRL forms them; its
+    advantages computed as TRL does: group mean, std with Bessel's correction, + 1e-4): same loss, same gradient."""
+    trl = pytest.importorskip("trl.trainer.grpo_trainer", reason="TRL is not installed (pip install -e '.[bench]')")
+    g = torch.Generator().manual_seed(11)
+    groups, width, max_len = 3, 7, 10
+    num = 4
+    b = groups * num
+    lengths = torch.randint(1, width + 1, (b,), generator=g)
+    mask = (torch.arange(width) < lengths.unsqueeze(1)).to(torch.float64)
+    logprobs = (-torch.rand(b, width, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    ref = -torch.rand(b, width, generator=g, dtype=torch.float64) * 3
+    old = logprobs.detach() + (torch.rand(b, width, generator=g, dtype=torch.float64) - 0.5) * 0.8
+    rewards = torch.rand(b, generator=g, dtype=torch.float64)
+    grouped = rewards.view(groups, num)
+    advantages = (rewards - grouped.mean(1).repeat_interleave(num)) / (grouped.std(1).repeat_interleave(num) + 1e-4)
+    ours = objectives.grpo_loss(logprobs, ref, mask, rewards, torch.arange(b) // num, beta=BETA, old_logprobs=old,
+                                epsilon=0.2, epsilon_high=0.28, loss_type=loss_type, max_completion_length=max_len)
+    inputs = {"prompt_ids": torch.zeros(b, 1, dtype=torch.long), "prompt_mask": torch.ones(b, 1, dtype=torch.long),
+              "completion_ids": torch.zeros(b, width, dtype=torch.long), "completion_mask": mask,
+              "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum()}
+    theirs = trl.GRPOTrainer._compute_loss(_TRLStub(loss_type, BETA, 0.2, 0.28, max_len, logprobs), None, inputs)
+    torch.testing.assert_close(ours.loss, theirs, rtol=1e-13, atol=1e-15)
+    (grad_ours,) = torch.autograd.grad(ours.loss, logprobs)
+    (grad_theirs,) = torch.autograd.grad(theirs, logprobs)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-12, atol=1e-15)
 
 
 def _regularised_advantages(batch, delta_shift=0.0):

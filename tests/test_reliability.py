@@ -3,6 +3,7 @@ safe loading. Bad configs and records are in test_trainer.py and test_data.py, s
 
 import json
 import math
+import os
 import random
 import re
 import signal
@@ -25,6 +26,8 @@ from agro.trainer import Trainer
 TESTS = Path(__file__).parent
 MISBEHAVING = f"{TESTS / 'reward_fns.py'}:by_completion"  # 1.0, or raises / NaN / sleeps / 1e300 on cue
 DENSE = f"{TESTS / 'trainer_rewards.py'}:digit_fraction"
+SLEEPS = f"{TESTS / 'trainer_rewards.py'}:sleeps"  # every call hangs waiting
+HANGS_IN_STEP_TWO = f"{TESTS / 'trainer_rewards.py'}:hangs_in_step_two"
 CHECKPOINT_FILES = {"model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state_0.json",
                     "trainer_state.json"}
 
@@ -61,6 +64,39 @@ def assert_one_line_error(err: str, message: str) -> None:
     errors = [line for line in err.split("\n") if "agro: error:" in line]
     assert len(errors) == 1 and errors[0].startswith("agro: error: ") and message in errors[0], err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ a huge record
+
+PEAK_RSS = """
+import resource, sys
+from agro.cli import main
+rc = main(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # bytes: Linux reports KiB
+sys.exit(rc)
+"""
+
+
+def test_a_huge_offline_record_is_rejected_from_its_length_before_tokenisation(assets, tmp_path):
+    """A 20 MB completion is refused from its character count: exit 2 with the one-line error, in about the
+    time and memory of a run refused for a 40-token completion (tokenising it took minutes and GBs)."""
+    prompt = json.loads((assets / "train.jsonl").read_text().splitlines()[0])["prompt"]
+    runs = {}
+    for name, size in (("small", 40), ("huge", 20_000_000)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps({"prompt": prompt, "completion": "1" * size}) + "\n")
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *train_args(assets, tmp_path / name, offline_data=path,
+                                                                            offline_per_group=1)],
+                              capture_output=True, text=True, timeout=600)
+        runs[name] = (proc.returncode, proc.stderr, int(proc.stdout.split()[-1]), time.monotonic() - start)
+    (rc_small, err_small, peak_small, time_small), (rc, err, peak, seconds) = runs["small"], runs["huge"]
+    assert rc_small == 2 and "completion has 40 tokens, more than max_completion_length 32" in err_small
+    assert rc == 2
+    assert_one_line_error(err, f"{tmp_path / 'huge.jsonl'}:1: field 'completion': completion has 20000000 "
+                               "characters, more than max_completion_length 32 tokens can hold")
+    assert peak - peak_small < 512 * 2**20, (peak, peak_small)
+    assert seconds - time_small < 10, (seconds, time_small)
 
 
 # ------------------------------------------------------------------ reward faults
@@ -103,6 +139,120 @@ def test_too_many_reward_failures_abort_with_one_line(assets, tmp_path, capsys, 
     assert_one_line_error(err, "step 1: 4 of 10 reward calls failed (1 errors, 1 timeouts, 2 non-finite), "
                                "above max_reward_failure_fraction 0.3; first: sample ")
     assert not (out / "final").exists() and not checkpoint.list_checkpoints(out)
+    # nothing of the stopped run is left to mistake for a run to resume: the corrected rerun just runs
+    assert not out.exists()
+    rc, _, err = cli(faulty_run(assets, out, faulty_offline, max_reward_failure_fraction=0.5), capsys)
+    assert rc == 0, err
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_a_run_stopped_before_its_first_step_leaves_what_was_there_untouched(assets, tmp_path, capsys,
+                                                                           faulty_offline):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    rc, _, err = cli(faulty_run(assets, out, faulty_offline, max_reward_failure_fraction=0.3), capsys)
+    assert rc == 2 and "reward calls failed" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_hanging_reward_is_reported_waited_for_in_parallel_and_stops_the_step(assets, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Every call hangs waiting: each is reported as it times out; the time limits run side by side, and
+    the step stops once 4 of its 6 calls have failed (more than max_reward_failure_fraction 0.5): one after
+    another, 4 time limits of 3 s would take 12 s."""
+    said = []
+
+    class Stamped(agro.trainer.tqdm):
+        @classmethod
+        def write(cls, text, *args, **kwargs):
+            said.append((time.monotonic(), text))
+
+    monkeypatch.setattr(agro.trainer, "tqdm", Stamped)
+    timeout = 3
+    start = time.monotonic()
+    rc, _, err = cli(train_args(assets, tmp_path / "run", reward_function=SLEEPS, reward_timeout=timeout), capsys)
+    elapsed = time.monotonic() - start
+    assert rc == 2
+    assert re.search(r"step 1: [456] of 6 reward calls failed \(0 errors, [456] timeouts, 0 non-finite\), above "
+                     r"max_reward_failure_fraction 0.5 \(stopped there, [012] calls not run\); first: sample \d: "
+                     r"timeout: exceeded 3 s", err), err
+    assert_one_line_error(err, "reward calls failed")
+    timeouts = [(t, text) for t, text in said if "timed out" in text]
+    assert timeouts and re.fullmatch(r"agro: step 1: reward call [1-6] of 6 timed out \(exceeded 3 s\)", timeouts[0][1])
+    assert timeouts[0][0] - start < timeout + 5  # reported as it happens (start-up included)
+    assert elapsed < 4 * timeout, elapsed
+
+
+def child_pids(pid: int) -> set[int]:
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_reward_scoring_stops_at_once_saves_the_last_step_and_resume_matches(assets, tmp_path,
+                                                                                             how):
+    """Step 2's reward call hangs (time limit 600 s). A signal ends the run within seconds: exit 128 + signal,
+    "interrupted", the checkpoint of step 1 (the step 2 in progress is dropped), no process left behind;
+    --resume then gives the weights and metrics of a straight run."""
+    extra = {"reward_function": HANGS_IN_STEP_TWO, "reward_timeout": 600, "max_steps": 2}
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    pid_file = tmp_path / "hung.pids"
+    cmd = [sys.executable, "-m", "agro.cli", *train_args(assets, broken, **extra)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "AGRO_TEST_PID_FILE": str(pid_file)})
+    try:
+        deadline = time.monotonic() + 300
+        while not pid_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        time.sleep(0.5)
+        children = child_pids(proc.pid)
+        hung = int(pid_file.read_text().split()[0])
+        assert hung in children
+        sent = time.monotonic()
+        proc.send_signal(how)
+        _, err = proc.communicate(timeout=60)
+        stopped = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + how, err[-3000:]
+    assert stopped < 5, stopped
+    assert f"agro: interrupted by {how.name} at step 1; continue with --resume" in err
+    assert [p.name for p in checkpoint.list_checkpoints(broken)] == ["checkpoint-1"]
+    assert [r["step"] for r in read_metrics(broken)] == [1]
+    for pid in children:
+        deadline = time.monotonic() + 5
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(pid), pid
+    if how == signal.SIGINT:
+        return  # the same handler: the resume is checked once
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    try:
+        Trainer(load_config(None, settings(assets, straight, **extra))).train()
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (load_file(run / "final" / "model.safetensors") for run in (straight, broken))
+    assert same_weights(a, b)
+    assert [(r["step"], r["loss"]) for r in read_metrics(broken)] == [(r["step"], r["loss"])
+                                                                      for r in read_metrics(straight)]
 
 
 # ------------------------------------------------------------------ non-finite loss or gradient
@@ -224,7 +374,7 @@ def test_kill_9_at_random_points_then_resume_matches_a_straight_run(assets, tmp_
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL if how == "staging" else how)
         rc = proc.wait(timeout=300)
-        assert rc == (0 if how == signal.SIGINT else -signal.SIGKILL), log.read_text()[-3000:]
+        assert rc == (130 if how == signal.SIGINT else -signal.SIGKILL), log.read_text()[-3000:]
         check_checkpoints(broken)
         newest = checkpoint.list_checkpoints(broken)
         if how == signal.SIGINT:  # a clean stop saves the step it stopped at

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from agro.rewards import (
     RewardResult,
     RewardScorer,
+    ScoringInterrupted,
     exact_answer_reward,
     exact_numeric_equal,
     extract_answer,
@@ -388,6 +389,53 @@ def test_worker_is_replaced_after_a_timeout_or_crash_and_stopped_on_close():
         assert _wait_until_gone(second_pid, 5.0)
         third_pid = int(scorer.score(["p"], ["pid"], [None]).rewards[0])
     assert _wait_until_gone(third_pid, 5.0)
+
+
+def test_calls_that_hang_waiting_time_out_side_by_side_and_are_reported_as_they_do():
+    """One worker, 8 calls that sleep: a call waiting without using the CPU frees its slot, so the next starts
+    in an extra worker; their 2 s limits overlap (one after another they take 16 s, and more with restarts)."""
+    n, timeout = 8, 2.0
+    with RewardScorer(BY_COMPLETION, timeout=timeout) as scorer:
+        scorer.score(["p"], ["ok"], [None])  # started
+        settled = []
+        start = time.monotonic()
+        result = scorer.score(["p"] * n, ["sleep"] * n, [None] * n,
+                              on_result=lambda i, status, detail: settled.append((time.monotonic() - start, status)))
+        elapsed = time.monotonic() - start
+        assert result.timeouts == n and result.unscored == 0 and len(settled) == n
+        assert all(status == "timeout" for _, status in settled)
+        assert timeout <= settled[0][0] < timeout + 1.5  # reported when it times out, not at the end
+        assert elapsed < n * timeout, elapsed  # 4.2 s on 2 idle cores, 6.6 s with 6 busy processes
+        assert len(scorer._workers) == 1  # the extra workers stop with the batch
+        # calls that use the CPU are not run side by side beyond num_workers
+        start = time.monotonic()
+        result = scorer.score(["p"] * 2, ["hang"] * 2, [None] * 2)
+        assert result.timeouts == 2 and time.monotonic() - start >= 2 * timeout
+
+
+def test_a_batch_stops_once_too_many_calls_failed_and_on_request():
+    with RewardScorer(BY_COMPLETION, timeout=2.0) as scorer:
+        result = scorer.score(["p"] * 20, ["sleep"] * 20, [None] * 20, max_failure_fraction=0.25)
+        # stopped at the 6th failure (6 > 0.25 × 20), give or take calls that timed out in the same poll
+        assert 6 <= result.failures < 10 and result.failures + result.unscored == 20
+        with RewardScorer("reward_fns:by_completion", in_process=True) as in_process:
+            result = in_process.score(["p"] * 4, ["raise", "nan", "ok", "ok"], [None] * 4, max_failure_fraction=0.25)
+        assert (result.failures, result.unscored, result.rewards) == (2, 2, [0.0, 0.0, 0.0, 0.0])
+        pids = set()
+
+        def stop() -> bool:
+            pids.update(worker.process.pid for worker in scorer._workers)
+            return time.monotonic() > start + 0.5
+
+        scorer.should_stop = stop
+        start = time.monotonic()
+        with pytest.raises(ScoringInterrupted):
+            scorer.score(["p"] * 4, ["sleep"] * 4, [None] * 4)
+        assert time.monotonic() - start < 1.5
+        scorer.should_stop = None
+        assert scorer.score(["p"], ["ok"], [None]).rewards == [1.0]  # usable after an interruption
+    for pid in pids:
+        assert _wait_until_gone(pid, 5.0), pid
 
 
 def test_worker_scorer_matches_in_process_results_for_a_module_spec():

@@ -75,6 +75,10 @@ def test_regimes_train_log_checkpoint_and_reload(assets, tmp_path, regime):
     state = json.loads((out / ckpts[-1] / "trainer_state.json").read_text())
     assert state["step"] == config.max_steps
     final = AutoModelForCausalLM.from_pretrained(out / "final")
+    for model_dir in (out / "final", out / ckpts[-1]):  # what agro eval / generate default to
+        assert json.loads((model_dir / "agro.json").read_text()) == {
+            "prompt_template": "raw", "reward_function": REWARD, "max_completion_length": 32, "reward_timeout": 10.0,
+            "step": config.max_steps}
     trained = load_file(out / ckpts[-1] / "model.safetensors")
     for name, tensor in final.state_dict().items():
         if name in trained:
@@ -160,6 +164,12 @@ def run_cli(args, capsys):
         ("taper: token\n", "cfg.yaml:4: key 'taper': must be one of none, ref"),
         ("objective: asymre\nasymre_delta: -0.1\n", "cfg.yaml:5: key 'asymre_delta': must be ≥ 0"),
         ("beta: [1\n", "cfg.yaml:5: invalid YAML"),
+        ("reward_function: nothere.py:fn\n", "cfg.yaml:4: key 'reward_function': reward file not found for "
+                                             "'nothere.py:fn'"),
+        ("reward_function: nothere_module:fn\n", "cfg.yaml:4: key 'reward_function': cannot import module "
+                                                 "'nothere_module'"),
+        (f"reward_function: {REWARD.replace('digit_fraction', 'nothere')}\n", "cfg.yaml:4: key 'reward_function': "
+                                                                            "reward "),
     ],
 )
 def test_bad_config_one_line_exit_2_nothing_written(assets, tmp_path, capsys, yaml_text, message):
@@ -175,6 +185,31 @@ def test_bad_config_one_line_exit_2_nothing_written(assets, tmp_path, capsys, ya
     assert not out.exists()
 
 
+def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
+    """A typo or a bad value is found without the heavy imports (torch, transformers: seconds)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model_name_or_path: m\nlearning_rat: 0.1\n")
+    check = ("import sys\nfrom agro.cli import main\nrc = main(sys.argv[1:])\n"
+             "print(rc, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    for args in (["train", str(cfg)], ["train", str(cfg), "--set", "beta=-1"], ["eval", "--model", "m"]):
+        proc = subprocess.run([sys.executable, "-c", check, *args], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.split("\n")[0] == "2 []", (args, proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "agro: error: " in proc.stderr
+
+
+def test_offline_records_of_prompts_outside_train_data_are_reported(assets, tmp_path, capsys):
+    """train_data has 2 of the 12 prompts of the offline records: the other 40 records can never join a group."""
+    config = load_config(None, overrides(assets, tmp_path / "run", train_data=assets / "two.jsonl",
+                                         offline_data=assets / "offline.jsonl", offline_per_group=2, max_steps=1))
+    trainer = Trainer(config)
+    report = trainer.data_reports[-1]
+    assert (report.loaded, report.unused, report.unused_prompts) == (48, 40, 10)
+    assert sum(len(v) for v in trainer.offline_by_group.values()) == 8
+    trainer.train()
+    assert f"{assets / 'offline.jsonl'}: 48 loaded, 0 skipped, 0 duplicates dropped, 40 never used (10 prompts not " \
+           "in train_data)" in capsys.readouterr().out
+
+
 def write_offline(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 
@@ -184,7 +219,9 @@ def write_offline(path, rows):
     [
         ('{"prompt": "12+13+14=", "completion": "A=39", "reward": NaN}', "off.jsonl:2: field 'reward'"),
         ({"prompt": "12+13+14=", "completion": "   "}, "off.jsonl:2: field 'completion'"),
-        ({"prompt": "1+" * 300 + "1=", "completion": "A=301"}, "off.jsonl:2: field 'prompt': prompt has"),
+        ({"prompt": "1+" * 100 + "1=", "completion": "A=101"}, "off.jsonl:2: field 'prompt': prompt has 202 tokens"),
+        ({"prompt": "1+" * 300 + "1=", "completion": "A=301"},  # beyond 30 tokens × 5 characters × 4: not tokenised
+         "off.jsonl:2: field 'prompt': prompt has 602 characters, more than max_prompt_length 30 tokens can hold"),
         ({"completion": "A=3"}, "off.jsonl:2: field 'prompt'"),
     ],
 )
@@ -236,7 +273,7 @@ def test_existing_run_is_not_overwritten(assets, tmp_path, capsys):
     assert (out / "config.yaml").read_text() == "precious: true\n"
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(assets, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_143(assets, tmp_path):
     import signal
     import time
 
@@ -251,7 +288,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(assets, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]  # 143: scripts can tell it from a finished run
+    assert "agro: interrupted by SIGTERM at step" in err and "agro: done" not in err
     ckpts = [p for p in out.iterdir() if p.name.startswith("checkpoint-")]
     assert len(ckpts) == 1
     step = json.loads((ckpts[0] / "trainer_state.json").read_text())["step"]

@@ -1,4 +1,5 @@
-"""Generations from every source, and the replay buffer that keeps earlier on-policy ones.
+"""Generations from every source, the batch a step trains on, and the replay buffer that keeps
+earlier on-policy ones.
 
 Every generation carries its source tag (`on_policy`, `replay`, `offline`), its loss weight and,
 when known, the log-probs of the policy that made it (used by importance-sampled baselines; AGRO
@@ -43,6 +44,28 @@ class Generation:
         tensors = {k: None if state[k] is None else torch.tensor(state[k], dtype=torch.float32)
                    for k in ("ref_logprobs", "behavior_logprobs")}
         return cls(**{**state, **tensors})
+
+
+@dataclass
+class GenerationBatch:
+    """One process's groups of a generation step, trained on for `num_iterations` optimizer steps.
+
+    Rewards and reference log-probs are cached on the generations; `old_logprobs` are the policy's
+    log-probs before the batch's first update (GRPO's π_old). Checkpointed while still in use.
+    """
+
+    keys: list[str]  # the prompts, in group order
+    generations: list[Generation]
+    old_logprobs: list[torch.Tensor] = field(default_factory=list, repr=False)  # [C] per generation
+
+    def to_state(self) -> dict:
+        return {"keys": self.keys, "generations": [g.to_state() for g in self.generations],
+                "old_logprobs": [lp.tolist() for lp in self.old_logprobs]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> GenerationBatch:
+        return cls(keys=state["keys"], generations=[Generation.from_state(s) for s in state["generations"]],
+                   old_logprobs=[torch.tensor(lp, dtype=torch.float32) for lp in state["old_logprobs"]])
 
 
 class ReplayBuffer:

@@ -5,7 +5,9 @@ half-written one. Model weights go through safetensors; optimizer and scheduler 
 loaded with `torch.load(weights_only=True)` and RNG states are JSON (no arbitrary pickle).
 
 Layout of `checkpoint-<step>/`: model (save_pretrained, safetensors), `optimizer.pt`,
-`scheduler.pt`, `rng_state_<rank>.json`, `trainer_state.json` (step, data position, replay buffer).
+`scheduler.pt`, `rng_state_<rank>.json`, `trainer_state.json` (step, data position, replay buffer),
+and, when saved in the middle of a generation batch's `num_iterations` optimizer steps,
+`batch_<rank>.json` (each process's batch: its generations, rewards, cached log-probs).
 """
 
 from __future__ import annotations
@@ -104,8 +106,12 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_states(path: Path, optimizer, scheduler, trainer_state: dict, rank: int) -> None:
+def save_states(path: Path, optimizer, scheduler, trainer_state: dict, rank: int,
+                batch: dict | None = None) -> None:
+    """`batch`: this process's generation batch still in use (None: the next step generates)."""
     (path / f"rng_state_{rank}.json").write_text(json.dumps(rng_state()))
+    if batch is not None:
+        (path / f"batch_{rank}.json").write_text(json.dumps(batch))
     if rank == 0:
         torch.save(optimizer.state_dict(), path / "optimizer.pt")
         torch.save(scheduler.state_dict(), path / "scheduler.pt")
@@ -117,3 +123,14 @@ def load_states(path: Path, optimizer, scheduler, rank: int) -> dict:
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     set_rng_state(json.loads((path / f"rng_state_{rank}.json").read_text()))
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def load_batch(path: Path, rank: int) -> dict | None:
+    """This process's generation batch saved in checkpoint `path`, or None when there is none."""
+    file = path / f"batch_{rank}.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def batch_files(path: Path) -> int:
+    """How many processes saved a generation batch in checkpoint `path`."""
+    return len(list(path.glob("batch_*.json")))

@@ -6,6 +6,8 @@ User errors (bad flags, config, data) are printed as one line and exit with code
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 from pathlib import Path
 
@@ -26,13 +28,17 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+TABULAR_HELP = "exact tabular lab: convergence to π* from on- and off-policy data"
+
+
 def _add_tabular(sub) -> None:
+    # imports torch: built only when tabular runs (build_parser)
     from agro.tabular import METHODS, TabularConfig
 
     d = TabularConfig()
     p = sub.add_parser(
         "tabular",
-        help="exact tabular lab: convergence to π* from on- and off-policy data",
+        help=TABULAR_HELP,
         description="One prompt, K actions, softmax policy started at π_ref. Plots KL(π_t‖π*)/KL(π_ref‖π*).",
     )
     p.add_argument("--actions", type=int, default=d.actions, help="number of actions K (≥ 2)")
@@ -105,11 +111,19 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from agro.config import load_config
+
+    config = load_config(args.config, args.overrides)  # before the heavy imports: a typo is reported at once
     from agro.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)
     trainer = Trainer(config, resume=args.resume)
     metrics = trainer.train()
+    if trainer.interrupted is not None:  # stopped by SIGTERM/SIGINT after saving: 128 + the signal, as a shell says
+        if trainer.accelerator.is_main_process:
+            then = (f"continue with --resume (outputs in {config.output_dir})" if trainer.step
+                    else "no step had finished; nothing was kept")
+            print(f"agro: interrupted by {signal.Signals(trainer.interrupted).name} at step {trainer.step}; {then}",
+                  file=sys.stderr)
+        return 128 + trainer.interrupted
     if trainer.accelerator.is_main_process:
         summary = {k: v for k, v in metrics.items() if k in ("step", "loss", "kl", "reward/on_policy", "eval/accuracy")}
         print(f"agro: done; {summary}; outputs in {config.output_dir}")
@@ -127,22 +141,54 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", required=True, help="problem set (jsonl/json/parquet or datasets name)")
     p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
     p.add_argument("--split", default="test", help="split, for datasets hub names")
-    p.add_argument("--prompt-template", default="plain", help="plain | chat | raw")
-    p.add_argument("--reward", default="math", help="exact | math | module:function | file.py:function")
+    p.add_argument("--prompt-template", default=None, help="plain | chat | raw (default: " + TRAINED_DEFAULT + "plain)")
+    p.add_argument("--reward", default=None, help="exact | math | module:function | file.py:function "
+                   "(default: " + TRAINED_DEFAULT + "math)")
     p.add_argument("--num-samples", type=int, default=1, help="k samples per problem (k > 1: pass@k with sampling)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (k > 1)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (k > 1)")
-    p.add_argument("--max-completion-length", type=int, default=512, help="maximum generated tokens")
+    p.add_argument("--max-completion-length", type=int, default=None,
+                   help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
     p.add_argument("--max-problems", type=int, default=0, help="evaluate the first N problems (0: all)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="hf | vllm")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
-    p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
+    p.add_argument("--reward-timeout", type=float, default=None,
+                   help="seconds per reward call (default: " + TRAINED_DEFAULT + "10)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", type=Path, default=Path("eval.json"), help="output JSON")
     p.set_defaults(func=_run_eval)
+
+
+TRAINED_DEFAULT = "what the model was trained with, from MODEL/agro.json, else "
+DEFAULTS = {"prompt_template": "plain", "reward": "math", "max_completion_length": 512, "reward_timeout": 10.0}
+FROM_TRAINING = {"prompt_template": "prompt_template", "reward": "reward_function",
+                 "max_completion_length": "max_completion_length", "reward_timeout": "reward_timeout"}
+
+
+def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> None:
+    """Unset flags take what the model was trained with (`agro.json`, written by `agro train` into final/
+    and checkpoints), else `defaults`; says which it took."""
+    path = Path(args.model) / "agro.json"
+    trained = {}
+    if path.is_file():
+        try:
+            trained = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise AgroError(f"{path}: cannot read: {err}") from None
+        if not isinstance(trained, dict):
+            raise AgroError(f"{path}: expected a JSON object")
+    taken = []
+    for key in keys:
+        if getattr(args, key) is None:
+            value = trained.get(FROM_TRAINING[key])
+            if value is not None:
+                taken.append(f"{key}={value}")
+            setattr(args, key, defaults[key] if value is None else value)
+    if taken:
+        print(f"agro: as the model was trained ({path}): {', '.join(taken)}", file=sys.stderr)
 
 
 def _load_eval_problems(args):
@@ -168,8 +214,8 @@ def _load_eval_problems(args):
 
 
 def _run_eval(args) -> int:
-    import json
-
+    _trained_defaults(args, ("prompt_template", "reward", "max_completion_length", "reward_timeout"))
+    problems = _load_eval_problems(args)  # before the heavy imports: a bad flag or record is reported at once
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -177,14 +223,13 @@ def _run_eval(args) -> int:
     from agro.evaluate import evaluate, load_for_inference
     from agro.rollout import make_generator
 
-    problems = _load_eval_problems(args)
     with _scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
         torch.manual_seed(args.seed)
         generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature,
                                    args.top_p, args.batch_size, model_name_or_path=args.model)
         result = evaluate(model, tokenizer, problems, scorer, args.max_completion_length,
-                          num_samples=args.num_samples, generator=generator)
+                          num_samples=args.num_samples, generator=generator, progress=True)
     result["model"], result["data"] = args.model, args.data
     result["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "out", "command")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,14 +270,18 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output JSONL (must not exist)")
     p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
     p.add_argument("--split", default="train", help="split, for datasets hub names")
-    p.add_argument("--prompt-template", default="plain", help="plain | chat | raw")
+    p.add_argument("--prompt-template", default=None, help="plain | chat | raw (default: " + TRAINED_DEFAULT + "plain)")
     p.add_argument("--num-generations", type=int, default=4, help="completions per problem")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--max-completion-length", type=int, default=512, help="maximum generated tokens")
+    p.add_argument("--max-completion-length", type=int, default=None,
+                   help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
     p.add_argument("--max-problems", type=int, default=0, help="use the first N problems (0: all)")
-    p.add_argument("--reward", default=None, help="also score with exact | math | module:function")
-    p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
+    p.add_argument("--reward", default=None, help="also score with exact | math | module:function "
+                   "(default: the reward the model was trained with, from MODEL/agro.json, else none)")
+    p.add_argument("--no-reward", action="store_true", help="do not score, even with the trained reward")
+    p.add_argument("--reward-timeout", type=float, default=None,
+                   help="seconds per reward call (default: " + TRAINED_DEFAULT + "10)")
     p.add_argument("--source", default=None, help="source tag (default: the model path)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
@@ -247,6 +296,10 @@ def _run_generate(args) -> int:
 
     if args.out.exists():
         raise AgroError(f"{args.out}: already exists; choose another --out (nothing is overwritten)")
+    if args.no_reward and args.reward:
+        raise AgroError("--reward and --no-reward: choose one")
+    keys = ("prompt_template", "max_completion_length", "reward_timeout") + (() if args.no_reward else ("reward",))
+    _trained_defaults(args, keys, {**DEFAULTS, "reward": None})  # without a trained reward: no scoring
     problems = _load_eval_problems(args)
     count = write_generations(args, problems)
     print(f"agro: wrote {count} records to {args.out}")
@@ -276,20 +329,28 @@ def _run_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `agro` parser. `command`: the subcommand about to run, when known. The tabular parser imports
+    torch to build; for another command it is only named, so that a bad config or flag is reported
+    before torch is imported (seconds)."""
     parser = _Parser(prog="agro", description="RL fine-tuning of LLMs from on- and off-policy data with AGRO.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_eval(sub)
     _add_generate(sub)
-    _add_tabular(sub)
+    if command in (None, "tabular"):
+        _add_tabular(sub)
+    else:
+        sub.add_parser("tabular", help=TABULAR_HELP)
     _add_demo(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(command).parse_args(argv)
         return args.func(args)
     except AgroError as err:
         print(f"agro: error: {err}", file=sys.stderr)

@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from agro.errors import AgroError
-from agro.objectives import OBJECTIVES, TAPERS
 
 
 def _f(default, help: str, **kw):
@@ -44,9 +43,9 @@ class TrainConfig:
     taper: str = _f("ref", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
                     "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results.md)")
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
-    epsilon: float = _f(0.2, "grpo: lower clip range of the ratio")
+    epsilon: float = _f(0.2, "grpo: lower clip range of the ratio (a ratio ≠ 1 needs num_iterations > 1)")
     epsilon_high: float | None = _f(None, "grpo: upper clip range (default: epsilon)")
-    loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo")
+    loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo | bnpo | dr_grpo (TRL's meanings)")
     max_importance_weight: float = _f(2.0, "is_pg: truncation c of the sequence importance weight π/μ")
     # data
     train_data: str | None = _f(None, "problem set for on-policy prompts (jsonl/json/parquet or datasets name)")
@@ -63,6 +62,10 @@ class TrainConfig:
     # generation
     num_generations: int = _f(8, "on-policy samples per prompt (0: offline/replay only)")
     prompts_per_step: int = _f(8, "prompts (groups) per optimizer step, over all processes")
+    num_iterations: int = _f(1, "optimizer steps on each generation batch (TRL's num_iterations; steps count "
+                             "optimizer steps): grpo clips the ratio to the log-probs before the batch's first "
+                             "update (epsilon, epsilon_high); other objectives see later iterations as off-policy "
+                             "data")
     max_prompt_length: int = _f(512, "prompts longer than this (tokens) are bad records")
     max_completion_length: int = _f(256, "maximum generated tokens; longer offline completions are bad records")
     temperature: float = _f(1.0, "sampling temperature of on-policy generation")
@@ -108,11 +111,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "objective": OBJECTIVES,
+CHOICES = {  # "objective": agro.objectives.OBJECTIVES, checked last (importing it imports torch)
     "baseline": ("mean", "loo"),
-    "taper": TAPERS,
-    "loss_type": ("grpo", "dapo"),
+    "taper": ("none", "ref"),  # agro.objectives.TAPERS (tests check they agree)
+    "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),
     "prompt_template": ("plain", "chat", "raw"),
@@ -123,7 +125,8 @@ CHOICES = {
 }
 POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length",
             "temperature", "generation_batch_size", "mini_batch_size", "logprob_chunk_size", "reward_timeout",
-            "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps")
+            "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps",
+            "num_iterations")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
                 "eval_steps", "eval_max_problems", "num_threads", "epsilon", "asymre_delta")
@@ -207,6 +210,16 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
+    from agro.objectives import OBJECTIVES  # imports torch: after every check that does not need it
+
+    if config.objective not in OBJECTIVES:
+        fail("objective", f"must be one of {', '.join(OBJECTIVES)}, got {config.objective!r}")
+    from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
+
+    try:
+        load_reward_function(config.reward_function)
+    except ValueError as err:
+        fail("reward_function", str(err))
 
 
 def _key_lines(text: str, path: str) -> dict[str, str]:

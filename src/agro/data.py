@@ -94,6 +94,8 @@ class DataReport:
     loaded: int = 0
     skipped: list[DataError] = field(default_factory=list)
     duplicates: int = 0
+    unused: int = 0  # offline records whose prompt is not among the training prompts: they never join a group
+    unused_prompts: int = 0  # the distinct prompts of those records
 
     def skipped_by_field(self) -> Counter[str]:
         """Skipped records per bad field ("record" for bad lines: malformed JSON, not an object...)."""
@@ -103,7 +105,9 @@ class DataReport:
         """Counts on one line, then the first `examples` skipped errors."""
         counts = ", ".join(f"{k}: {n}" for k, n in self.skipped_by_field().most_common())
         lines = [f"{self.source}: {self.loaded} loaded, {len(self.skipped)} skipped"
-                 + (f" ({counts})" if counts else "") + f", {self.duplicates} duplicates dropped"]
+                 + (f" ({counts})" if counts else "") + f", {self.duplicates} duplicates dropped"
+                 + (f", {self.unused} never used ({self.unused_prompts} prompts not in train_data)"
+                    if self.unused else "")]
         lines += [f"  skipped {err}" for err in self.skipped[:examples]]
         return "\n".join(lines)
 

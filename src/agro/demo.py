@@ -77,8 +77,12 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
     task = arithmetic.ArithmeticTask()
     cache_dir = cache_dir or Path.home() / ".cache" / "agro" / "demo"
     print(f"[1/4] reference policy π_ref (cache: {cache_dir})", flush=True)
-    ref_model, tokenizer, ref_path = arithmetic.load_or_build_reference_policy(cache_dir, seed=seed, task=task,
-                                                                               log_every=100)
+    ref_model, tokenizer, cached = arithmetic.load_or_build_reference_policy(cache_dir, seed=seed, task=task,
+                                                                             log_every=100)
+    ref_path = out_dir / "pi_ref"  # a copy beside the data, where configs/demo.yaml looks for it
+    if ref_path.exists():
+        shutil.rmtree(ref_path)  # the demo's own previous copy
+    shutil.copytree(cached, ref_path)
     train_problems, heldout = write_task_data(data_dir, seed, task, 256 if quick else 2048, 100 if quick else 300)
 
     print("[2/4] offline data: π_ref's own generations", flush=True)

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from tqdm.auto import tqdm
 
 from agro.data import Problem, prompt_key
 from agro.errors import AgroError
 from agro.rewards import RewardScorer
-from agro.rollout import HFGenerator, encode_prompt, prompt_text
+from agro.rollout import HFGenerator, encode_prompt, generate_with_progress, prompt_text
 
 UNCATEGORIZED = "uncategorized"
 
@@ -41,18 +42,24 @@ def load_for_inference(path: str, dtype: str = "float32", device: str = "auto", 
 
 def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, greedy: bool | None = None,
-             batch_size: int = 64, generator=None) -> dict:
-    """Score `num_samples` completions per problem; greedy (one completion) by default when num_samples is 1."""
+             batch_size: int = 64, generator=None, progress: bool = False) -> dict:
+    """Score `num_samples` completions per problem; greedy (one completion) by default when num_samples is 1.
+    `progress`: progress bars (tqdm, stderr) over generation and scoring."""
     greedy = num_samples == 1 if greedy is None else greedy
     if greedy and num_samples != 1:
         raise ValueError(f"greedy decoding gives one completion per problem, got num_samples={num_samples}")
     k = num_samples
     generator = generator or HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size)
     prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
-    completions = generator.generate(model, prompts, k, do_sample=not greedy)
+    if progress:
+        completions = generate_with_progress(generator, model, prompts, k, do_sample=not greedy)
+    else:
+        completions = generator.generate(model, prompts, k, do_sample=not greedy)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     shown = [prompt_text(tokenizer, p.prompt) for p in problems]
-    result = scorer.score([s for s in shown for _ in range(k)], texts, [p.answer for p in problems for _ in range(k)])
+    with tqdm(total=len(texts), desc="score", unit="completion", dynamic_ncols=True, disable=not progress) as bar:
+        result = scorer.score([s for s in shown for _ in range(k)], texts,
+                              [p.answer for p in problems for _ in range(k)], on_result=lambda *_: bar.update(1))
     per_problem = [result.rewards[i * k : (i + 1) * k] for i in range(len(problems))]
     correct = [[r > 0.5 for r in rs] for rs in per_problem]
     by_category: dict[str, list[bool]] = defaultdict(list)

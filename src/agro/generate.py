@@ -13,15 +13,26 @@ import torch
 
 from agro.data import OfflineRecord, Problem, write_offline_records
 from agro.logprobs import completion_logprobs
-from agro.rollout import HFGenerator, collate, completion_token_ids, encode_prompt, prompt_text
+from agro.rollout import (
+    HFGenerator,
+    collate,
+    completion_token_ids,
+    encode_prompt,
+    generate_with_progress,
+    prompt_text,
+)
 
 
 @torch.no_grad()
 def generate_records(model, tokenizer, problems: list[Problem], num_generations: int, generator: HFGenerator,
-                     source: str, scorer=None, batch_size: int = 64) -> list[OfflineRecord]:
+                     source: str, scorer=None, batch_size: int = 64, progress: bool = False) -> list[OfflineRecord]:
+    """`progress`: a progress bar (tqdm, stderr) over the generation, the slow part."""
     device = next(model.parameters()).device
     prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
-    completions = generator.generate(model, prompts, num_generations)
+    if progress:
+        completions = generate_with_progress(generator, model, prompts, num_generations)
+    else:
+        completions = generator.generate(model, prompts, num_generations)
     owners = [problems[i // num_generations] for i in range(len(completions))]
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     # Behaviour log-probs of the tokens the trainer will read back from the text, which can differ
@@ -58,7 +69,7 @@ def write_generations(args, problems: list[Problem]) -> int:
         generator = HFGenerator(tokenizer, args.max_completion_length, args.temperature, args.top_p,
                                 args.batch_size)
         records = generate_records(model, tokenizer, problems, args.num_generations, generator,
-                                   args.source or str(args.model), scorer, args.batch_size)
+                                   args.source or str(args.model), scorer, args.batch_size, progress=True)
     finally:
         if scorer is not None:
             scorer.close()

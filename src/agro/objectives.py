@@ -170,6 +170,11 @@ def agro_loss(
     than π_ref did; positive records are pulled up at full weight. ρ > 0 everywhere, so consistency
     (A ≡ 0) is still the only fixed point under full coverage (`docs/results.md`). Groups with a
     fresh sample are never tapered: the fresh sample sees where the mass went.
+
+    Reusing a generation batch (the trainer's `num_iterations` > 1) needs no ratio and no clip: after
+    the first update the batch's samples are generations from μ = the policy that made them, i.e.
+    off-policy data, which the estimator above is made for; only π's log-probs are recomputed. The
+    trainer keeps them `fresh` (made for this batch) over all its iterations.
     """
     if baseline not in ("mean", "loo"):
         raise ValueError(f"baseline must be 'mean' or 'loo', got {baseline!r}")
@@ -194,6 +199,9 @@ def agro_loss(
 # ----------------------------------------------------------------------------- baselines
 
 
+GRPO_LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+
+
 def grpo_loss(
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
@@ -207,6 +215,7 @@ def grpo_loss(
     loss_type: str = "grpo",
     weights: torch.Tensor | None = None,
     std_epsilon: float = 1e-4,
+    max_completion_length: int | None = None,
 ) -> LossOutput:
     """Group Relative Policy Optimization, as in TRL's GRPOTrainer.
 
@@ -214,13 +223,29 @@ def grpo_loss(
         ρ_it      = exp(log π − log π_old)                              per-token ratio
         k3_it     = exp(log π_ref − log π) − (log π_ref − log π) − 1   per-token KL estimate
         ℓ_it      = −min(ρ A_i, clip(ρ, 1−ε, 1+ε_high) A_i) + β·k3_it
-        loss_type "grpo": mean_i [Σ_t mask ℓ_it / Σ_t mask]  (per-sequence token mean)
-        loss_type "dapo": Σ_it mask ℓ_it / Σ_it mask          (token mean over the batch)
+        loss_type "grpo":    mean_i [Σ_t mask ℓ_it / Σ_t mask]  (per-sequence token mean)
+        loss_type "dapo":    Σ_it mask ℓ_it / Σ_it mask          (token mean over the batch)
+        loss_type "bnpo":    Σ_it mask ℓ_it / Σ_it mask          (token mean over the local batch)
+        loss_type "dr_grpo": Σ_it mask ℓ_it / (B · max_completion_length)   (Dr. GRPO: a constant divisor)
 
-    `old_logprobs` defaults to `logprobs.detach()` (one update per generation: ρ = 1).
+    These are the aggregations of TRL's GRPOTrainer._compute_loss. TRL's "dapo" divides by the tokens
+    of the whole generation batch over all processes and "bnpo" by those of the local micro-batch; here
+    the loss sees one process's whole batch at once, so the two coincide on one process. Weighted:
+    each sequence's terms are scaled by w_i, in the divisor too (Σ w_i · tokens_i; Σ w_i · L for dr_grpo).
+    `max_completion_length` (dr_grpo only, required) is the generation budget L, not the batch's width.
+    As in TRL, the loss type sets only the aggregation: advantages stay std-normalised (TRL's default
+    scale_rewards="group"; the Dr. GRPO paper also drops that normalisation).
+    `old_logprobs` defaults to `logprobs.detach()` (one update per generation: ρ = 1). The trainer
+    passes the log-probs before the generation batch's first update, so with `num_iterations` > 1
+    the later iterations' ratios leave 1 and the clip acts (TRL's old_per_token_logps).
+    Metrics: `clip_fraction`, the fraction of tokens whose ratio lies outside [1−ε, 1+ε_high];
+    `clip_region_fraction`, those where the clipped term is the minimum, so the token has no policy
+    gradient (ρ < 1−ε with A < 0, or ρ > 1+ε_high with A > 0; TRL's clip_ratio/region_mean).
     """
-    if loss_type not in ("grpo", "dapo"):
-        raise ValueError(f"loss_type must be 'grpo' or 'dapo', got {loss_type!r}")
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+    if loss_type == "dr_grpo" and not (max_completion_length and max_completion_length > 0):
+        raise ValueError(f"loss_type 'dr_grpo' needs max_completion_length > 0, got {max_completion_length!r}")
     w = _weights_like(rewards, weights)
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     old = logprobs.detach() if old_logprobs is None else old_logprobs
@@ -235,13 +260,17 @@ def grpo_loss(
     tokens = mask.sum(-1)
     if loss_type == "grpo":
         loss = _weighted_mean(sequence_sum(per_token, mask) / tokens.clamp_min(1), w)
-    else:
+    elif loss_type == "dr_grpo":
+        loss = (w * sequence_sum(per_token, mask)).sum() / (w.sum() * max_completion_length)
+    else:  # dapo, bnpo
         loss = (w * sequence_sum(per_token, mask)).sum() / (w * tokens).sum().clamp_min(1)
     log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
     metrics = _common_metrics(rewards, log_ratio, advantages, mask)
     metrics["k3_kl_mean"] = (sequence_sum(k3.detach(), mask) / tokens.clamp_min(1)).mean().item()
     was_clipped = ((ratio.detach() - clipped.detach()).abs() > 0).float()
     metrics["clip_fraction"] = (sequence_sum(was_clipped, mask).sum() / tokens.sum().clamp_min(1)).item()
+    in_region = (((ratio.detach() < 1 - epsilon) & (adv < 0)) | ((ratio.detach() > 1 + epsilon_high) & (adv > 0)))
+    metrics["clip_region_fraction"] = (sequence_sum(in_region.float(), mask).sum() / tokens.sum().clamp_min(1)).item()
     return LossOutput(loss, metrics)
 
 

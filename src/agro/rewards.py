@@ -294,7 +294,7 @@ def _load_module_from_file(path_text: str, spec: str):
     return module
 
 
-def _absolute_spec(spec: str) -> str:
+def absolute_spec(spec: str) -> str:
     """File specs with an absolute path, so worker processes resolve them the same way."""
     source, _, attribute = spec.rpartition(":")
     return f"{Path(source).resolve()}:{attribute}" if source.endswith(".py") else spec
@@ -309,6 +309,14 @@ def _one_line(error: BaseException, max_chars: int = 300) -> str:
 # ---------------------------------------------------------------------------------------------
 
 WORKER_START_TIMEOUT = 120.0  # seconds for a worker to import the reward function and report ready
+POLL_INTERVAL = 0.1  # seconds between checks of busy workers (CPU use, deadlines, a stop request)
+BLOCKED_WINDOW = 0.2  # a call that used under BLOCKED_CPU_SHARE of a CPU over this many seconds is blocked
+BLOCKED_CPU_SHARE = 0.1
+MAX_WORKERS = 32  # workers at most, counting the extra ones started while calls are blocked
+
+
+class ScoringInterrupted(Exception):
+    """`RewardScorer.should_stop` said stop during a batch; its calls were dropped (their workers killed)."""
 
 
 @dataclass
@@ -320,6 +328,7 @@ class RewardResult:
     timeouts: int = 0  # the call exceeded the per-call time limit and was killed
     non_finite: int = 0  # the call returned NaN, inf or a non-number
     first_failure: str | None = None  # description of the first failed sample, for logs
+    unscored: int = 0  # calls never finished: the batch stopped once max_failure_fraction was exceeded
 
     @property
     def failures(self) -> int:
@@ -410,11 +419,27 @@ class _Worker:
         self.ready = False
         self.task: int | None = None  # index of the sample being scored
         self.deadline = math.inf
+        self.blocked = False  # its call has been waiting without using the CPU (sleep, I/O, a lock)
+        self._cpu_mark: tuple[float, float | None] = (0.0, None)  # (when, CPU seconds then)
 
     def assign(self, index: int, prompt: str, completion: str, answer: str | None, timeout: float) -> None:
         self.conn.send((index, prompt, completion, answer))
         self.task = index
-        self.deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        self.deadline = now + timeout
+        self.blocked = False
+        self._cpu_mark = (now, _cpu_state(self.process.pid)[1])
+
+    def update_blocked(self, now: float) -> None:
+        """Every BLOCKED_WINDOW s of a call: blocked when it used under BLOCKED_CPU_SHARE of a CPU meanwhile
+        and is not waiting for one (a runnable process on a busy machine is not blocked)."""
+        since, cpu_then = self._cpu_mark
+        if self.task is None or now - since < BLOCKED_WINDOW:
+            return
+        state, cpu_now = _cpu_state(self.process.pid)
+        self.blocked = (state in ("S", "D") and None not in (cpu_now, cpu_then)
+                        and cpu_now - cpu_then < BLOCKED_CPU_SHARE * (now - since))
+        self._cpu_mark = (now, cpu_now)
 
     def stop(self) -> None:
         """Ask an idle worker to exit, kill a busy or starting one, and reap it."""
@@ -430,24 +455,43 @@ class _Worker:
         self.conn.close()
 
 
-def _stop_all(workers: list[_Worker | None]) -> None:
-    for slot, worker in enumerate(workers):
-        if worker is not None:
-            worker.stop()
-            workers[slot] = None
+def _cpu_state(pid: int | None) -> tuple[str | None, float | None]:
+    """(state letter, user + system CPU seconds) of a process from /proc (Linux); None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    while workers:
+        workers.pop().stop()
 
 
 class RewardScorer:
     """Scores batches with a reward function, with a hard per-call time limit.
 
-    Calls run in ``num_workers`` long-lived ``spawn`` worker processes fed one sample at a time over
-    pipes; a call that exceeds ``timeout`` seconds has its worker killed and replaced, and counts as
-    a timeout. ``in_process=None`` runs the built-in ``exact`` in the calling process (it cannot hang)
-    and everything else in workers; in-process calls have no time limit. Not thread-safe.
+    Calls run in long-lived ``spawn`` worker processes fed one sample at a time over pipes; a call
+    that exceeds ``timeout`` seconds has its worker killed and counts as a timeout. ``num_workers``
+    calls run at a time. A call that waits without using the CPU (sleeping, blocked on I/O or a lock)
+    for BLOCKED_WINDOW s stops counting against that limit, and the next call starts in an extra
+    worker (MAX_WORKERS in all, or ``max_workers``): so the time limits of calls that hang waiting run
+    in parallel, not one after another. Extra workers stop at the end of the batch.
+    ``in_process=None`` runs the built-in ``exact`` in the calling process (it cannot hang) and
+    everything else in workers; in-process calls have no time limit. ``should_stop``, when set, is
+    polled during a batch: once it returns True the batch's calls are dropped and `score` raises
+    ScoringInterrupted. Not thread-safe.
     """
 
     def __init__(
-        self, spec: str, timeout: float = 10.0, num_workers: int = 1, in_process: bool | None = None
+        self,
+        spec: str,
+        timeout: float = 10.0,
+        num_workers: int = 1,
+        in_process: bool | None = None,
+        max_workers: int | None = None,
     ):
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -456,18 +500,32 @@ class RewardScorer:
         self.spec = spec
         self.timeout = float(timeout)
         self.num_workers = num_workers
+        self.max_workers = max(num_workers, MAX_WORKERS if max_workers is None else max_workers)
+        self.should_stop: Callable[[], bool] | None = None
         self.fn = load_reward_function(spec)  # fails fast, in the caller, on a bad spec
         self.in_process = spec == "exact" if in_process is None else in_process
-        self._worker_spec = _absolute_spec(spec)
+        self._worker_spec = absolute_spec(spec)
         self._context = multiprocessing.get_context("spawn")
-        self._workers: list[_Worker | None] = [None] * num_workers
+        self._workers: list[_Worker] = []
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_all, self._workers)
         if not self.in_process:
             self._start_missing_workers()  # start-up overlaps with whatever the caller does next
 
-    def score(self, prompts: list[str], completions: list[str], answers: list[str | None]) -> RewardResult:
-        """Rewards for aligned lists of prompts, completions and gold answers."""
+    def score(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        answers: list[str | None],
+        max_failure_fraction: float | None = None,
+        on_result: Callable[[int, str, str | None], None] | None = None,
+    ) -> RewardResult:
+        """Rewards for aligned lists of prompts, completions and gold answers.
+
+        ``max_failure_fraction``: stop as soon as more than this fraction of the batch has failed
+        (the calls left are counted in ``unscored``). ``on_result(index, status, detail)`` is called
+        as each call settles (status "ok", "error", "timeout" or "non_finite").
+        """
         if self._closed:
             raise RuntimeError("RewardScorer is closed")
         if not len(prompts) == len(completions) == len(answers):
@@ -478,59 +536,99 @@ class RewardScorer:
         result = RewardResult(rewards=[0.0] * len(prompts))
         if self.in_process:
             for index, sample in enumerate(zip(prompts, completions, answers)):
-                result.record(index, *_call_reward(self.fn, *sample))
+                self._check_stop()
+                status, reward, detail = _call_reward(self.fn, *sample)
+                result.record(index, status, reward, detail)
+                if on_result is not None:
+                    on_result(index, status, detail)
+                if _too_many(result, max_failure_fraction):
+                    result.unscored = len(prompts) - index - 1
+                    break
         elif prompts:
-            self._score_in_workers(prompts, completions, answers, result)
+            self._score_in_workers(prompts, completions, answers, result, max_failure_fraction, on_result)
         return result
 
-    def _score_in_workers(self, prompts, completions, answers, result: RewardResult) -> None:
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise ScoringInterrupted("reward scoring stopped on request")
+
+    def _score_in_workers(self, prompts, completions, answers, result: RewardResult,
+                          max_failure_fraction: float | None, on_result) -> None:
         self._start_missing_workers()
         pending = deque(range(len(prompts)))
         try:
-            while pending or any(worker.task is not None for worker in self._workers):
-                for worker in list(self._workers):
-                    if worker.ready and worker.task is None and pending:
-                        index = pending.popleft()
-                        try:
-                            worker.assign(
-                                index, prompts[index], completions[index], answers[index], self.timeout
-                            )
-                        except OSError:  # it died while idle: retry the sample on a fresh worker
-                            pending.appendleft(index)
-                            self._replace(worker)
-                self._wait_and_collect(result)
+            while pending or self._busy():
+                self._dispatch(pending, prompts, completions, answers)
+                self._wait_and_collect(result, on_result)
+                self._check_stop()
+                if _too_many(result, max_failure_fraction):
+                    result.unscored = len(pending) + len(self._busy())
+                    self._drop_busy()
+                    return
         except BaseException:
-            # Busy workers would deliver stale results into the next batch: drop them.
-            for slot, worker in enumerate(self._workers):
-                if worker is not None and worker.task is not None:
-                    worker.stop()
-                    self._workers[slot] = None
+            self._drop_busy()  # busy workers would deliver stale results into the next batch
             raise
+        finally:
+            self._stop_extra_workers()
+            if not self._closed:
+                self._start_missing_workers()  # replacements start now, ready by the next batch
 
-    def _wait_and_collect(self, result: RewardResult) -> None:
-        """Wait for the next message or deadline; record results, replace timed-out/dead workers."""
+    def _busy(self) -> list[_Worker]:
+        return [worker for worker in self._workers if worker.task is not None]
+
+    def _dispatch(self, pending: deque, prompts, completions, answers) -> None:
+        """Hand pending samples to idle workers while fewer than `num_workers` calls run (blocked calls
+        do not count), and start extra workers for them while calls are blocked."""
+        now = time.monotonic()
+        for worker in self._busy():
+            worker.update_blocked(now)
+        slots = self.num_workers - sum(not worker.blocked for worker in self._busy())
+        for worker in list(self._workers):
+            if pending and slots > 0 and worker.ready and worker.task is None:
+                index = pending.popleft()
+                try:
+                    worker.assign(index, prompts[index], completions[index], answers[index], self.timeout)
+                except OSError:  # it died while idle: retry the sample on a fresh worker
+                    pending.appendleft(index)
+                    self._retire(worker)
+                    continue
+                slots -= 1
+        self._start_missing_workers()
+        # Workers for the pending calls that free slots will take; while calls are blocked, as many spares as
+        # there are blocked calls, so that a slot freed by the next blocked call finds one ready (start-up,
+        # ~0.1 s of CPU, is then not on the way).
+        blocked = sum(worker.blocked for worker in self._busy())
+        unassigned = sum(worker.task is None for worker in self._workers)  # starting, or ready and idle
+        extra = min(len(pending), max(slots, blocked)) - unassigned
+        for _ in range(min(extra, self.max_workers - len(self._workers))):
+            self._workers.append(_Worker(self._context, self._worker_spec))
+
+    def _wait_and_collect(self, result: RewardResult, on_result) -> None:
+        """Wait for the next message, deadline or poll; record results, retire timed-out/dead workers."""
         waiting = {
             worker.conn: worker for worker in self._workers if not worker.ready or worker.task is not None
         }
+        if not waiting:
+            return
         next_deadline = min(
             worker.deadline if worker.ready else worker.started_at + WORKER_START_TIMEOUT
             for worker in waiting.values()
         )
-        remaining = next_deadline - time.monotonic()
-        ready_conns = multiprocessing.connection.wait(
-            list(waiting), timeout=None if math.isinf(remaining) else max(0.0, remaining)
-        )
+        remaining = min(next_deadline - time.monotonic(), POLL_INTERVAL)
+        ready_conns = multiprocessing.connection.wait(list(waiting), timeout=max(0.0, remaining))
         for conn in ready_conns:
             worker = waiting[conn]
             try:
                 message = conn.recv()
             except (EOFError, OSError):
-                self._handle_dead_worker(worker, result)
+                self._handle_dead_worker(worker, result, on_result)
                 continue
             if message[0] == "result":
                 _, index, status, reward, detail = message
                 result.record(index, status, reward, detail)
-                worker.task, worker.deadline = None, math.inf
+                worker.task, worker.deadline, worker.blocked = None, math.inf, False
+                if on_result is not None:
+                    on_result(index, status, detail)
             elif message[0] == "ready":
                 worker.ready = True
             else:
@@ -538,16 +636,19 @@ class RewardScorer:
                 raise ValueError(f"reward worker cannot load {self.spec!r}: {message[1]}")
         now = time.monotonic()
         for worker in list(waiting.values()):
-            if worker.task is not None and now >= worker.deadline:
-                result.record(worker.task, "timeout", 0.0, f"exceeded {self.timeout:g} s")
-                self._replace(worker)
+            if worker.task is not None and now >= worker.deadline and worker in self._workers:
+                index, detail = worker.task, f"exceeded {self.timeout:g} s"
+                result.record(index, "timeout", 0.0, detail)
+                self._retire(worker)
+                if on_result is not None:
+                    on_result(index, "timeout", detail)
             elif not worker.ready and now >= worker.started_at + WORKER_START_TIMEOUT:
                 self.close()
                 raise RuntimeError(
                     f"reward worker for {self.spec!r} not ready after {WORKER_START_TIMEOUT:g} s"
                 )
 
-    def _handle_dead_worker(self, worker: _Worker, result: RewardResult) -> None:
+    def _handle_dead_worker(self, worker: _Worker, result: RewardResult, on_result) -> None:
         worker.process.join(timeout=1.0)
         exit_code = worker.process.exitcode
         if worker.task is None:
@@ -555,19 +656,30 @@ class RewardScorer:
             raise RuntimeError(
                 f"reward worker for {self.spec!r} exited during start-up (exit code {exit_code})"
             )
-        result.record(worker.task, "error", 0.0, f"worker process died (exit code {exit_code})")
-        self._replace(worker)
+        index, detail = worker.task, f"worker process died (exit code {exit_code})"
+        result.record(index, "error", 0.0, detail)
+        self._retire(worker)
+        if on_result is not None:
+            on_result(index, "error", detail)
 
-    def _replace(self, worker: _Worker) -> None:
-        slot = self._workers.index(worker)
+    def _retire(self, worker: _Worker) -> None:
+        """Stop a worker and drop it from the pool (`_start_missing_workers` tops the pool up)."""
+        self._workers.remove(worker)
         worker.stop()
         worker.task = None  # its sample is settled; it must not time out again
-        self._workers[slot] = _Worker(self._context, self._worker_spec)
+
+    def _drop_busy(self) -> None:
+        for worker in self._busy():
+            self._retire(worker)
+
+    def _stop_extra_workers(self) -> None:
+        """Back to `num_workers` workers after a batch: the idle extra ones stop."""
+        for worker in [w for w in self._workers if w.task is None][: max(0, len(self._workers) - self.num_workers)]:
+            self._retire(worker)
 
     def _start_missing_workers(self) -> None:
-        for slot, worker in enumerate(self._workers):
-            if worker is None:
-                self._workers[slot] = _Worker(self._context, self._worker_spec)
+        while len(self._workers) < self.num_workers:
+            self._workers.append(_Worker(self._context, self._worker_spec))
 
     def close(self) -> None:
         """Stop all worker processes; the scorer cannot be used afterwards."""
@@ -579,3 +691,8 @@ class RewardScorer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _too_many(result: RewardResult, max_failure_fraction: float | None) -> bool:
+    """More than `max_failure_fraction` of the whole batch has already failed."""
+    return max_failure_fraction is not None and result.failures / len(result.rewards) > max_failure_fraction

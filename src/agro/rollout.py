@@ -73,6 +73,34 @@ def completion_token_ids(tokenizer, completion: str, max_completion_length: int)
     return ids + [tokenizer.eos_token_id] if len(ids) < max_completion_length else ids
 
 
+# Unicode normalisation (NFC, NFKC) composes at most 4 code points into one: the longest canonical decomposition
+_MAX_NORMALIZATION_MERGE = 4
+
+
+def max_text_chars(tokenizer, max_tokens: int) -> int | None:
+    """Characters beyond which a text surely has more than `max_tokens` tokens (None: unknown).
+
+    No token covers more characters than its vocabulary entry spells (byte-level BPE spells one
+    character per byte, so at least as many as the text has; SentencePiece spells a space as one '▁'),
+    and NFC/NFKC normalisation merges at most 4 characters into one. So a text longer than
+    max_tokens × (longest entry) × 4 characters cannot fit, and is rejected from its length before it
+    is tokenised (tokenising a 50 MB text takes minutes and tens of GB). The bound assumes that the
+    tokenizer's normaliser deletes no characters (accent or whitespace stripping would).
+    """
+    try:
+        longest = max(len(token) for token in tokenizer.get_vocab())
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+    return max_tokens * max(1, longest) * _MAX_NORMALIZATION_MERGE
+
+
+def text_chars(prompt: str | list[dict]) -> int:
+    """Characters of a prompt's text (chat messages: their contents; the template only adds to them)."""
+    if isinstance(prompt, list):
+        return sum(len(m.get("content", "")) if isinstance(m.get("content"), str) else 0 for m in prompt)
+    return len(prompt)
+
+
 def cut_at_eos(tokens: list[int], eos_ids: set[int], pad_id: int) -> list[int]:
     """Completion up to and including its first EOS; trailing padding dropped when there is none."""
     for i, t in enumerate(tokens):
@@ -163,6 +191,22 @@ class HFGenerator:
             empty = empty_cache(model.get_decoder())
             kwargs = {} if empty is None else {empty[1]: empty[0]}
         return {arg: preallocate(cache, ids.shape[1] + self.max_new_tokens) for arg, cache in kwargs.items()}
+
+
+def generate_with_progress(generator, model, prompts: list[list[int]], num_generations: int = 1,
+                           do_sample: bool = True, desc: str = "generate") -> list[list[int]]:
+    """`generator.generate` in chunks of one generate call (HF: `batch_size` sequences), with a progress bar
+    over prompts (tqdm, on stderr); the same completions as one call."""
+    from tqdm.auto import tqdm
+
+    per_call = max(1, getattr(generator, "batch_size", len(prompts) * num_generations) // num_generations)
+    out: list[list[int]] = []
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True) as bar:
+        for start in range(0, len(prompts), per_call):
+            chunk = prompts[start : start + per_call]
+            out += generator.generate(model, chunk, num_generations, do_sample=do_sample)
+            bar.update(len(chunk))
+    return out
 
 
 def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) -> dict:

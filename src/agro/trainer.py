@@ -7,7 +7,9 @@
           groups (one per prompt) ─► rewards, reference log-probs (cached) ─► objective ─► AdamW
 
 Each process takes whole groups (a group is never split across processes); gradients are
-averaged across processes by accelerate.
+averaged across processes by accelerate. With `num_iterations` k > 1 (TRL's name and meaning) a
+generation batch is trained on for k optimizer steps, the gradient recomputed each time; a "step"
+is an optimizer step (max_steps, save_steps, eval_steps, logging_steps, the scheduler).
 """
 
 from __future__ import annotations
@@ -29,16 +31,25 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from agro import checkpoint, data, objectives
-from agro.buffer import SOURCES, Generation, ReplayBuffer
+from agro.buffer import SOURCES, Generation, GenerationBatch, ReplayBuffer
 from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.logprobs import CompletionLogprobs
-from agro.rewards import RewardResult, RewardScorer
-from agro.rollout import collate, completion_token_ids, encode_prompt, make_generator, prompt_text
+from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted, absolute_spec
+from agro.rollout import (
+    collate,
+    completion_token_ids,
+    encode_prompt,
+    make_generator,
+    max_text_chars,
+    prompt_text,
+    text_chars,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NEEDS_BEHAVIOR = ("is_pg", "topr")  # objectives that read the generating policy's log-probs
+TRAINING_ARGS = "agro.json"  # in final/ and checkpoints: what `agro eval` / `agro generate` default to
 
 
 def load_model(path: str, dtype: str, trust_remote_code: bool):
@@ -69,7 +80,7 @@ def objective_loss(config: TrainConfig, t: dict[str, torch.Tensor]) -> objective
     if config.objective == "grpo":
         return objectives.grpo_loss(**common, beta=config.beta, old_logprobs=t["old_logprobs"],
                                     epsilon=config.epsilon, epsilon_high=config.epsilon_high,
-                                    loss_type=config.loss_type)
+                                    loss_type=config.loss_type, max_completion_length=config.max_completion_length)
     if config.objective == "rloo":
         return objectives.rloo_loss(**common, beta=config.beta)
     if config.objective == "kl_pg":
@@ -122,13 +133,19 @@ class Trainer:
                                         config.vllm_gpu_memory_utilization, config.model_name_or_path,
                                         config.max_prompt_length + config.max_completion_length,
                                         config.cache_implementation)
-        self.scorer = RewardScorer(config.reward_function, timeout=config.reward_timeout,
-                                   num_workers=config.reward_workers)
+        try:
+            self.scorer = RewardScorer(config.reward_function, timeout=config.reward_timeout,
+                                       num_workers=config.reward_workers)
+        except ValueError as err:
+            raise AgroError(f"config: key 'reward_function': {err}") from None
         self.replay = ReplayBuffer(config.replay_max_staleness, config.replay_weight)
         self.step = 0
+        self.batch: GenerationBatch | None = None  # the generation batch still in use (num_iterations)
+        self.iteration = 0  # optimizer steps taken on the current (or last) generation batch
         self.epoch, self.position = 0, 0
         self.nonfinite_run = 0
         self._stop_signal: int | None = None
+        self.interrupted: int | None = None  # the signal that stopped train() before max_steps
         self.resumed = resume
         if saved:
             self._resume(saved[-1])
@@ -147,6 +164,9 @@ class Trainer:
     def _load_data(self) -> None:
         c = self.config
         self.data_reports = []
+        # texts longer than this cannot fit in the token budget: rejected before they are tokenised
+        self._max_chars = {"prompt": max_text_chars(self.tokenizer, c.max_prompt_length),
+                           "completion": max_text_chars(self.tokenizer, c.max_completion_length)}
         self.offline_by_group: dict[str, list[Generation]] = defaultdict(list)
         problems: list[data.Problem] = []
         if c.train_data:
@@ -182,6 +202,11 @@ class Trainer:
         key = data.prompt_key(prompt)
         if key in self.prompt_ids:
             return key
+        limit = self._max_chars["prompt"]
+        if limit is not None and text_chars(prompt) > limit:
+            self._bad(where, field, f"prompt has {text_chars(prompt)} characters, more than max_prompt_length "
+                      f"{self.config.max_prompt_length} tokens can hold ({limit} with this tokenizer)", report)
+            return None
         ids = encode_prompt(self.tokenizer, prompt)
         if len(ids) > self.config.max_prompt_length:
             self._bad(where, field, f"prompt has {len(ids)} tokens, more than max_prompt_length "
@@ -195,15 +220,24 @@ class Trainer:
 
     def _add_offline(self, records: list[data.OfflineRecord], take_prompts: bool, report: data.DataReport) -> None:
         c = self.config
+        unused_prompts = set()
         for r in records:
             where = f"{r.file}:{r.line}"
             key = data.prompt_key(r.prompt)
             if key not in self.prompt_ids:
                 if not take_prompts:
-                    continue  # prompts come from train_data; records of other prompts are not used
+                    unused_prompts.add(key)  # prompts come from train_data; records of other prompts are not used
+                    report.unused += 1
+                    continue
                 key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
                 if key is None:
                     continue
+            limit = self._max_chars["completion"]
+            if limit is not None and len(r.completion) > limit:
+                self._bad(where, "completion", f"completion has {len(r.completion)} characters, more than "
+                          f"max_completion_length {c.max_completion_length} tokens can hold ({limit} with this "
+                          "tokenizer)", report)
+                continue
             ids = completion_token_ids(self.tokenizer, r.completion, c.max_completion_length)
             if len(ids) > c.max_completion_length:
                 self._bad(where, "completion", f"completion has {len(ids)} tokens, more than max_completion_length "
@@ -225,6 +259,7 @@ class Trainer:
                 weight=c.offline_weight, reward=r.reward, answer=r.answer if r.answer is not None else self.answers[key],
                 prompt=self.prompt_texts[key], completion=r.completion, behavior_logprobs=behavior,
             ))
+        report.unused_prompts = len(unused_prompts)
 
     def _load_models(self, resume_from: Path | None) -> None:
         """Policy (from `resume_from`'s weights when given), reference, optimizer, all through accelerate."""
@@ -301,17 +336,27 @@ class Trainer:
         """Rewards of generations that have none; failed calls get 0 and are counted (same keys every step)."""
         todo = [g for g in gens if g.reward is None]
         result = RewardResult(rewards=[])
+
+        def report_timeout(index: int, status: str, detail: str | None) -> None:
+            if status == "timeout":
+                tqdm.write(f"agro: step {self.step + 1}: reward call {index + 1} of {len(todo)} timed out ({detail})")
+
         if todo:
-            result = self.scorer.score([g.prompt for g in todo], [g.completion for g in todo],
-                                       [g.answer for g in todo])
+            try:
+                result = self.scorer.score([g.prompt for g in todo], [g.completion for g in todo],
+                                           [g.answer for g in todo], self.config.max_reward_failure_fraction,
+                                           report_timeout)
+            except (ValueError, RuntimeError) as err:  # the reward function cannot be loaded in its workers
+                raise AgroError(f"config: key 'reward_function': {str(err).splitlines()[0]}") from None
         for i, (g, r) in enumerate(zip(todo, result.rewards)):
             if abs(r) > data.MAX_ABS_REWARD:  # the bound offline records have; 1e300 would be inf in float32
                 result.record(i, "non_finite", 0.0, f"returned {r!r}, |reward| > {data.MAX_ABS_REWARD:g}")
             g.reward = float(result.rewards[i])
         if todo and result.failures / len(todo) > self.config.max_reward_failure_fraction:
+            stopped = f" (stopped there, {result.unscored} calls not run)" if result.unscored else ""
             raise AgroError(f"step {self.step + 1}: {result.failures} of {len(todo)} reward calls failed "
                             f"({result.errors} errors, {result.timeouts} timeouts, {result.non_finite} non-finite), "
-                            f"above max_reward_failure_fraction {self.config.max_reward_failure_fraction}; "
+                            f"above max_reward_failure_fraction {self.config.max_reward_failure_fraction}{stopped}; "
                             f"first: {result.first_failure}")
         return {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
                 "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
@@ -470,13 +515,25 @@ class Trainer:
         return time.perf_counter()
 
     def train_step(self) -> dict[str, float]:
+        """One optimizer step; a new generation batch at the first of every `num_iterations` steps.
+
+        A batch's later iterations reuse its generations (on-policy, offline and replayed members),
+        rewards, reference log-probs, and the log-probs before its first update: GRPO's π_old, and
+        the behaviour log-probs of its on-policy samples.
+        """
         c = self.config
         times = {}
         t0 = self._clock()
-        keys = self._next_prompts()
-        on_policy = self._rollout(keys)
-        times["time_generation"] = self._clock() - t0
-        gens = self._assemble(keys, on_policy)
+        first = self.batch is None
+        if first:
+            keys = self._next_prompts()
+            on_policy = self._rollout(keys)
+            times["time_generation"] = self._clock() - t0
+            self.batch, self.iteration = GenerationBatch(keys, self._assemble(keys, on_policy)), 0
+        else:
+            on_policy, times["time_generation"] = [], 0.0
+        keys, gens = self.batch.keys, self.batch.generations
+        self.iteration += 1
         t1 = self._clock()
         reward_metrics = self._score(gens)
         times["time_reward"] = self._clock() - t1
@@ -485,10 +542,14 @@ class Trainer:
         times["time_reference"] = self._clock() - t1
         t1 = self._clock()
         logprobs_now, graph = self._policy_logprobs(gens)
-        position = {id(g): i for i, g in enumerate(gens)}  # _assemble reorders: pair by identity
-        for g in on_policy:
-            g.behavior_logprobs = logprobs_now[position[id(g)]]  # the sampling policy's, for ratios and replay
+        if first:
+            position = {id(g): i for i, g in enumerate(gens)}  # _assemble reorders: pair by identity
+            for g in on_policy:
+                g.behavior_logprobs = logprobs_now[position[id(g)]]  # the sampling policy's, for ratios and replay
+            self.batch.old_logprobs = logprobs_now
         tensors = self._tensors(gens, keys, logprobs_now)
+        if not first:  # the first iteration's are logprobs_now itself (ratio 1)
+            tensors["old_logprobs"] = _padded(self.batch.old_logprobs, tensors["mask"].shape[1])
         out = self._backward(gens, tensors, graph)
         times["time_policy"] = self._clock() - t1
         t1 = self._clock()
@@ -501,12 +562,14 @@ class Trainer:
         times["time_optimizer"] = self._clock() - t1
         self.step += 1
         if c.replay_per_group:
-            self.replay.add(on_policy)
+            self.replay.add(on_policy)  # at a batch's first iteration: only a new batch samples replays
             self.replay.evict(self.step)
+        if self.iteration >= c.num_iterations:
+            self.batch = None
         elapsed = self._clock() - t0
         tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
-        metrics = {"step": self.step, "loss": loss, **opt, **reward_metrics, **times, "time_step": elapsed,
-                   "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
+        metrics = {"step": self.step, "iteration": self.iteration, "loss": loss, **opt, **reward_metrics, **times,
+                   "time_step": elapsed, "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
         metrics.update({f"objective/{k}": v for k, v in out.metrics.items()})
         metrics.update(self._source_metrics(gens, tensors))
         return metrics
@@ -529,7 +592,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop, checkpoints, eval
 
     def _trainer_state(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "position": self.position,
+        return {"step": self.step, "epoch": self.epoch, "position": self.position, "iteration": self.iteration,
                 "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -549,7 +612,9 @@ class Trainer:
         state_dict = self._full_state_dict()
         if acc.is_main_process:
             self.policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-        checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank)
+            self._write_training_args(staging)
+        checkpoint.save_states(staging, self.optimizer, self.scheduler, self._trainer_state(), self.rank,
+                               None if self.batch is None else self.batch.to_state())
         acc.wait_for_everyone()
         path = None
         if acc.is_main_process:
@@ -563,6 +628,14 @@ class Trainer:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.nonfinite_run = state["nonfinite_run"]
         self.replay.load_state(state["replay"])
+        self.iteration = state.get("iteration", 0)  # checkpoints before num_iterations: none mid-batch
+        saved_by = checkpoint.batch_files(path)
+        if saved_by and saved_by != self.world:
+            raise AgroError(f"{path}: saved in the middle of a generation batch by {saved_by} processes; "
+                            f"resume it with {saved_by} processes, not {self.world}")
+        batch = checkpoint.load_batch(path, self.rank)
+        if batch is not None and self.iteration < self.config.num_iterations:  # (a run resumed with fewer: done)
+            self.batch = GenerationBatch.from_state(batch)
 
     def _discard_unsaved(self) -> None:
         """On resume: drop staging directories and the metrics of steps after the checkpoint (torn lines too)."""
@@ -591,6 +664,11 @@ class Trainer:
         """Run to `max_steps`; returns the last step's metrics (and the final evaluation if any)."""
         c, acc = self.config, self.accelerator
         main = acc.is_main_process
+        # what this run creates: removed again if it stops before finishing a step, so that the corrected
+        # rerun is not refused as a run to resume (what was there before is never touched)
+        created = [p for p in (self.output_dir, *(self.output_dir / n for n in ("config.yaml", "metrics.jsonl",
+                                                                               "tensorboard", "wandb")))
+                   if main and not p.exists()]
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.resumed:
@@ -601,18 +679,26 @@ class Trainer:
                 tqdm.write(f"agro: {self.world} processes ({acc.distributed_type.value}), "
                            f"{c.prompts_per_step // self.world} prompts per step on each")
             for report in self.data_reports:
-                if report.skipped or report.duplicates:
+                if report.skipped or report.duplicates or report.unused:
                     tqdm.write(report.summary())
         writer = self._open_loggers() if main else None
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        if self.world == 1:  # a signal stops reward scoring at once (several processes stop between steps)
+            self.scorer.should_stop = lambda: self._stop_signal is not None
         eval_problems = self._eval_problems()
         last: dict = {}
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)
         try:
-            if eval_problems and self.step == 0:
-                self._log(writer, {"step": 0, **self._evaluate(eval_problems)})
-            while self.step < c.max_steps:
-                metrics = self.train_step()
+            if eval_problems and self.step == 0 and (accuracy := self._evaluate(eval_problems)):
+                self._log(writer, {"step": 0, **accuracy})
+            while self.step < c.max_steps and self._stop_signal is None:
+                start = (self.epoch, self.position, checkpoint.rng_state(), self.batch, self.iteration)
+                try:
+                    metrics = self.train_step()
+                except ScoringInterrupted:  # before any update: back to the step's start, saved as the last step
+                    self.epoch, self.position, rng, self.batch, self.iteration = start
+                    checkpoint.set_rng_state(rng)
+                    break
                 metrics["skipped_records"] = float(self.skipped_records)
                 if eval_problems and c.eval_steps and self.step % c.eval_steps == 0 and self.step < c.max_steps:
                     metrics.update(self._evaluate(eval_problems))
@@ -625,15 +711,15 @@ class Trainer:
                 last = metrics
                 if c.save_steps and self.step % c.save_steps == 0 and self.step < c.max_steps:
                     self.save_checkpoint()
-                if self._stop_signal is not None:
-                    self.save_checkpoint()
-                    tqdm.write(f"agro: received signal {self._stop_signal}; checkpoint saved at step {self.step}")
-                    return last
+            if self._stop_signal is not None:
+                return self._stop(last)
             bar.close()
             self.save_checkpoint()
             if eval_problems:
                 last.update(self._evaluate(eval_problems))
                 self._log(writer, {"step": self.step, **{k: v for k, v in last.items() if k.startswith("eval/")}})
+                if self._stop_signal is not None:  # the final evaluation was cut short: --resume redoes it
+                    return self._stop(last)
             self.save_final()
         finally:
             bar.close()  # ends the progress line, so an error message starts a line of its own
@@ -642,6 +728,16 @@ class Trainer:
             self.scorer.close()
             if writer is not None:
                 writer.close()
+            if self.step == 0 and not checkpoint.list_checkpoints(self.output_dir):
+                _remove_created(self.output_dir, created)
+        return last
+
+    def _stop(self, last: dict) -> dict:
+        """After SIGTERM/SIGINT: checkpoint the last finished step (none before the first) and return."""
+        self.interrupted = self._stop_signal
+        saved = self.save_checkpoint() if self.step > 0 else None
+        where = f"checkpoint saved at step {self.step}" if saved else "no step finished, nothing kept"
+        tqdm.write(f"agro: received {signal.Signals(self.interrupted).name}; {where}")
         return last
 
     def _check_finite(self, metrics: dict) -> None:
@@ -655,6 +751,14 @@ class Trainer:
         else:
             self.nonfinite_run = 0
 
+    def _write_training_args(self, path: Path) -> None:
+        """`agro.json`: what the model was trained with, the defaults `agro eval` and `agro generate` take."""
+        c = self.config
+        args = {"prompt_template": c.prompt_template, "reward_function": absolute_spec(c.reward_function),
+                "max_completion_length": c.max_completion_length, "reward_timeout": c.reward_timeout,
+                "step": self.step}
+        (path / TRAINING_ARGS).write_text(json.dumps(args, indent=1) + "\n", encoding="utf-8")
+
     def save_final(self) -> Path:
         """`final/`: a model loadable with `from_pretrained` (LoRA merged into the base weights)."""
         final = self.output_dir / "final"
@@ -666,6 +770,7 @@ class Trainer:
             staging = checkpoint.staging_dir(self.output_dir, "final")
             policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(staging)
+            self._write_training_args(staging)
             checkpoint.replace_dir(staging, final)
         self.accelerator.wait_for_everyone()
         return final
@@ -688,8 +793,8 @@ class Trainer:
         return _Loggers(loggers)
 
     def _log(self, writer, metrics: dict) -> None:
-        if writer is not None:
-            writer.write(metrics)
+        if writer is not None:  # every row says which iteration of its generation batch it is (0: no step yet)
+            writer.write({"step": metrics["step"], "iteration": self.iteration, **metrics})
 
     def _eval_problems(self) -> list[data.Problem]:
         c = self.config
@@ -702,8 +807,11 @@ class Trainer:
         return problems
 
     def _evaluate(self, problems: list[data.Problem]) -> dict[str, float]:
-        result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
-                          batch_size=self.config.generation_batch_size)
+        try:
+            result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
+                              batch_size=self.config.generation_batch_size)
+        except ScoringInterrupted:  # a signal during its scoring: no accuracy for this evaluation
+            return {}
         return {"eval/accuracy": result["accuracy"]}
 
 
@@ -730,6 +838,15 @@ class _Loggers:
             self.loggers["tensorboard"].close()
         if "wandb" in self.loggers:
             self.loggers["wandb"].finish()
+
+
+def _remove_created(output_dir: Path, created: list[Path]) -> None:
+    """Remove what a run created: its output_dir when the run made it, else the listed entries in it."""
+    for path in [output_dir] if output_dir in created else created:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
 
 
 def _disable_dropout(model) -> None:

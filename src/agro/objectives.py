@@ -111,6 +111,12 @@ def _stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _regularised_reward(logprobs, ref_logprobs, mask, rewards, beta):
+    """(Σ_t mask·log π with gradient, Δ = Σ_t mask·(log π − log π_ref), R̃ = r − β·Δ), Δ and R̃ detached."""
+    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
+    return sequence_sum(logprobs, mask), log_ratio, rewards - beta * log_ratio
+
+
 def _common_metrics(
     rewards: torch.Tensor, log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, float]:
@@ -181,9 +187,7 @@ def agro_loss(
     if taper not in TAPERS:
         raise ValueError(f"taper must be one of {', '.join(TAPERS)}, got {taper!r}")
     w = _weights_like(rewards, weights)
-    seq_logprob = sequence_sum(logprobs, mask)
-    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
-    regularised = rewards - beta * log_ratio
+    seq_logprob, log_ratio, regularised = _regularised_reward(logprobs, ref_logprobs, mask, rewards, beta)
     value = group_mean(regularised, group_ids, w) if baseline == "mean" else group_loo_mean(regularised, group_ids, w)
     advantages = (regularised - value).detach()
     scale = torch.ones_like(advantages)
@@ -293,9 +297,7 @@ def rloo_loss(
     same estimator as `agro_loss(..., baseline="loo")`: the generation-consistent choice.
     """
     w = _weights_like(rewards, weights)
-    seq_logprob = sequence_sum(logprobs, mask)
-    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
-    penalised = rewards - beta * log_ratio
+    seq_logprob, log_ratio, penalised = _regularised_reward(logprobs, ref_logprobs, mask, rewards, beta)
     advantages = (penalised - group_loo_mean(penalised, group_ids, w)).detach()
     loss = -_weighted_mean(advantages * seq_logprob, w)
     return LossOutput(loss, _common_metrics(rewards, log_ratio, advantages, mask))
@@ -391,9 +393,7 @@ def topr_loss(
     if behavior_logprobs is None:
         raise ValueError("topr_loss needs behavior_logprobs (the generating policy's log-probs)")
     w = _weights_like(rewards, weights)
-    seq_logprob = sequence_sum(logprobs, mask)
-    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
-    regularised = rewards - beta * log_ratio
+    seq_logprob, log_ratio, regularised = _regularised_reward(logprobs, ref_logprobs, mask, rewards, beta)
     advantages = (regularised - group_mean(regularised, group_ids, w)).detach()
     taper = negative_taper(advantages, sequence_sum(logprobs.detach() - behavior_logprobs, mask))
     loss = -_weighted_mean(taper * advantages * seq_logprob, w)
@@ -423,9 +423,7 @@ def asymre_loss(
     point is not π*: the shift δ keeps pulling up every record (biased by design, `agro tabular`).
     """
     w = _weights_like(rewards, weights)
-    seq_logprob = sequence_sum(logprobs, mask)
-    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
-    regularised = rewards - beta * log_ratio
+    seq_logprob, log_ratio, regularised = _regularised_reward(logprobs, ref_logprobs, mask, rewards, beta)
     advantages = (regularised - group_mean(regularised, group_ids, w) + delta).detach()
     loss = -_weighted_mean(advantages * seq_logprob, w)
     return LossOutput(loss, _common_metrics(rewards, log_ratio, advantages, mask))

@@ -40,8 +40,9 @@ import torch
 from agro.config import load_config
 from agro.demo import demo_config_path, greedy_accuracy, write_offline, write_task_data
 from agro.logprobs import completion_logprobs
-from agro.rollout import HFGenerator, collate, encode_prompt
+from agro.rollout import HFGenerator
 from agro.tasks import arithmetic
+from agro.tokens import collate, encode_prompt
 from agro.trainer import Trainer
 
 METHODS = ("agro", "agro_untapered", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre")

@@ -21,7 +21,7 @@ from agro.evaluate import evaluate
 from agro.generate import generate_records
 from agro.logprobs import completion_logprobs
 from agro.rewards import RewardScorer
-from agro.rollout import collate, completion_token_ids, encode_prompt
+from agro.tokens import collate, completion_token_ids, encode_prompt
 
 DATA = Path(__file__).parent / "data"
 GENERIC, MATH, GSM8K = DATA / "math_problems.jsonl", DATA / "math_style.jsonl", DATA / "gsm8k_style.jsonl"

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import agro.checkpoint
+import agro.models
 import agro.trainer
 from agro import checkpoint
 from agro.cli import main
@@ -457,7 +458,7 @@ def test_pickled_model_weights_are_refused(assets, tmp_path, capsys):
 def test_trust_remote_code_is_off_by_default_and_passed_through(assets, tmp_path, capsys, monkeypatch):
     assert TrainConfig().trust_remote_code is False
     seen = []
-    real_tokenizer = agro.trainer.AutoTokenizer.from_pretrained
+    real_tokenizer = agro.models.AutoTokenizer.from_pretrained
 
     class Model:
         @staticmethod
@@ -471,8 +472,8 @@ def test_trust_remote_code_is_off_by_default_and_passed_through(assets, tmp_path
             seen.append(("tokenizer", kwargs["trust_remote_code"]))
             return real_tokenizer(path, **kwargs)
 
-    monkeypatch.setattr(agro.trainer, "AutoModelForCausalLM", Model)
-    monkeypatch.setattr(agro.trainer, "AutoTokenizer", Tokenizer)
+    monkeypatch.setattr(agro.models, "AutoModelForCausalLM", Model)
+    monkeypatch.setattr(agro.models, "AutoTokenizer", Tokenizer)
     for flag in ([], ["--set", "trust_remote_code=true"]):
         rc, _, err = cli([*train_args(assets, tmp_path / "run"), *flag], capsys)
         assert rc == 2 and "stub: not loading" in err

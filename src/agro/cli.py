@@ -220,10 +220,12 @@ def _run_eval(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from agro.evaluate import evaluate, load_for_inference
+    from agro.evaluate import evaluate
+    from agro.models import load_for_inference
+    from agro.rewards import open_scorer
     from agro.rollout import make_generator
 
-    with _scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
+    with open_scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
         torch.manual_seed(args.seed)
         generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature,
@@ -247,15 +249,6 @@ def _run_eval(args) -> int:
         console.print(f"mean@{k} = {result[f'mean@{k}']:.3f}")
     console.print(f"wrote {args.out}")
     return 0
-
-
-def _scorer(spec: str, timeout: float):
-    from agro.rewards import RewardScorer
-
-    try:
-        return RewardScorer(spec, timeout=timeout)
-    except ValueError as err:
-        raise AgroError(f"reward {spec!r}: {err}") from None
 
 
 def _add_generate(sub) -> None:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from agro.errors import AgroError
+
 RewardFn = Callable[[str, str, str | None], float]
 
 # ---------------------------------------------------------------------------------------------
@@ -696,3 +698,11 @@ class RewardScorer:
 def _too_many(result: RewardResult, max_failure_fraction: float | None) -> bool:
     """More than `max_failure_fraction` of the whole batch has already failed."""
     return max_failure_fraction is not None and result.failures / len(result.rewards) > max_failure_fraction
+
+
+def open_scorer(spec: str, timeout: float) -> RewardScorer:
+    """A RewardScorer for a command-line `--reward` spec; a bad spec is an AgroError naming it."""
+    try:
+        return RewardScorer(spec, timeout=timeout)
+    except ValueError as err:
+        raise AgroError(f"reward {spec!r}: {err}") from None

@@ -28,7 +28,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import get_scheduler
 
 from agro import checkpoint, data, objectives
 from agro.buffer import SOURCES, Generation, GenerationBatch, ReplayBuffer
@@ -36,39 +36,20 @@ from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.logprobs import CompletionLogprobs
+from agro.models import disable_dropout, load_model, load_tokenizer, load_weights, merged_copy
 from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted, absolute_spec
-from agro.rollout import (
+from agro.rollout import make_generator
+from agro.tokens import (
     collate,
     completion_token_ids,
     encode_prompt,
-    make_generator,
     max_text_chars,
     prompt_text,
     text_chars,
 )
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NEEDS_BEHAVIOR = ("is_pg", "topr")  # objectives that read the generating policy's log-probs
 TRAINING_ARGS = "agro.json"  # in final/ and checkpoints: what `agro eval` / `agro generate` default to
-
-
-def load_model(path: str, dtype: str, trust_remote_code: bool):
-    """A causal LM from safetensors weights only (pickled `.bin` weights are refused)."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                                                    use_safetensors=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise AgroError(f"{path}: cannot load a causal LM: {str(err).splitlines()[0]}") from None
-
-
-def load_tokenizer(path: str, trust_remote_code: bool):
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as err:
-        raise AgroError(f"{path}: cannot load a tokenizer: {str(err).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def objective_loss(config: TrainConfig, t: dict[str, torch.Tensor]) -> objectives.LossOutput:
@@ -275,7 +256,7 @@ class Trainer:
             ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
             self.reference = CompletionLogprobs(ref_model.requires_grad_(False).eval().to(self.accelerator.device))
         if resume_from is not None:  # before accelerate shards or wraps the weights (FSDP, ZeRO-3)
-            _load_weights(model, resume_from, c.use_peft)
+            load_weights(model, resume_from, c.use_peft)
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if context is not None and c.max_prompt_length + c.max_completion_length > context:
             raise AgroError(f"config: key 'max_completion_length': max_prompt_length + max_completion_length = "
@@ -285,7 +266,7 @@ class Trainer:
         model.eval()
         if c.gradient_checkpointing:  # transformers checkpoints layers only in train mode: train mode, no dropout
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            _disable_dropout(model)
+            disable_dropout(model)
             model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
@@ -766,7 +747,7 @@ class Trainer:
         # every process takes part: FSDP and ZeRO-3 gather the full weights here
         state_dict = None if self.config.use_peft else self._full_state_dict()
         if self.accelerator.is_main_process:
-            policy = _merged_copy(self.policy) if self.config.use_peft else self.policy
+            policy = merged_copy(self.policy) if self.config.use_peft else self.policy
             staging = checkpoint.staging_dir(self.output_dir, "final")
             policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(staging)
@@ -847,40 +828,3 @@ def _remove_created(output_dir: Path, created: list[Path]) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif path.exists():
             path.unlink()
-
-
-def _disable_dropout(model) -> None:
-    """Zero every dropout probability: nn.Dropout modules and the config fields attention layers read."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
-        for name, value in vars(config).items():
-            if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-                setattr(config, name, 0.0)
-
-
-def _load_weights(model, path: Path, use_peft: bool) -> None:
-    """The policy weights (or LoRA adapter) saved in checkpoint `path`, into `model` in place."""
-    from safetensors.torch import load_file
-
-    if use_peft:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
-        return
-    state = {}
-    for f in sorted(path.glob("model*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if "lm_head" not in m]:
-        raise AgroError(f"{path}: checkpoint does not match the model ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected tensors)")
-    model.tie_weights()
-
-
-def _merged_copy(peft_model):
-    """The base model with LoRA merged in, leaving the training model untouched."""
-    import copy
-
-    return copy.deepcopy(peft_model).merge_and_unload()

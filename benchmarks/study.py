@@ -40,12 +40,13 @@ import torch
 from agro.config import load_config
 from agro.demo import demo_config_path, greedy_accuracy, write_offline, write_task_data
 from agro.logprobs import completion_logprobs
+from agro.objectives import OBJECTIVES
 from agro.rollout import HFGenerator
 from agro.tasks import arithmetic
 from agro.tokens import collate, encode_prompt
 from agro.trainer import Trainer
 
-METHODS = ("agro", "agro_untapered", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre")
+METHODS = ("agro", "agro_untapered", *(m for m in OBJECTIVES if m != "agro"))  # the registry, plus a variant
 METHOD_SETTINGS = {"agro_untapered": ["objective=agro", "taper=none"]}
 REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale")
 OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong": "strong", "mixed": "ref",

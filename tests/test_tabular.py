@@ -19,7 +19,7 @@ def final_kl(results, method):
 
 
 def test_closed_form_optimum_is_consistent():
-    problem = tabular.make_problem(TabularConfig(seed=3))
+    problem = tabular.make_bandit(TabularConfig(seed=3))
     regularised = problem.reward - 0.5 * (problem.log_optimal - problem.log_ref)
     assert torch.allclose(regularised, regularised.mean().expand_as(regularised), atol=1e-12)
 

@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 
 import agro.checkpoint
 import agro.models
+import agro.scoring
 import agro.trainer
 from agro import checkpoint
 from agro.cli import main
 from agro.config import TrainConfig, load_config
+from agro.learner import Learner
 from agro.trainer import Trainer
 
 TESTS = Path(__file__).parent
@@ -164,12 +166,12 @@ def test_a_hanging_reward_is_reported_waited_for_in_parallel_and_stops_the_step(
     another, 4 time limits of 3 s would take 12 s."""
     said = []
 
-    class Stamped(agro.trainer.tqdm):
+    class Stamped(agro.scoring.tqdm):
         @classmethod
         def write(cls, text, *args, **kwargs):
             said.append((time.monotonic(), text))
 
-    monkeypatch.setattr(agro.trainer, "tqdm", Stamped)
+    monkeypatch.setattr(agro.scoring, "tqdm", Stamped)
     timeout = 3
     start = time.monotonic()
     rc, _, err = cli(train_args(assets, tmp_path / "run", reward_function=SLEEPS, reward_timeout=timeout), capsys)
@@ -262,19 +264,25 @@ def test_a_signal_during_reward_scoring_stops_at_once_saves_the_last_step_and_re
 @pytest.fixture
 def inject(monkeypatch):
     """`inject({step: "loss" | "grad"})`: that step's loss (NaN rewards) or gradient (inf) is non-finite."""
-    original = Trainer._backward
+    original_step, original_backward = Trainer.train_step, Learner.backward
+    running = {}
 
     def arm(faults: dict[int, str]):
+        def train_step(self):
+            running["step"] = self.step + 1
+            return original_step(self)
+
         def backward(self, gens, t, graph=None):
-            fault = faults.get(self.step + 1)
+            fault = faults.get(running["step"])
             if fault == "loss":
                 t = {**t, "rewards": torch.full_like(t["rewards"], math.nan)}
-            out = original(self, gens, t, graph)
+            out = original_backward(self, gens, t, graph)
             if fault == "grad":
                 next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.inf)
             return out
 
-        monkeypatch.setattr(Trainer, "_backward", backward)
+        monkeypatch.setattr(Trainer, "train_step", train_step)
+        monkeypatch.setattr(Learner, "backward", backward)
 
     return arm
 

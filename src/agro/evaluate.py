@@ -14,6 +14,8 @@ from collections import defaultdict
 
 from tqdm.auto import tqdm
 
+from agro import data
+from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
 from agro.rewards import RewardScorer
 from agro.rollout import HFGenerator, generate_with_progress
@@ -64,3 +66,15 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, ma
             for i, p in enumerate(problems)
         ],
     }
+
+
+def load_eval_problems(config: TrainConfig) -> list[Problem]:
+    """The held-out problems a training run evaluates on (eval_data, at most eval_max_problems); [] if none."""
+    c = config
+    if not c.eval_data:
+        return []
+    problems, _ = data.load_problems(c.eval_data, format=c.train_data_format, template=c.prompt_template,
+                                     require_answer=True, on_bad_record=c.on_bad_record, split=c.eval_split)
+    if c.eval_max_problems:
+        problems = problems[: c.eval_max_problems]
+    return problems

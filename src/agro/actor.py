@@ -19,7 +19,9 @@ from agro.prompts import PromptPool
 
 
 class Actor:
-    def __init__(self, generator, tokenizer, prompts: PromptPool, num_generations: int):
+    def __init__(self, generator, tokenizer, prompts: PromptPool, num_generations: int, rank: int = 0,
+                 world: int = 1):
+        self.rank, self.world = rank, world
         self.generator = generator  # agro.rollout.HFGenerator or agro.vllm_backend.VLLMGenerator
         self.tokenizer = tokenizer
         self.prompts = prompts
@@ -33,17 +35,25 @@ class Actor:
 
     def generate(self, keys: list[str]) -> list[Generation]:
         """`num_generations` samples of each prompt key, prompt-major, stamped with the current version."""
-        n = self.num_generations
-        if n == 0:
+        if self.num_generations == 0:
             return []
-        pool = self.prompts
-        completions = self.generator.generate(self.policy, [pool.prompt_ids[k] for k in keys], n)
-        gens = []
-        for i, ids in enumerate(completions):
-            key = keys[i // n]
-            gens.append(Generation(
-                group=key, prompt_ids=pool.prompt_ids[key], completion_ids=ids, source="on_policy",
-                answer=pool.answers[key], prompt=pool.prompt_texts[key],
-                completion=self.tokenizer.decode(ids, skip_special_tokens=True), step=self.version,
-            ))
-        return gens
+        completions = self.generator.generate(self.policy, [self.prompts.prompt_ids[k] for k in keys],
+                                              self.num_generations)
+        return on_policy_generations(self.prompts, self.tokenizer, keys, completions, self.version)
+
+    def next_batch(self, step: int) -> tuple[list[str], list[Generation]]:
+        """The prompt keys of the batch consumed at `step` and their samples, generated now."""
+        keys = self.prompts.take_keys(self.rank, self.world)
+        return keys, self.generate(keys)
+
+
+def on_policy_generations(pool: PromptPool, tokenizer, keys: list[str], completions: list[list[int]], version: int,
+                          behavior_logprobs: list | None = None) -> list[Generation]:
+    """Records of `completions` (prompt-major, len(completions) // len(keys) per key) sampled by `version`."""
+    n = len(completions) // len(keys)
+    return [Generation(
+        group=keys[i // n], prompt_ids=pool.prompt_ids[keys[i // n]], completion_ids=ids, source="on_policy",
+        answer=pool.answers[keys[i // n]], prompt=pool.prompt_texts[keys[i // n]],
+        completion=tokenizer.decode(ids, skip_special_tokens=True), step=version,
+        behavior_logprobs=None if behavior_logprobs is None else behavior_logprobs[i],
+    ) for i, ids in enumerate(completions)]

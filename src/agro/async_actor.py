@@ -22,14 +22,20 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 import torch.multiprocessing as mp
 
+from agro.actor import on_policy_generations
+from agro.buffer import Generation
 from agro.logprobs import completion_logprobs
-from agro.rollout import HFGenerator, collate
+from agro.models import DTYPES, merged_copy
+from agro.prompts import PromptPool
+from agro.rollout import HFGenerator
+from agro.tokens import collate
 
 POLL_SECONDS = 0.5  # how often each side checks that the other is alive while waiting
 
@@ -43,7 +49,8 @@ class ActorBatch:
     index: int  # the learner step that consumes it
     version: int  # the policy version that sampled it
     completions: list[list[int]]  # prompt-major, `num_generations` per prompt
-    behavior_logprobs: list[torch.Tensor]  # [C_i] per completion, log μ(y_t | x, y_<t)
+    behavior_logprobs: list[list[float]]  # C_i per completion, log μ(y_t | x, y_<t): plain lists, so that a
+    # batch never waits in the actor's shared memory (a killed actor would take it with it)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts:
             batch = collate(repeated[rows], completions[rows], spec.tokenizer.pad_token_id)
             lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
                                      spec.logprob_chunk_size).float()
-            logprobs += [lp[i, : len(c)].clone() for i, c in enumerate(completions[rows])]
+            logprobs += [lp[i, : len(c)].tolist() for i, c in enumerate(completions[rows])]
     return completions, logprobs
 
 
@@ -84,6 +91,8 @@ def _actor_main(spec: ActorSpec, inbox, outbox, parent_pid: int) -> None:
     """The actor process: apply the newest weights, sample each submitted batch in order, send it back."""
     from transformers import AutoModelForCausalLM
 
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a Ctrl-C reaches the whole process group: the learner
+        signal.signal(sig, signal.SIG_IGN)        # checkpoints and then stops this process itself
     torch.set_num_threads(spec.num_threads)
     model = AutoModelForCausalLM.from_config(spec.model_config, dtype=spec.dtype).eval()
     model.generation_config = spec.generation_config
@@ -113,7 +122,7 @@ def _actor_main(spec: ActorSpec, inbox, outbox, parent_pid: int) -> None:
         raise SystemExit(1) from None
 
 
-class AsyncActor:
+class ActorProcess:
     """The learner's handle on the actor process: send weights and prompts, receive batches in order."""
 
     def __init__(self, spec: ActorSpec):
@@ -142,16 +151,16 @@ class AsyncActor:
         while True:
             try:
                 batch = self.outbox.get(timeout=POLL_SECONDS)
-            except queue.Empty:
+            except (queue.Empty, OSError, EOFError):
                 if not self.process.is_alive():
                     raise ActorDied(f"the actor process (pid {self.pid}) ended with exit code "
-                                    f"{self.process.exitcode} before sending batch {index}") from None
+                                    f"{self.process.exitcode} before sending the batch of step {index + 1}") from None
                 continue
             if isinstance(batch, tuple):  # ("error", line)
                 self.process.join(5)
                 raise ActorDied(f"the actor process failed: {batch[1]}")
             if batch.index != index:
-                raise ActorDied(f"the actor sent batch {batch.index} where batch {index} was due")
+                raise ActorDied(f"the actor sent the batch of step {batch.index + 1} where step {index + 1}'s was due")
             del self.submitted[index]
             return batch
 
@@ -172,3 +181,58 @@ class AsyncActor:
         for q in (self.inbox, self.outbox):
             q.cancel_join_thread()
             q.close()
+
+
+class AsyncActor:
+    """The actor of `async_generation`: the same interface as `agro.actor.Actor`, generation in `ActorProcess`.
+
+    `sync_weights(policy, version)` (the learner calls it before every step) sends the weights, then
+    submits every batch the learner will consume at a step ≤ version + k: new batches start every
+    `num_iterations` steps from `first_step`. Keys of submitted batches wait in `prompts.ahead`, oldest
+    first; a checkpoint keeps them, and a resumed run samples them again before drawing new ones.
+    """
+
+    def __init__(self, spec: ActorSpec, tokenizer, prompts: PromptPool, max_staleness: int, num_iterations: int,
+                 first_step: int, use_peft: bool):
+        self.tokenizer, self.prompts = tokenizer, prompts
+        self.k, self.num_iterations, self.use_peft = max_staleness, num_iterations, use_peft
+        self.next_submit = first_step  # the step that consumes the next batch to submit
+        self.resubmit = len(prompts.ahead)  # keys of a checkpoint's in-flight batches, not yet sent to this process
+        self.process = ActorProcess(spec)
+
+    def sync_weights(self, policy, version: int) -> None:
+        state = (merged_copy(policy) if self.use_peft else policy).state_dict()
+        self.process.sync_weights(state, version)
+        while self.next_submit <= version + self.k:
+            if self.resubmit:
+                keys = self.prompts.ahead[len(self.prompts.ahead) - self.resubmit]
+                self.resubmit -= 1
+            else:
+                keys = self.prompts.next_keys(0, 1)
+                self.prompts.ahead.append(keys)
+            self.process.submit(self.next_submit, [self.prompts.prompt_ids[k] for k in keys])
+            self.next_submit += self.num_iterations
+
+    def next_batch(self, step: int) -> tuple[list[str], list[Generation]]:
+        """The keys and on-policy generations of the batch consumed at `step`, with version and log μ."""
+        got = self.process.receive(step)
+        keys = self.prompts.ahead.pop(0)
+        behavior = [torch.tensor(lp, dtype=torch.float32) for lp in got.behavior_logprobs]
+        return keys, on_policy_generations(self.prompts, self.tokenizer, keys, got.completions, got.version, behavior)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def close(self) -> None:
+        self.process.close()
+
+
+def start_async_actor(config, policy, tokenizer, prompts: PromptPool, first_step: int) -> AsyncActor:
+    """The actor process of a run (`config`: agro.config.TrainConfig), sampling as the synchronous loop does."""
+    model = merged_copy(policy) if config.use_peft else policy
+    spec = ActorSpec(model.config, model.generation_config, tokenizer, DTYPES[config.torch_dtype],
+                     config.max_completion_length, config.temperature, config.top_p, config.generation_batch_size,
+                     config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size)
+    return AsyncActor(spec, tokenizer, prompts, config.max_staleness, config.num_iterations, first_step,
+                      config.use_peft)

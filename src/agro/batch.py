@@ -56,6 +56,18 @@ def with_behavior(gens: list[Generation], logprobs: list[torch.Tensor]) -> list[
     return with_values(gens, "behavior_logprobs", todo, [logprobs[i] for i in todo])
 
 
+def sampling_logprobs(gens: list[Generation], logprobs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """GRPO's π_old at a batch's first update: an on-policy sample's behaviour log-probs (the actor's policy,
+    up to max_staleness updates old), every other record's `logprobs` (the learner's, before the update)."""
+    return [g.behavior_logprobs if g.source == "on_policy" else lp for g, lp in zip(gens, logprobs)]
+
+
+def staleness_metrics(gens: list[Generation], version: int) -> dict[str, float]:
+    """How many updates the policy trained at `version` is ahead of the one that sampled its on-policy records."""
+    lags = [version - g.step for g in gens if g.source == "on_policy"]
+    return {"staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags))} if lags else {}
+
+
 def latest(records: list[Generation], before: list[Generation], after: list[Generation]) -> list[Generation]:
     """The new versions of `records` (members of `before`), where `after` is `before` after `with_values`."""
     position = {id(g): i for i, g in enumerate(before)}
@@ -66,8 +78,8 @@ def tensors(gens: list[Generation], keys: list[str], logprobs_now: list[torch.Te
             old_logprobs: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """[B, T] / [B] float32 tensors of a batch (T: its longest completion; padding 0, masked).
 
-    old_logprobs (GRPO's π_old): the log-probs before the batch's first update; None at that first
-    update, where they are logprobs_now itself (ratio 1). Behaviour log-probs: a record's own, else
+    old_logprobs (GRPO's π_old): the log-probs before the batch's first update (`sampling_logprobs`);
+    None: logprobs_now itself (ratio 1). Behaviour log-probs: a record's own, else
     logprobs_now.
     """
     width = max(len(g.completion_ids) for g in gens)

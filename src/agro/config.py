@@ -75,6 +75,11 @@ class TrainConfig:
     cache_implementation: str = _f("dynamic", "hf: generate's KV cache, dynamic | static (fixed size, the prompt "
                                    "and completion lengths; on a GPU transformers compiles its decoding step, "
                                    "slower at first, then faster: docs/performance.md)")
+    async_generation: bool = _f(False, "hf: generate in an actor process of its own while the learner trains, with "
+                                "weights at most max_staleness updates old (docs/performance.md)")
+    max_staleness: int = _f(1, "async_generation: the batch trained on at step s was sampled by the policy after "
+                            "update s − max_staleness or later (0: the synchronous loop)")
+    actor_threads: int = _f(1, "async_generation: torch CPU threads of the actor process")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm: fraction of GPU memory for the colocated engine")
     # reward
     reward_function: str = _f("math", "exact | math | module:function | path/file.py:function")
@@ -129,10 +134,10 @@ CHOICES = {
 POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length",
             "temperature", "generation_batch_size", "mini_batch_size", "logprob_chunk_size", "reward_timeout",
             "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps",
-            "num_iterations")
+            "num_iterations", "actor_threads")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
-                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "asymre_delta")
+                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "asymre_delta", "max_staleness")
 UNIT_INTERVAL = {"top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]"}
 
 
@@ -218,6 +223,10 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("cache_implementation", "applies to the hf backend only (vllm manages its own cache)")
     if config.generation_backend == "vllm" and config.use_peft:
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
+    if config.async_generation and config.generation_backend != "hf":
+        fail("async_generation", "runs the hf backend in its actor process; vllm is not supported with it")
+    if config.async_generation and config.num_generations == 0:
+        fail("async_generation", "has nothing to generate: num_generations is 0")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
     from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good

@@ -34,6 +34,9 @@ def check_distributed(config: TrainConfig, accelerator: Accelerator) -> None:
     if config.prompts_per_step % world:
         raise AgroError(f"config: key 'prompts_per_step': {config.prompts_per_step} groups cannot be split "
                         f"evenly over {world} processes")
+    if config.async_generation and config.max_staleness and world > 1:
+        raise AgroError(f"config: key 'async_generation': one actor process per run; not supported with {world} "
+                        "processes")
     if accelerator.distributed_type == DistributedType.FSDP:
         # generate() and the LoRA reference pass run the unwrapped LM, outside the FSDP root's forward
         # that gathers the shards

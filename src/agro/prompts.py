@@ -4,7 +4,9 @@ drawn each step.
 Prompts come from train_data, or from the offline records when there is none. A prompt is keyed by its
 text (`data.prompt_key`); offline records join the group of their prompt's key. Each epoch is a
 permutation seeded by (seed, epoch); a step takes the next `prompts_per_step` keys (wrapping into the next
-epoch), split evenly over processes. (epoch, position) is the pool's state in checkpoints.
+epoch), split evenly over processes. An asynchronous actor draws the keys of batches ahead of the learner;
+they wait in `ahead`, oldest first, until the learner consumes them. (epoch, position, ahead) is the pool's
+state in checkpoints.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class PromptPool:
     def __init__(self, config: TrainConfig, tokenizer):
         self.config, self.tokenizer = config, tokenizer
         self.epoch, self.position = 0, 0
+        self.ahead: list[list[str]] = []  # keys drawn for batches not yet trained on (agro.async_actor)
         c = config
         self.data_reports = []
         # texts longer than this cannot fit in the token budget: rejected before they are tokenised
@@ -138,3 +141,7 @@ class PromptPool:
                 self.epoch, self.position = self.epoch + 1, 0
         per_rank = len(keys) // world
         return keys[rank * per_rank : (rank + 1) * per_rank]
+
+    def take_keys(self, rank: int, world: int) -> list[str]:
+        """The next batch's keys: the oldest drawn ahead (a resumed asynchronous run's), else new ones."""
+        return self.ahead.pop(0) if self.ahead else self.next_keys(rank, world)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from agro import batch, checkpoint, scoring, tracking
 from agro.actor import Actor
+from agro.async_actor import ActorDied, AsyncActor, start_async_actor
 from agro.buffer import GenerationBatch, ReplayBuffer
 from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
@@ -57,7 +58,7 @@ class Trainer:
                                    c.top_p, c.generation_batch_size, c.vllm_gpu_memory_utilization,
                                    c.model_name_or_path, c.max_prompt_length + c.max_completion_length,
                                    c.cache_implementation)
-        self.actor = Actor(generator, self.tokenizer, self.prompts, c.num_generations)
+        self.actor = Actor(generator, self.tokenizer, self.prompts, c.num_generations, self.rank, self.world)
         try:
             self.scorer = RewardScorer(c.reward_function, timeout=c.reward_timeout, num_workers=c.reward_workers)
         except ValueError as err:
@@ -95,10 +96,9 @@ class Trainer:
         times = {}
         t0 = self._clock()
         first = self.batch is None
+        self.actor.sync_weights(self.policy, self.step)  # asynchronous: sent, and batches up to step + k submitted
         if first:
-            keys = self.prompts.next_keys(self.rank, self.world)
-            self.actor.sync_weights(self.policy, self.step)
-            on_policy = self.actor.generate(keys)
+            keys, on_policy = self.actor.next_batch(self.step)
             times["time_generation"] = self._clock() - t0
             rng = batch.group_rng(c.seed, self.step, self.rank)
             assembled = batch.assemble(keys, on_policy, self.prompts.offline_by_group, self.replay, self.step,
@@ -118,9 +118,10 @@ class Trainer:
         logprobs_now, graph = self.learner.policy_logprobs(gens)
         old = self.batch.old_logprobs
         if first:  # the sampling policy's log-probs: behaviour log-probs (ratios, replay) and GRPO's π_old
-            gens, old = batch.with_behavior(gens, logprobs_now), logprobs_now
+            gens = batch.with_behavior(gens, logprobs_now)
+            old = batch.sampling_logprobs(gens, logprobs_now)
         self.batch = GenerationBatch(keys, gens, old)
-        tensors = batch.tensors(gens, keys, logprobs_now, None if first else old)
+        tensors = batch.tensors(gens, keys, logprobs_now, old)
         out = self.learner.backward(gens, tensors, graph)
         times["time_policy"] = self._clock() - t1
         t1 = self._clock()
@@ -139,13 +140,15 @@ class Trainer:
                    "time_step": elapsed, "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
         metrics.update({f"objective/{k}": v for k, v in out.metrics.items()})
         metrics.update(batch.source_metrics(gens, tensors))
+        metrics.update(batch.staleness_metrics(gens, self.step - 1))
         return metrics
 
     # ------------------------------------------------------------------ run, checkpoints, eval
 
     def _trainer_state(self) -> dict:
         return {"step": self.step, "epoch": self.prompts.epoch, "position": self.prompts.position,
-                "iteration": self.iteration, "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
+                "iteration": self.iteration, "nonfinite_run": self.nonfinite_run, "replay": self.replay.state(),
+                "ahead": self.prompts.ahead}
 
     def save_checkpoint(self) -> Path | None:
         """`checkpoint-<step>/`, written atomically; a step already saved is not rewritten."""
@@ -174,7 +177,7 @@ class Trainer:
         """Optimizer, scheduler and trainer state of checkpoint `path` (its weights were loaded with the model)."""
         state = checkpoint.load_states(path, self.learner.optimizer, self.learner.scheduler, self.rank)
         self.step, self.prompts.epoch, self.prompts.position = state["step"], state["epoch"], state["position"]
-        self.nonfinite_run = state["nonfinite_run"]
+        self.nonfinite_run, self.prompts.ahead = state["nonfinite_run"], state.get("ahead", [])
         self.replay.load_state(state["replay"])
         self.iteration = state.get("iteration", 0)  # checkpoints before num_iterations: none mid-batch
         saved_by = checkpoint.batch_files(path)
@@ -218,16 +221,25 @@ class Trainer:
         last: dict = {}
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)
         try:
+            if c.async_generation and c.max_staleness:  # started here: it samples from the resumed weights
+                first_step = self.step + (c.num_iterations - self.iteration if self.batch is not None else 0)
+                self.actor = start_async_actor(c, self.policy, self.tokenizer, self.prompts, first_step)
+                tqdm.write(f"agro: actor process {self.actor.pid}: generating up to {c.max_staleness} updates ahead")
             if eval_problems and self.step == 0 and (accuracy := self._evaluate(eval_problems)):
                 self._log(metrics_log, {"step": 0, **accuracy})
             while self.step < c.max_steps and self._stop_signal is None:
-                start = (self.prompts.epoch, self.prompts.position, checkpoint.rng_state(), self.batch, self.iteration)
+                start = (self.prompts.epoch, self.prompts.position, list(self.prompts.ahead), checkpoint.rng_state(),
+                         self.batch, self.iteration)
                 try:
                     metrics = self.train_step()
                 except ScoringInterrupted:  # before any update: back to the step's start, saved as the last step
-                    self.prompts.epoch, self.prompts.position, rng, self.batch, self.iteration = start
+                    self.prompts.epoch, self.prompts.position, self.prompts.ahead, rng, self.batch, self.iteration = start
                     checkpoint.set_rng_state(rng)
                     break
+                except ActorDied as err:
+                    saved = checkpoint.list_checkpoints(self.output_dir)
+                    kept = f"{saved[-1]} is kept: rerun with --resume" if saved else "no checkpoint was saved yet"
+                    raise AgroError(f"step {self.step + 1}: {err}; {kept}") from None
                 metrics["skipped_records"] = float(self.prompts.skipped_records)
                 if eval_problems and c.eval_steps and self.step % c.eval_steps == 0 and self.step < c.max_steps:
                     metrics.update(self._evaluate(eval_problems))
@@ -255,6 +267,8 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.scorer.close()
+            if isinstance(self.actor, AsyncActor):
+                self.actor.close()
             metrics_log.close()
             if self.step == 0 and not checkpoint.list_checkpoints(self.output_dir):
                 checkpoint.remove_created(self.output_dir, created)

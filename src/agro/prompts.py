@@ -138,3 +138,10 @@ class PromptPool:
                 self.epoch, self.position = self.epoch + 1, 0
         per_rank = len(keys) // world
         return keys[rank * per_rank : (rank + 1) * per_rank]
+
+    def keep_offline(self, records: list[Generation], scored: list[Generation]) -> None:
+        """Put the scored versions of offline `records` (reward, π_ref log-probs) in the pool in their place,
+        so that a record drawn again later reuses them: each is computed once per run."""
+        new = {id(a): b for a, b in zip(records, scored)}
+        for key in {g.group for g in records}:
+            self.offline_by_group[key] = [new.get(id(g), g) for g in self.offline_by_group[key]]

@@ -127,6 +127,9 @@ class Trainer:
         loss, opt = self.learner.step(out)
         times["time_optimizer"] = self._clock() - t1
         self.step += 1
+        if first:  # offline records keep their reward and π_ref log-probs for later draws
+            offline = [g for g in assembled if g.source == "offline"]
+            self.prompts.keep_offline(offline, batch.latest(offline, assembled, gens))
         if c.replay_per_group:
             if first:  # only a new batch's on-policy samples join (with their reward and log-probs)
                 self.replay.add(batch.latest(on_policy, assembled, gens))

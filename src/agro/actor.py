@@ -19,6 +19,8 @@ from agro.prompts import PromptPool
 
 
 class Actor:
+    """Synchronous actor: `sync_weights(policy, version)`, then `generate(keys) -> list[Generation]`."""
+
     def __init__(self, generator, tokenizer, prompts: PromptPool, num_generations: int):
         self.generator = generator  # agro.rollout.HFGenerator or agro.vllm_backend.VLLMGenerator
         self.tokenizer = tokenizer

@@ -22,6 +22,8 @@ from agro.tokens import completion_token_ids, encode_prompt, max_text_chars, pro
 
 
 class PromptPool:
+    """Prompt keys with their token ids, texts and answers; offline records by key; the epoch position."""
+
     def __init__(self, config: TrainConfig, tokenizer):
         self.config, self.tokenizer = config, tokenizer
         self.epoch, self.position = 0, 0

@@ -39,6 +39,8 @@ from agro.rollout import make_generator
 
 
 class Trainer:
+    """A run: its parts (prompts, actor, learner, scorer, replay), the step, and the loop around it."""
+
     def __init__(self, config: TrainConfig, resume: bool = False):
         self.config = c = config
         self.output_dir = Path(config.output_dir)

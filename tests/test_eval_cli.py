@@ -175,6 +175,7 @@ def test_eval_greedy_end_to_end(model_dir, tmp_path, capsys, data, template, rew
     assert f"wrote {out}" in stdout
 
 
+@pytest.mark.slow
 def test_eval_and_generate_default_to_what_the_model_was_trained_with(model_dir, tmp_path, capsys):
     """`agro.json` in the model directory (agro train writes it into final/ and checkpoints) gives the defaults
     of the flags left unset; a flag given wins; without it, the generic defaults. Progress bars on stderr."""

@@ -80,6 +80,7 @@ sys.exit(rc)
 """
 
 
+@pytest.mark.slow
 def test_a_huge_offline_record_is_rejected_from_its_length_before_tokenisation(assets, tmp_path):
     """A 20 MB completion is refused from its character count: exit 2 with the one-line error, in about the
     time and memory of a run refused for a 40-token completion (tokenising it took minutes and GBs)."""
@@ -134,6 +135,7 @@ def test_reward_faults_get_zero_are_counted_and_the_run_goes_on(assets, tmp_path
     assert (out / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_too_many_reward_failures_abort_with_one_line(assets, tmp_path, capsys, faulty_offline):
     out = tmp_path / "run"
     args = faulty_run(assets, out, faulty_offline, max_reward_failure_fraction=0.3)
@@ -159,6 +161,7 @@ def test_a_run_stopped_before_its_first_step_leaves_what_was_there_untouched(ass
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_a_hanging_reward_is_reported_waited_for_in_parallel_and_stops_the_step(assets, tmp_path, capsys,
                                                                                monkeypatch):
     """Every call hangs waiting: each is reported as it times out; the time limits run side by side, and
@@ -206,6 +209,7 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_reward_scoring_stops_at_once_saves_the_last_step_and_resume_matches(assets, tmp_path,
                                                                                              how):
@@ -353,6 +357,7 @@ def check_checkpoints(out: Path) -> None:
         assert load_file(path / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_matches_a_straight_run(assets, tmp_path):
     rng = random.Random(2503)
     extra = {"max_steps": 14, "save_steps": 3, "offline_data": assets / "offline.jsonl", "offline_per_group": 1,

@@ -116,6 +116,7 @@ def test_resume_is_bit_exact(assets, tmp_path):
     assert [r["loss"] for r in read_metrics(broken)] == tail
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(assets, tmp_path):
     """2 CPU processes under DDP (gloo), offline-only, fixed seed: the loss trajectory of 1 process.
 
@@ -274,6 +275,7 @@ def test_existing_run_is_not_overwritten(assets, tmp_path, capsys):
     assert (out / "config.yaml").read_text() == "precious: true\n"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(assets, tmp_path):
     import signal
     import time
@@ -332,6 +334,7 @@ def test_static_cache_generates_what_the_dynamic_cache_does(assets):
         trainer.scorer.close()
 
 
+@pytest.mark.slow
 def test_mixed_precision_reference_runs_under_the_same_autocast(assets, tmp_path):
     """accelerate autocasts the prepared policy's forward; the reference pass must be cast alike, or the
     first step (policy = reference) would show a log-ratio from bf16 rounding alone."""

@@ -6,10 +6,10 @@ each generation batch.
 
 This actor is synchronous: it samples with the learner's own policy module (no copy), so syncing is
 recording the version, and it leaves `behavior_logprobs` unset: the learner's first forward pass over the
-batch is under the same weights and supplies them (`agro.batch.with_behavior`), which saves a pass. An
-asynchronous actor (its own process and weights, up to k versions behind) implements the same two methods,
-loads the weights in `sync_weights`, and fills `behavior_logprobs` itself, since the learner's weights are
-no longer the sampler's.
+batch is under the same weights and supplies them (`agro.batch.with_behavior`), which saves a pass. The
+asynchronous actor (`agro.async_actor.AsyncActor`: its own process and weights, up to k versions behind)
+has the same two methods; it loads the weights in `sync_weights` and fills `behavior_logprobs` itself,
+since the learner's weights are no longer the sampler's.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from agro.prompts import PromptPool
 
 
 class Actor:
+    """Synchronous actor: `sync_weights(policy, version)`, then `next_batch(step) -> (keys, generations)`."""
+
     def __init__(self, generator, tokenizer, prompts: PromptPool, num_generations: int, rank: int = 0,
                  world: int = 1):
         self.rank, self.world = rank, world

@@ -49,6 +49,8 @@ def check_distributed(config: TrainConfig, accelerator: Accelerator) -> None:
 
 
 class Learner:
+    """The policy being trained (self.model, accelerate-wrapped), π_ref, AdamW and its scheduler."""
+
     def __init__(self, config: TrainConfig, accelerator: Accelerator, pad_token_id: int, resume_from: Path | None):
         """Policy (from `resume_from`'s weights when given), reference, optimizer, all through accelerate."""
         self.config, self.accelerator, self.pad_token_id = config, accelerator, pad_token_id

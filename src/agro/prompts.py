@@ -24,6 +24,8 @@ from agro.tokens import completion_token_ids, encode_prompt, max_text_chars, pro
 
 
 class PromptPool:
+    """Prompt keys with their token ids, texts and answers; offline records by key; the epoch position."""
+
     def __init__(self, config: TrainConfig, tokenizer):
         self.config, self.tokenizer = config, tokenizer
         self.epoch, self.position = 0, 0
@@ -145,3 +147,10 @@ class PromptPool:
     def take_keys(self, rank: int, world: int) -> list[str]:
         """The next batch's keys: the oldest drawn ahead (a resumed asynchronous run's), else new ones."""
         return self.ahead.pop(0) if self.ahead else self.next_keys(rank, world)
+
+    def keep_offline(self, records: list[Generation], scored: list[Generation]) -> None:
+        """Put the scored versions of offline `records` (reward, π_ref log-probs) in the pool in their place,
+        so that a record drawn again later reuses them: each is computed once per run."""
+        new = {id(a): b for a, b in zip(records, scored)}
+        for key in {g.group for g in records}:
+            self.offline_by_group[key] = [new.get(id(g), g) for g in self.offline_by_group[key]]

@@ -40,6 +40,8 @@ from agro.rollout import make_generator
 
 
 class Trainer:
+    """A run: its parts (prompts, actor, learner, scorer, replay), the step, and the loop around it."""
+
     def __init__(self, config: TrainConfig, resume: bool = False):
         self.config = c = config
         self.output_dir = Path(config.output_dir)
@@ -128,6 +130,9 @@ class Trainer:
         loss, opt = self.learner.step(out)
         times["time_optimizer"] = self._clock() - t1
         self.step += 1
+        if first:  # offline records keep their reward and π_ref log-probs for later draws
+            offline = [g for g in assembled if g.source == "offline"]
+            self.prompts.keep_offline(offline, batch.latest(offline, assembled, gens))
         if c.replay_per_group:
             if first:  # only a new batch's on-policy samples join (with their reward and log-probs)
                 self.replay.add(batch.latest(on_policy, assembled, gens))

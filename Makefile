@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test test-fast demo lint clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest
+	$(BIN)/ruff check src tests benchmarks
+
+# the edit loop: everything but the end-to-end runs marked slow (≤ 2 minutes on 2 cores)
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 	$(BIN)/ruff check src tests benchmarks
 
 lint: setup

@@ -11,6 +11,8 @@ and is scored by greedy accuracy on the same held-out problems. Regimes:
     mixed           4 fresh samples + 4 π_ref records per prompt
     stale           4 fresh samples + 4 replayed samples of the same prompt, 1 to `staleness` steps old
     offline_plus_one  the π_ref records of offline_ref + 1 fresh sample per prompt
+    async_k         on_policy, sampled by the actor process (`async_generation`) with weights up to k
+                    updates old, k = 1, 2, 4 (only with --regimes: each run takes two processes)
 
 Methods are the objectives of `agro.objectives` with their defaults, plus `agro_untapered`
 (AGRO with `taper: none`, the estimator before the offline taper).
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import time
@@ -40,13 +43,17 @@ import torch
 from agro.config import load_config
 from agro.demo import demo_config_path, greedy_accuracy, write_offline, write_task_data
 from agro.logprobs import completion_logprobs
-from agro.rollout import HFGenerator, collate, encode_prompt
+from agro.objectives import OBJECTIVES
+from agro.rollout import HFGenerator
 from agro.tasks import arithmetic
+from agro.tokens import collate, encode_prompt
 from agro.trainer import Trainer
 
-METHODS = ("agro", "agro_untapered", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre")
+METHODS = ("agro", "agro_untapered", *(m for m in OBJECTIVES if m != "agro"))  # the registry, plus a variant
 METHOD_SETTINGS = {"agro_untapered": ["objective=agro", "taper=none"]}
-REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale")
+REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale",
+           "async_1", "async_2", "async_4")
+DEFAULT_REGIMES = REGIMES[:7]  # the async regimes run on request (--regimes): each run is two processes
 OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong": "strong", "mixed": "ref",
                   "offline_plus_one": "ref"}
 
@@ -54,6 +61,9 @@ OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong"
 def regime_settings(regime: str, offline: dict[str, Path], staleness: int, offline_samples: int) -> list[str]:
     if regime == "on_policy":
         return ["num_generations=8", "offline_per_group=0"]
+    if regime.startswith("async_"):  # on_policy, sampled by the actor process up to k updates behind
+        return ["num_generations=8", "offline_per_group=0", "async_generation=true",
+                f"max_staleness={regime.removeprefix('async_')}", "actor_threads=1"]
     if regime == "stale":
         return ["num_generations=4", "offline_per_group=0", "replay_per_group=4", f"replay_max_staleness={staleness}"]
     path = offline[OFFLINE_SOURCE[regime]]
@@ -162,13 +172,14 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
         cell.setdefault((r["regime"], r["method"]), []).append(r)
     seeds = sorted({r["seed"] for r in runs})
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    regimes = [g for g in REGIMES if any(r["regime"] == g for r in runs)]
     ref = statistics.mean(r["reference_accuracy"] for r in runs)
     lines = [f"Command: `{command}`", "",
              f"Greedy held-out accuracy (mean ± std over seeds {seeds}); π_ref: {ref:.3f}. "
              "KL: Monte-Carlo KL(π‖π_ref) on held-out prompts. Generations: trained on, per run (fresh). "
              "On-data: share of the final policy's samples on the offline prompts that the offline set holds.", "",
              "| regime | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for regime in REGIMES:
+    for regime in regimes:
         row = []
         for method in methods:
             rs = cell.get((regime, method), [])
@@ -191,8 +202,9 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7), sharey=True)
-    for ax, regime in zip(axes.flat, REGIMES):
+    rows = math.ceil(len(regimes) / 4)
+    fig, axes = plt.subplots(rows, 4, figsize=(17, 3.5 * rows + 0.5), sharey=True, squeeze=False)
+    for ax, regime in zip(axes.flat, regimes):
         for method in methods:
             curves = [r["curve"] for r in cell.get((regime, method), []) if r.get("curve")]
             if not curves:
@@ -207,7 +219,7 @@ def summarise(runs: list[dict], out: Path, command: str) -> None:
         ax.set_title(regime)
         ax.set_xlabel("generations used (trained on)")
         ax.set_ylim(0, 1)
-    for ax in axes.flat[len(REGIMES):]:
+    for ax in axes.flat[len(regimes):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("greedy held-out accuracy")
@@ -223,7 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    parser.add_argument("--regimes", nargs="+", default=list(DEFAULT_REGIMES), choices=REGIMES)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--train-problems", type=int, default=128, help="small, so prompts recur for replay")

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` skips them
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
 
 

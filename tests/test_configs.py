@@ -70,9 +70,10 @@ def test_broken_copy_fails_naming_the_key(tmp_path, line, broken, message):
     assert message in str(info.value)
 
 
-def test_config_taper_choices_are_the_objectives():
-    """config.py lists the taper choices itself (importing agro.objectives imports torch)."""
+def test_config_choices_are_the_objective_registry():
+    """config.py holds the choices (it does not import torch); the registry implements each objective named."""
     from agro.config import CHOICES
-    from agro.objectives import TAPERS
+    from agro.objectives import OBJECTIVES, TAPERS
 
-    assert CHOICES["taper"] == TAPERS
+    assert tuple(OBJECTIVES) == CHOICES["objective"]
+    assert TAPERS is CHOICES["taper"]

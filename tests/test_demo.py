@@ -4,7 +4,11 @@ what a user does next: `agro eval` of the trained model with no other flag, `agr
 import json
 from pathlib import Path
 
+import pytest
+
 from agro.cli import main
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` skips them
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

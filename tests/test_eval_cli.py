@@ -21,7 +21,7 @@ from agro.evaluate import evaluate
 from agro.generate import generate_records
 from agro.logprobs import completion_logprobs
 from agro.rewards import RewardScorer
-from agro.rollout import collate, completion_token_ids, encode_prompt
+from agro.tokens import collate, completion_token_ids, encode_prompt
 
 DATA = Path(__file__).parent / "data"
 GENERIC, MATH, GSM8K = DATA / "math_problems.jsonl", DATA / "math_style.jsonl", DATA / "gsm8k_style.jsonl"
@@ -175,6 +175,7 @@ def test_eval_greedy_end_to_end(model_dir, tmp_path, capsys, data, template, rew
     assert f"wrote {out}" in stdout
 
 
+@pytest.mark.slow
 def test_eval_and_generate_default_to_what_the_model_was_trained_with(model_dir, tmp_path, capsys):
     """`agro.json` in the model directory (agro train writes it into final/ and checkpoints) gives the defaults
     of the flags left unset; a flag given wins; without it, the generic defaults. Progress bars on stderr."""

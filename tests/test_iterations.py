@@ -8,11 +8,15 @@ import pytest
 import torch
 from test_trainer import final_weights, overrides, read_metrics
 
-import agro.trainer
+import agro.batch
+import agro.objectives
+import agro.scoring
 from agro import objectives
+from agro.actor import Actor
 from agro.cli import main
 from agro.config import load_config
 from agro.errors import AgroError
+from agro.learner import Learner
 from agro.trainer import Trainer
 
 
@@ -25,29 +29,29 @@ def calls(monkeypatch):
         check = None
 
     seen = Calls()
-    original = agro.trainer.objective_loss
+    original = agro.objectives.compute_loss
 
-    def capture(config, t):
-        out = original(config, t)
+    def capture(name, t, settings):
+        out = original(name, t, settings)
         if seen.check is not None:
             seen.check(t, out)
         seen.append(({k: v.detach().clone() for k, v in t.items()}, dict(out.metrics)))
         return out
 
-    monkeypatch.setattr(agro.trainer, "objective_loss", capture)
+    monkeypatch.setattr(agro.objectives, "compute_loss", capture)
     return seen
 
 
 def count_rollouts(monkeypatch) -> list[int]:
     """The steps (0-based, before the update) at which new samples were generated."""
     steps = []
-    original = Trainer._rollout
+    original = Actor.generate
 
     def rollout(self, keys):
-        steps.append(self.step)
+        steps.append(self.version)
         return original(self, keys)
 
-    monkeypatch.setattr(Trainer, "_rollout", rollout)
+    monkeypatch.setattr(Actor, "generate", rollout)
     return steps
 
 
@@ -137,24 +141,24 @@ def test_replay_and_offline_members_are_reused_over_the_iterations(assets, tmp_p
     stay the same over its iterations; rewards and reference log-probs are computed once; on-policy samples
     keep the generating policy's log-probs as behaviour log-probs; replay staleness counts optimizer steps."""
     seen, unscored, unreferenced = [], [], []
-    tensors, score, reference = Trainer._tensors, Trainer._score, Trainer._reference_logprobs
+    tensors, score, reference = agro.batch.tensors, agro.scoring.score, Learner.with_reference
 
-    def capture(self, gens, keys, logprobs_now):
-        t = tensors(self, gens, keys, logprobs_now)
+    def capture(gens, keys, logprobs_now, old_logprobs=None):
+        t = tensors(gens, keys, logprobs_now, old_logprobs)
         seen.append((list(gens), t))
         return t
 
-    def count_score(self, gens):
+    def count_score(scorer, gens, *args):
         unscored.append(sum(g.reward is None for g in gens))
-        return score(self, gens)
+        return score(scorer, gens, *args)
 
     def count_reference(self, gens):
         unreferenced.append(sum(g.ref_logprobs is None for g in gens))
         return reference(self, gens)
 
-    monkeypatch.setattr(Trainer, "_tensors", capture)
-    monkeypatch.setattr(Trainer, "_score", count_score)
-    monkeypatch.setattr(Trainer, "_reference_logprobs", count_reference)
+    monkeypatch.setattr(agro.batch, "tensors", capture)
+    monkeypatch.setattr(agro.scoring, "score", count_score)
+    monkeypatch.setattr(Learner, "with_reference", count_reference)
     rollouts = count_rollouts(monkeypatch)
     out = tmp_path / "run"
     config = load_config(None, overrides(assets, out, objective="is_pg", train_data=assets / "two.jsonl",

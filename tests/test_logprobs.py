@@ -16,7 +16,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from agro import logprobs as logprobs_module
+from agro import kv_cache
 from agro.errors import AgroError
 from agro.logprobs import completion_logprobs, logit_softcap, naive_token_logprobs, token_logprobs
 
@@ -142,7 +142,7 @@ def test_shared_prompts_match_separate_rows(cls, config_cls, shared):
     ids, mask = grouped_batch()
     C = 4
     model = tiny(cls, config_cls)
-    assert (logprobs_module._shared_prompt_hidden(model.get_decoder(), ids, mask, C) is not None) == shared
+    assert (kv_cache.shared_prompt_hidden(model.get_decoder(), ids, mask, C) is not None) == shared
     g = torch.randn(ids.shape[0], C)
     out = completion_logprobs(model, ids, mask, C)
     (out * mask[:, -C:] * g).sum().backward()
@@ -161,11 +161,11 @@ def test_shared_prompts_guards(monkeypatch):
     ids, mask = grouped_batch()
     model = tiny(LlamaForCausalLM, LlamaConfig)
     decoder = model.get_decoder()
-    share = logprobs_module._shared_prompt_hidden
+    share = kv_cache.shared_prompt_hidden
     with torch.no_grad():
         out = share(decoder, ids, mask.float(), 4)
         torch.testing.assert_close(out, share(decoder, ids, mask, 4))
-        monkeypatch.setattr(logprobs_module, "NO_GRAD_CACHE_BYTES", 0)
+        monkeypatch.setattr(kv_cache, "NO_GRAD_CACHE_BYTES", 0)
         assert share(decoder, ids, mask, 4) is None
     assert share(decoder, ids, mask, 4) is not None  # with grad the activations are kept anyway
     model.gradient_checkpointing_enable()
@@ -192,7 +192,7 @@ def test_decoder_that_ignores_the_cache_falls_back_with_a_warning():
         out = completion_logprobs(model, ids, mask, 4)
         ref = completion_logprobs(model, ids, mask, 4, share_prompts=False)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
-    assert IgnoresCache in logprobs_module._UNSHAREABLE
+    assert not kv_cache.cache_shareable(IgnoresCache)
 
 
 def test_shared_prompts_with_lora_and_its_reference():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from agro.config import load_config
+from agro.learner import Learner
 from agro.trainer import Trainer
 
 REWARD = f"{Path(__file__).parent / 'trainer_rewards.py'}:digit_fraction"
@@ -35,9 +36,9 @@ def test_single_policy_pass_changes_nothing(assets, tmp_path, monkeypatch, objec
 
     def two_passes(self, gens):
         with torch.no_grad():
-            return self._logprobs(self.model, gens), None
+            return self.logprobs(self.model, gens), None
 
-    monkeypatch.setattr(Trainer, "_policy_logprobs", two_passes)
+    monkeypatch.setattr(Learner, "policy_logprobs", two_passes)
     slow_metrics, slow_weights = run(assets, tmp_path / "slow", objective)
     skip = ("time_", "tokens_per_s")
     for fast, slow in zip(fast_metrics, slow_metrics):

@@ -17,10 +17,13 @@ import torch
 from safetensors.torch import load_file
 
 import agro.checkpoint
+import agro.models
+import agro.scoring
 import agro.trainer
 from agro import checkpoint
 from agro.cli import main
 from agro.config import TrainConfig, load_config
+from agro.learner import Learner
 from agro.trainer import Trainer
 
 TESTS = Path(__file__).parent
@@ -77,6 +80,7 @@ sys.exit(rc)
 """
 
 
+@pytest.mark.slow
 def test_a_huge_offline_record_is_rejected_from_its_length_before_tokenisation(assets, tmp_path):
     """A 20 MB completion is refused from its character count: exit 2 with the one-line error, in about the
     time and memory of a run refused for a 40-token completion (tokenising it took minutes and GBs)."""
@@ -131,6 +135,7 @@ def test_reward_faults_get_zero_are_counted_and_the_run_goes_on(assets, tmp_path
     assert (out / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_too_many_reward_failures_abort_with_one_line(assets, tmp_path, capsys, faulty_offline):
     out = tmp_path / "run"
     args = faulty_run(assets, out, faulty_offline, max_reward_failure_fraction=0.3)
@@ -156,6 +161,7 @@ def test_a_run_stopped_before_its_first_step_leaves_what_was_there_untouched(ass
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_a_hanging_reward_is_reported_waited_for_in_parallel_and_stops_the_step(assets, tmp_path, capsys,
                                                                                monkeypatch):
     """Every call hangs waiting: each is reported as it times out; the time limits run side by side, and
@@ -163,12 +169,12 @@ def test_a_hanging_reward_is_reported_waited_for_in_parallel_and_stops_the_step(
     another, 4 time limits of 3 s would take 12 s."""
     said = []
 
-    class Stamped(agro.trainer.tqdm):
+    class Stamped(agro.scoring.tqdm):
         @classmethod
         def write(cls, text, *args, **kwargs):
             said.append((time.monotonic(), text))
 
-    monkeypatch.setattr(agro.trainer, "tqdm", Stamped)
+    monkeypatch.setattr(agro.scoring, "tqdm", Stamped)
     timeout = 3
     start = time.monotonic()
     rc, _, err = cli(train_args(assets, tmp_path / "run", reward_function=SLEEPS, reward_timeout=timeout), capsys)
@@ -203,6 +209,7 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_reward_scoring_stops_at_once_saves_the_last_step_and_resume_matches(assets, tmp_path,
                                                                                              how):
@@ -261,19 +268,25 @@ def test_a_signal_during_reward_scoring_stops_at_once_saves_the_last_step_and_re
 @pytest.fixture
 def inject(monkeypatch):
     """`inject({step: "loss" | "grad"})`: that step's loss (NaN rewards) or gradient (inf) is non-finite."""
-    original = Trainer._backward
+    original_step, original_backward = Trainer.train_step, Learner.backward
+    running = {}
 
     def arm(faults: dict[int, str]):
+        def train_step(self):
+            running["step"] = self.step + 1
+            return original_step(self)
+
         def backward(self, gens, t, graph=None):
-            fault = faults.get(self.step + 1)
+            fault = faults.get(running["step"])
             if fault == "loss":
                 t = {**t, "rewards": torch.full_like(t["rewards"], math.nan)}
-            out = original(self, gens, t, graph)
+            out = original_backward(self, gens, t, graph)
             if fault == "grad":
                 next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.inf)
             return out
 
-        monkeypatch.setattr(Trainer, "_backward", backward)
+        monkeypatch.setattr(Trainer, "train_step", train_step)
+        monkeypatch.setattr(Learner, "backward", backward)
 
     return arm
 
@@ -344,6 +357,7 @@ def check_checkpoints(out: Path) -> None:
         assert load_file(path / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_resume_matches_a_straight_run(assets, tmp_path):
     rng = random.Random(2503)
     extra = {"max_steps": 14, "save_steps": 3, "offline_data": assets / "offline.jsonl", "offline_per_group": 1,
@@ -457,7 +471,7 @@ def test_pickled_model_weights_are_refused(assets, tmp_path, capsys):
 def test_trust_remote_code_is_off_by_default_and_passed_through(assets, tmp_path, capsys, monkeypatch):
     assert TrainConfig().trust_remote_code is False
     seen = []
-    real_tokenizer = agro.trainer.AutoTokenizer.from_pretrained
+    real_tokenizer = agro.models.AutoTokenizer.from_pretrained
 
     class Model:
         @staticmethod
@@ -471,8 +485,8 @@ def test_trust_remote_code_is_off_by_default_and_passed_through(assets, tmp_path
             seen.append(("tokenizer", kwargs["trust_remote_code"]))
             return real_tokenizer(path, **kwargs)
 
-    monkeypatch.setattr(agro.trainer, "AutoModelForCausalLM", Model)
-    monkeypatch.setattr(agro.trainer, "AutoTokenizer", Tokenizer)
+    monkeypatch.setattr(agro.models, "AutoModelForCausalLM", Model)
+    monkeypatch.setattr(agro.models, "AutoTokenizer", Tokenizer)
     for flag in ([], ["--set", "trust_remote_code=true"]):
         rc, _, err = cli([*train_args(assets, tmp_path / "run"), *flag], capsys)
         assert rc == 2 and "stub: not loading" in err

@@ -391,6 +391,7 @@ def test_worker_is_replaced_after_a_timeout_or_crash_and_stopped_on_close():
     assert _wait_until_gone(third_pid, 5.0)
 
 
+@pytest.mark.slow
 def test_calls_that_hang_waiting_time_out_side_by_side_and_are_reported_as_they_do():
     """One worker, 8 calls that sleep: a call waiting without using the CPU frees its slot, so the next starts
     in an extra worker; their 2 s limits overlap (one after another they take 16 s, and more with restarts)."""
@@ -413,6 +414,7 @@ def test_calls_that_hang_waiting_time_out_side_by_side_and_are_reported_as_they_
         assert result.timeouts == 2 and time.monotonic() - start >= 2 * timeout
 
 
+@pytest.mark.slow
 def test_a_batch_stops_once_too_many_calls_failed_and_on_request():
     with RewardScorer(BY_COMPLETION, timeout=2.0) as scorer:
         result = scorer.score(["p"] * 20, ["sleep"] * 20, [None] * 20, max_failure_fraction=0.25)
@@ -448,6 +450,7 @@ def test_worker_scorer_matches_in_process_results_for_a_module_spec():
             )
 
 
+@pytest.mark.slow
 def test_math_scorer_times_out_a_hostile_expression_and_keeps_scoring():
     with RewardScorer("math", timeout=2.0) as scorer:
         assert not scorer.in_process

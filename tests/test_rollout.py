@@ -11,9 +11,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from agro import logprobs, rollout
-from agro.rollout import HFGenerator, left_pad, shared_prefill
+from agro import kv_cache, rollout
+from agro.kv_cache import shared_prefill
+from agro.rollout import HFGenerator
 from agro.tasks.arithmetic import build_tokenizer
+from agro.tokens import left_pad
 
 TOKENIZER = build_tokenizer()
 V = len(TOKENIZER)
@@ -84,4 +86,4 @@ def test_decoder_that_ignores_the_cache_falls_back_with_a_warning():
     ids, attn = left_pad(PROMPTS, TOKENIZER.pad_token_id)
     with torch.inference_mode(), pytest.warns(UserWarning, match="IgnoresCacheForPrefill cannot run from a shared prompt cache"):
         assert shared_prefill(model, ids, attn, 3) == {}
-    assert IgnoresCacheForPrefill in logprobs._UNSHAREABLE
+    assert not kv_cache.cache_shareable(IgnoresCacheForPrefill)

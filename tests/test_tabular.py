@@ -19,11 +19,12 @@ def final_kl(results, method):
 
 
 def test_closed_form_optimum_is_consistent():
-    problem = tabular.make_problem(TabularConfig(seed=3))
+    problem = tabular.make_bandit(TabularConfig(seed=3))
     regularised = problem.reward - 0.5 * (problem.log_optimal - problem.log_ref)
     assert torch.allclose(regularised, regularised.mean().expand_as(regularised), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_reference_data_agro_converges_naive_kl_pg_does_not():
     results = tabular.run(TabularConfig(**FIGURE1, data="reference", methods=["agro", "kl_pg_exact"], taper="none"))
     assert final_kl(results, "agro") < 1e-6
@@ -32,6 +33,7 @@ def test_reference_data_agro_converges_naive_kl_pg_does_not():
     assert torch.allclose(torch.tensor(results["methods"]["agro"]["final_policy"]), optimal, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reference_data_tapered_agro_and_topr_converge_asymre_is_biased(seed):
     """The shipped taper keeps π* as the fixed point under full coverage: normalised KL < 1e-4 after the
@@ -48,12 +50,14 @@ def test_reference_data_tapered_agro_and_topr_converge_asymre_is_biased(seed):
     assert abs(curve[-1] - curve[-20]) < 0.05 * curve[-1]  # a plateau, not slow progress
 
 
+@pytest.mark.slow
 def test_on_policy_all_kl_regularised_methods_converge():
     results = tabular.run(TabularConfig(**FIGURE1, data="on-policy", methods=["agro", "kl_pg", "kl_pg_exact"]))
     for method in ("agro", "kl_pg", "kl_pg_exact"):
         assert final_kl(results, method) < 1e-6, method
 
 
+@pytest.mark.slow
 def test_grpo_has_another_fixed_point_on_policy():
     """k3 in the loss and std-normalised advantages: GRPO settles away from π* (reported, not hidden)."""
     results = tabular.run(TabularConfig(**{**FIGURE1, "steps": 2000}, data="on-policy", methods=["grpo"]))
@@ -62,6 +66,7 @@ def test_grpo_has_another_fixed_point_on_policy():
     assert abs(curve[-1] - curve[-20]) < 0.05 * curve[-1]  # a plateau, not slow progress
 
 
+@pytest.mark.slow
 def test_mixed_and_fixed_regimes_converge_for_agro():
     mu = torch.softmax(torch.randn(6, generator=torch.Generator().manual_seed(1)), 0).tolist()
     mu[-1] += 1.0 - sum(mu)
@@ -71,6 +76,7 @@ def test_mixed_and_fixed_regimes_converge_for_agro():
         assert final_kl(results, "kl_pg_exact") > 1e-3, extra
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampled_reference_data_with_decaying_step(seed):
     config = TabularConfig(
@@ -123,6 +129,7 @@ def test_bad_flags_one_line_exit_2(flags, message, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "agro.cli", "tabular", "--beta", "0"], capture_output=True, text=True)
     assert proc.returncode == 2

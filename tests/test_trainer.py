@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import agro.batch
 from agro.cli import main
 from agro.config import load_config
 from agro.rollout import HFGenerator
@@ -115,6 +116,7 @@ def test_resume_is_bit_exact(assets, tmp_path):
     assert [r["loss"] for r in read_metrics(broken)] == tail
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(assets, tmp_path):
     """2 CPU processes under DDP (gloo), offline-only, fixed seed: the loss trajectory of 1 process.
 
@@ -202,9 +204,9 @@ def test_offline_records_of_prompts_outside_train_data_are_reported(assets, tmp_
     config = load_config(None, overrides(assets, tmp_path / "run", train_data=assets / "two.jsonl",
                                          offline_data=assets / "offline.jsonl", offline_per_group=2, max_steps=1))
     trainer = Trainer(config)
-    report = trainer.data_reports[-1]
+    report = trainer.prompts.data_reports[-1]
     assert (report.loaded, report.unused, report.unused_prompts) == (48, 40, 10)
-    assert sum(len(v) for v in trainer.offline_by_group.values()) == 8
+    assert sum(len(v) for v in trainer.prompts.offline_by_group.values()) == 8
     trainer.train()
     assert f"{assets / 'offline.jsonl'}: 48 loaded, 0 skipped, 0 duplicates dropped, 40 never used (10 prompts not " \
            "in train_data)" in capsys.readouterr().out
@@ -273,6 +275,7 @@ def test_existing_run_is_not_overwritten(assets, tmp_path, capsys):
     assert (out / "config.yaml").read_text() == "precious: true\n"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(assets, tmp_path):
     import signal
     import time
@@ -317,9 +320,9 @@ def test_static_cache_generates_what_the_dynamic_cache_does(assets):
     generate call; greedy completions of prompts of several widths equal the dynamic cache's, and a step trains."""
     trainer = Trainer(load_config(None, overrides(assets, assets / "unused", cache_implementation="static")))
     try:
-        static = trainer.generator
+        static = trainer.actor.generator
         dynamic = HFGenerator(trainer.tokenizer, static.max_new_tokens)
-        prompts = [trainer.prompt_ids[k][i % 3 :] for i, k in enumerate(trainer.problems[:6])]
+        prompts = [trainer.prompts.prompt_ids[k][i % 3 :] for i, k in enumerate(trainer.prompts.problems[:6])]
         assert len({len(p) for p in prompts}) == 3  # left padding differs between rows and calls
         for chunk in (prompts[:2], prompts[2:]):
             assert static.generate(trainer.policy, chunk, 1, do_sample=False) == \
@@ -331,6 +334,7 @@ def test_static_cache_generates_what_the_dynamic_cache_does(assets):
         trainer.scorer.close()
 
 
+@pytest.mark.slow
 def test_mixed_precision_reference_runs_under_the_same_autocast(assets, tmp_path):
     """accelerate autocasts the prepared policy's forward; the reference pass must be cast alike, or the
     first step (policy = reference) would show a log-ratio from bf16 rounding alone."""
@@ -350,14 +354,14 @@ def test_behaviour_logprobs_are_paired_by_identity(assets, tmp_path, monkeypatch
     each on-policy sample gets its own log-probs (importance weight exactly 1) and a replayed sample
     carries the log-probs it had when it was fresh."""
     seen = []
-    tensors = Trainer._tensors
+    tensors = agro.batch.tensors
 
-    def capture(self, gens, keys, logprobs_now):
-        t = tensors(self, gens, keys, logprobs_now)
+    def capture(gens, keys, logprobs_now, old_logprobs=None):
+        t = tensors(gens, keys, logprobs_now, old_logprobs)
         seen.append((list(gens), t))
         return t
 
-    monkeypatch.setattr(Trainer, "_tensors", capture)
+    monkeypatch.setattr(agro.batch, "tensors", capture)
     config = load_config(None, overrides(assets, tmp_path / "run", objective="is_pg", train_data=assets / "two.jsonl",
                                          offline_data=assets / "offline.jsonl", offline_per_group=2,
                                          replay_per_group=2, replay_max_staleness=2, max_steps=2, save_steps=0))

@@ -16,8 +16,11 @@ import torch
 SOURCES = ("on_policy", "replay", "offline")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Generation:
+    """One completion of one prompt, as it flows through a step. Frozen: a stage that learns its reward or
+    log-probs makes a new record (`agro.batch.with_values`)."""
+
     group: str  # prompt key
     prompt_ids: list[int]
     completion_ids: list[int]
@@ -27,7 +30,7 @@ class Generation:
     answer: str | None = None
     prompt: str = ""  # the prompt text the reward function sees
     completion: str = ""
-    step: int = 0  # optimizer step at which it was generated
+    step: int = 0  # policy version that generated it: the optimizer steps that policy had taken
     ref_logprobs: torch.Tensor | None = field(default=None, repr=False)  # [C], cached
     behavior_logprobs: torch.Tensor | None = field(default=None, repr=False)  # [C], when known
 
@@ -46,7 +49,7 @@ class Generation:
         return cls(**{**state, **tensors})
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationBatch:
     """One process's groups of a generation step, trained on for `num_iterations` optimizer steps.
 

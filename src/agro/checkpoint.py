@@ -7,7 +7,11 @@ loaded with `torch.load(weights_only=True)` and RNG states are JSON (no arbitrar
 Layout of `checkpoint-<step>/`: model (save_pretrained, safetensors), `optimizer.pt`,
 `scheduler.pt`, `rng_state_<rank>.json`, `trainer_state.json` (step, data position, replay buffer),
 and, when saved in the middle of a generation batch's `num_iterations` optimizer steps,
-`batch_<rank>.json` (each process's batch: its generations, rewards, cached log-probs).
+`batch_<rank>.json` (each process's batch: its generations, rewards, cached log-probs), and `agro.json`
+(what `agro eval` and `agro generate` default to). `final/` has the model, tokenizer and `agro.json`.
+
+Also the run's hold on output_dir: a run is refused where one exists unless resumed, and what a run
+created is removed again when it stops before finishing a step.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agro.errors import AgroError
+from agro.rewards import absolute_spec
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINING_ARGS = "agro.json"  # in final/ and checkpoints: what `agro eval` / `agro generate` default to
 
 
 def _fsync_tree(path: Path) -> None:
@@ -134,3 +142,37 @@ def load_batch(path: Path, rank: int) -> dict | None:
 def batch_files(path: Path) -> int:
     """How many processes saved a generation batch in checkpoint `path`."""
     return len(list(path.glob("batch_*.json")))
+
+
+def write_training_args(path: Path, config, step: int) -> None:
+    """`agro.json`: what the model was trained with, the defaults `agro eval` and `agro generate` take."""
+    c = config
+    args = {"prompt_template": c.prompt_template, "reward_function": absolute_spec(c.reward_function),
+            "max_completion_length": c.max_completion_length, "reward_timeout": c.reward_timeout, "step": step}
+    (path / TRAINING_ARGS).write_text(json.dumps(args, indent=1) + "\n", encoding="utf-8")
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    """A run killed before its first checkpoint (config.yaml, no checkpoint) resumes from step 0."""
+    has_run = (output_dir / "config.yaml").exists() or list_checkpoints(output_dir)
+    if has_run and not resume:
+        raise AgroError(f"{output_dir}: output_dir already holds a run; pass --resume to continue it "
+                        "or choose another output_dir")
+    if resume and not has_run:
+        raise AgroError(f"{output_dir}: --resume given but there is no run to resume from")
+
+
+def remove_staging(output_dir: Path) -> None:
+    """On resume: drop the staging directories a killed run left."""
+    for stale in [*output_dir.glob(".tmp-*"), *output_dir.glob(".old-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def remove_created(output_dir: Path, created: list[Path]) -> None:
+    """Remove what a run created: its output_dir when the run made it, else the listed entries in it."""
+    for path in [output_dir] if output_dir in created else created:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()

@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from agro.config import CHOICES, out_of_bounds
 from agro.errors import AgroError
 
 
@@ -151,8 +152,8 @@ def _add_eval(sub) -> None:
                    help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
     p.add_argument("--max-problems", type=int, default=0, help="evaluate the first N problems (0: all)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
-    p.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="hf | vllm")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    p.add_argument("--backend", default="hf", choices=CHOICES["generation_backend"], help="hf | vllm")
+    p.add_argument("--dtype", default="float32", choices=CHOICES["torch_dtype"], help="model dtype")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--reward-timeout", type=float, default=None,
                    help="seconds per reward call (default: " + TRAINED_DEFAULT + "10)")
@@ -200,14 +201,11 @@ def _load_eval_problems(args):
             raise AgroError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.max_problems < 0:
         raise AgroError(f"--max-problems must be ≥ 0 (0: all), got {args.max_problems}")
-    if not args.temperature > 0:
-        raise AgroError(f"--temperature must be > 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise AgroError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.format not in data.PROBLEM_FORMATS:
-        raise AgroError(f"--format must be one of {', '.join(data.PROBLEM_FORMATS)}, got {args.format!r}")
-    if args.prompt_template not in data.TEMPLATES:
-        raise AgroError(f"--prompt-template must be one of {', '.join(data.TEMPLATES)}, got {args.prompt_template!r}")
+    for flag, key in (("temperature", "temperature"), ("top_p", "top_p"), ("format", "train_data_format"),
+                      ("prompt_template", "prompt_template")):  # the config's bounds and choices
+        problem = out_of_bounds(key, getattr(args, flag))
+        if problem:
+            raise AgroError(f"--{flag.replace('_', '-')} {problem}")
     problems, _ = data.load_problems(args.data, format=args.format, template=args.prompt_template,
                                      require_answer=True, split=args.split)
     return problems[: args.max_problems] if args.max_problems else problems
@@ -220,10 +218,12 @@ def _run_eval(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from agro.evaluate import evaluate, load_for_inference
+    from agro.evaluate import evaluate
+    from agro.models import load_for_inference
+    from agro.rewards import open_scorer
     from agro.rollout import make_generator
 
-    with _scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
+    with open_scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
         torch.manual_seed(args.seed)
         generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature,
@@ -247,15 +247,6 @@ def _run_eval(args) -> int:
         console.print(f"mean@{k} = {result[f'mean@{k}']:.3f}")
     console.print(f"wrote {args.out}")
     return 0
-
-
-def _scorer(spec: str, timeout: float):
-    from agro.rewards import RewardScorer
-
-    try:
-        return RewardScorer(spec, timeout=timeout)
-    except ValueError as err:
-        raise AgroError(f"reward {spec!r}: {err}") from None
 
 
 def _add_generate(sub) -> None:
@@ -284,7 +275,7 @@ def _add_generate(sub) -> None:
                    help="seconds per reward call (default: " + TRAINED_DEFAULT + "10)")
     p.add_argument("--source", default=None, help="source tag (default: the model path)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    p.add_argument("--dtype", default="float32", choices=CHOICES["torch_dtype"], help="model dtype")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -75,6 +75,11 @@ class TrainConfig:
     cache_implementation: str = _f("dynamic", "hf: generate's KV cache, dynamic | static (fixed size, the prompt "
                                    "and completion lengths; on a GPU transformers compiles its decoding step, "
                                    "slower at first, then faster: docs/performance.md)")
+    async_generation: bool = _f(False, "hf: generate in an actor process of its own while the learner trains, with "
+                                "weights at most max_staleness updates old (docs/performance.md)")
+    max_staleness: int = _f(1, "async_generation: the batch trained on at step s was sampled by the policy after "
+                            "update s − max_staleness or later (0: the synchronous loop)")
+    actor_threads: int = _f(1, "async_generation: torch CPU threads of the actor process")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm: fraction of GPU memory for the colocated engine")
     # reward
     reward_function: str = _f("math", "exact | math | module:function | path/file.py:function")
@@ -111,9 +116,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {  # "objective": agro.objectives.OBJECTIVES, checked last (importing it imports torch)
+# The one list of every choice and bound: objectives.py, data.py and cli.py read them from here (this module
+# does not import torch, so a bad config is reported in well under a second).
+CHOICES = {
+    "objective": ("agro", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre"),  # agro.objectives.OBJECTIVES' keys
     "baseline": ("mean", "loo"),
-    "taper": ("none", "ref"),  # agro.objectives.TAPERS (tests check they agree)
+    "taper": ("none", "ref"),
     "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),
@@ -126,10 +134,26 @@ CHOICES = {  # "objective": agro.objectives.OBJECTIVES, checked last (importing 
 POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length",
             "temperature", "generation_batch_size", "mini_batch_size", "logprob_chunk_size", "reward_timeout",
             "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps",
-            "num_iterations")
+            "num_iterations", "actor_threads")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
-                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "asymre_delta")
+                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "asymre_delta", "max_staleness")
+UNIT_INTERVAL = {"top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]"}
+
+
+def out_of_bounds(key: str, value) -> str | None:
+    """Why `value` is not allowed for config key `key` ("must be > 0, got -1"), or None when it is."""
+    if key in CHOICES and value not in CHOICES[key]:
+        return f"must be one of {', '.join(CHOICES[key])}, got {value!r}"
+    if key in POSITIVE and not value > 0:
+        return f"must be > 0, got {value}"
+    if key in NON_NEGATIVE and value < 0:
+        return f"must be ≥ 0, got {value}"
+    if key in UNIT_INTERVAL and not (0 <= value <= 1 and (value > 0 or UNIT_INTERVAL[key][0] == "[")):
+        return f"must be in {UNIT_INTERVAL[key]}, got {value}"
+    return None
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -173,21 +197,12 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
     def fail(key: str, message: str):
         raise AgroError(f"{where.get(key, 'config')}: key '{key}': {message}")
 
-    for key, choices in CHOICES.items():
-        if getattr(config, key) not in choices:
-            fail(key, f"must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
-    for key in POSITIVE:
-        if not getattr(config, key) > 0:
-            fail(key, f"must be > 0, got {getattr(config, key)}")
-    for key in NON_NEGATIVE:
-        if getattr(config, key) < 0:
-            fail(key, f"must be ≥ 0, got {getattr(config, key)}")
-    if not config.model_name_or_path:
-        fail("model_name_or_path", "is required")
-    if not 0 < config.top_p <= 1:
-        fail("top_p", f"must be in (0, 1], got {config.top_p}")
-    if not 0 <= config.max_reward_failure_fraction <= 1:
-        fail("max_reward_failure_fraction", f"must be in [0, 1], got {config.max_reward_failure_fraction}")
+    for key in (*CHOICES, *POSITIVE, *NON_NEGATIVE, "model_name_or_path", *UNIT_INTERVAL):
+        if key == "model_name_or_path" and not config.model_name_or_path:
+            fail(key, "is required")
+        problem = out_of_bounds(key, getattr(config, key))
+        if problem:
+            fail(key, problem)
     for key in ("report_to",):
         bad = [v for v in getattr(config, key) if v not in ("tensorboard", "wandb", "none")]
         if bad:
@@ -208,12 +223,12 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("cache_implementation", "applies to the hf backend only (vllm manages its own cache)")
     if config.generation_backend == "vllm" and config.use_peft:
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
+    if config.async_generation and config.generation_backend != "hf":
+        fail("async_generation", "runs the hf backend in its actor process; vllm is not supported with it")
+    if config.async_generation and config.num_generations == 0:
+        fail("async_generation", "has nothing to generate: num_generations is 0")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
-    from agro.objectives import OBJECTIVES  # imports torch: after every check that does not need it
-
-    if config.objective not in OBJECTIVES:
-        fail("objective", f"must be one of {', '.join(OBJECTIVES)}, got {config.objective!r}")
     from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
 
     try:

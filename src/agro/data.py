@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from agro.config import CHOICES
 from agro.errors import AgroError
 from agro.rewards import extract_answer
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-TEMPLATES = ("plain", "chat", "raw")
-PROBLEM_FORMATS = ("auto", "math", "gsm8k", "generic")
-ON_BAD_RECORD = ("error", "skip")
+TEMPLATES = CHOICES["prompt_template"]
+PROBLEM_FORMATS = CHOICES["train_data_format"]
+ON_BAD_RECORD = CHOICES["on_bad_record"]
 MAX_ABS_REWARD = 1e6
 OFFLINE_FIELDS = ("prompt", "completion", "reward", "answer", "source", "behavior_logprobs")
 

@@ -12,32 +12,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
 from tqdm.auto import tqdm
 
+from agro import data
+from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
-from agro.errors import AgroError
 from agro.rewards import RewardScorer
-from agro.rollout import HFGenerator, encode_prompt, generate_with_progress, prompt_text
+from agro.rollout import HFGenerator, generate_with_progress
+from agro.tokens import encode_prompt, prompt_text
 
 UNCATEGORIZED = "uncategorized"
-
-
-def load_for_inference(path: str, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False):
-    """(tokenizer, eval-mode model on `device`) for `agro eval` and `agro generate`; "auto" picks cuda if any."""
-    from agro.trainer import load_model, load_tokenizer
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        target = torch.device(device)
-    except RuntimeError as err:
-        raise AgroError(f"--device {device!r}: {err}") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise AgroError(f"--device {device!r}: no CUDA device is available")
-    tokenizer = load_tokenizer(path, trust_remote_code)
-    model = load_model(path, dtype, trust_remote_code)
-    return tokenizer, model.to(target).eval()
 
 
 def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, max_new_tokens: int,
@@ -82,3 +66,15 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, ma
             for i, p in enumerate(problems)
         ],
     }
+
+
+def load_eval_problems(config: TrainConfig) -> list[Problem]:
+    """The held-out problems a training run evaluates on (eval_data, at most eval_max_problems); [] if none."""
+    c = config
+    if not c.eval_data:
+        return []
+    problems, _ = data.load_problems(c.eval_data, format=c.train_data_format, template=c.prompt_template,
+                                     require_answer=True, on_bad_record=c.on_bad_record, split=c.eval_split)
+    if c.eval_max_problems:
+        problems = problems[: c.eval_max_problems]
+    return problems

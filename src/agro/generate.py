@@ -13,14 +13,10 @@ import torch
 
 from agro.data import OfflineRecord, Problem, write_offline_records
 from agro.logprobs import completion_logprobs
-from agro.rollout import (
-    HFGenerator,
-    collate,
-    completion_token_ids,
-    encode_prompt,
-    generate_with_progress,
-    prompt_text,
-)
+from agro.models import load_for_inference
+from agro.rewards import open_scorer
+from agro.rollout import HFGenerator, generate_with_progress
+from agro.tokens import collate, completion_token_ids, encode_prompt, prompt_text
 
 
 @torch.no_grad()
@@ -59,10 +55,7 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
 
 def write_generations(args, problems: list[Problem]) -> int:
     """Generate per the `agro generate` flags and write the JSONL atomically; returns the record count."""
-    from agro.cli import _scorer
-    from agro.evaluate import load_for_inference
-
-    scorer = _scorer(args.reward, args.reward_timeout) if args.reward else None  # a bad spec fails first
+    scorer = open_scorer(args.reward, args.reward_timeout) if args.reward else None  # a bad spec fails first
     try:
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
         torch.manual_seed(args.seed)

@@ -9,15 +9,12 @@ O(chunk_size · V) instead of O(B · T · V).
 
 from __future__ import annotations
 
-import inspect
-import warnings
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from agro.errors import AgroError
+from agro.kv_cache import shared_prompt_hidden
 
 # Config fields through which some architectures rescale logits after lm_head. Their meaning differs
 # between models (Granite divides by `logits_scaling`, HyperCLOVA X multiplies, MiniCPM3 divides the
@@ -93,7 +90,7 @@ def completion_logprobs(
     (cumsum(mask) − 1), so a left-padded row gets the same log-probs as unpadded. Entries at padded
     completion positions are finite but meaningless: mask them. Works with peft models (inside
     `model.disable_adapter()` it gives the base model's log-probs). `share_prompts`: run each distinct
-    prompt once where possible (`_shared_prompt_hidden`); the same values up to float rounding.
+    prompt once where possible (`agro.kv_cache.shared_prompt_hidden`); the same values up to float rounding.
     """
     C = num_completion_tokens
     if not 0 < C < input_ids.shape[1]:
@@ -102,7 +99,7 @@ def completion_logprobs(
         )
     softcap = logit_softcap(model.config)
     decoder = model.get_decoder()
-    hidden = _shared_prompt_hidden(decoder, input_ids, attention_mask, C) if share_prompts else None
+    hidden = shared_prompt_hidden(decoder, input_ids, attention_mask, C) if share_prompts else None
     if hidden is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = decoder(
@@ -139,107 +136,3 @@ class CompletionLogprobs(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int,
                 chunk_size: int = 1024) -> torch.Tensor:
         return completion_logprobs(self.lm, input_ids, attention_mask, num_completion_tokens, chunk_size)
-
-
-# Without grad the full pass frees each layer's keys and values; the shared pass keeps the whole cache
-# until the completions have run. Above this size the full pass is used instead.
-NO_GRAD_CACHE_BYTES = 2**30
-_UNSHAREABLE: set[type] = set()  # decoder classes that could not run from a cache agro filled
-
-
-def empty_cache(decoder: nn.Module) -> tuple[DynamicCache, str] | None:
-    """A fresh cache for `decoder` and the forward's keyword for it. None when a layer is not plain full
-    attention (sliding windows, hybrid or recurrent layers) or the decoder's class failed with a cache
-    agro filled (`_give_up`)."""
-    if type(decoder) in _UNSHAREABLE:
-        return None
-    cache = DynamicCache(config=decoder.config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None
-    return cache, "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
-def prefill(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, instead: str):
-    """Left-padded prompts through `decoder` into a fresh KV cache: (output, cache, the forward's cache keyword).
-
-    Shared by the log-prob pass and generation, which run each distinct prompt once from it. None when
-    the config's cache is not plain full attention (sliding windows, hybrid or recurrent layers) or the
-    decoder cannot fill it; then its class is remembered and a warning says what agro does `instead`.
-    """
-    empty = empty_cache(decoder)
-    if empty is None:
-        return None
-    cache, cache_arg = empty
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = cached_forward(decoder, cache, cache_arg, instead, input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=positions)
-    if out is None:
-        return None
-    if cache.get_seq_length() != input_ids.shape[1]:
-        _give_up(decoder, "the decoder left the cache empty", instead)
-        return None
-    return out, cache, cache_arg
-
-
-def cached_forward(decoder: nn.Module, cache: DynamicCache, cache_arg: str, instead: str, **inputs):
-    """`decoder(**inputs)` reading and extending `cache`; None, with `_give_up`, when the decoder raises."""
-    try:
-        return decoder(**inputs, use_cache=True, **{cache_arg: cache})
-    except torch.OutOfMemoryError:
-        raise
-    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
-        # a decoder with a cache class of its own rejects or mishandles a DynamicCache
-        _give_up(decoder, f"{type(err).__name__}: {err}", instead)
-        return None
-
-
-def _give_up(decoder: nn.Module, failure: str, instead: str) -> None:
-    _UNSHAREABLE.add(type(decoder))
-    warnings.warn(f"agro: {type(decoder).__name__} cannot run from a shared prompt cache ({failure}); "
-                  f"{instead} from now on", stacklevel=2)
-
-
-def _shared_prompt_hidden(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          num_completion_tokens: int) -> torch.Tensor | None:
-    """Hidden states that predict the completion tokens, [B, C, H], with each distinct prompt run once.
-
-    The U distinct prompts go through the decoder once, filling a KV cache; the cache is gathered to
-    the B rows and the completions run against it, so a group of G samples of one prompt costs the
-    prompt once instead of G times. Gradients flow through the gather to the prompt's single pass.
-    None (the caller then runs every row in full) when no prompt repeats; when the cache is not plain
-    full attention (sliding windows, hybrid or recurrent layers) or the decoder does not fill it; when
-    activations are recomputed in backward (gradient checkpointing would rerun the cache updates); and,
-    without grad, when the cache would exceed NO_GRAD_CACHE_BYTES.
-    """
-    B, L = input_ids.shape
-    P = L - num_completion_tokens
-    key = torch.cat([input_ids[:, :P], attention_mask[:, :P].long()], dim=1)
-    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-    if len(unique) == B:
-        return None
-    config = decoder.config
-    if torch.is_grad_enabled():
-        if getattr(decoder, "gradient_checkpointing", False) or any(
-                hasattr(m, "_checkpoint_wrapped_module") for m in decoder.modules()):
-            return None
-    else:
-        layers, attention_heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
-        if not layers or not attention_heads:
-            return None  # cannot size the cache
-        heads = getattr(config, "num_key_value_heads", None) or attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // attention_heads
-        element = next(decoder.parameters()).element_size()
-        if 2 * layers * heads * head_dim * B * L * element > NO_GRAD_CACHE_BYTES:
-            return None
-    instead = "computing every row in full"
-    filled = prefill(decoder, unique[:, :P], unique[:, P:].to(attention_mask.dtype), instead)
-    if filled is None:
-        return None
-    prompt, cache, cache_arg = filled
-    cache.batch_select_indices(inverse)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    completion = cached_forward(decoder, cache, cache_arg, instead, input_ids=input_ids[:, P:],
-                                attention_mask=attention_mask, position_ids=positions[:, P:])
-    if completion is None:
-        return None
-    return torch.cat([prompt.last_hidden_state[inverse, -1:], completion.last_hidden_state[:, :-1]], dim=1)

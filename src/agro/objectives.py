@@ -19,12 +19,14 @@ weights μ turns these sample estimators into their exact expectations under μ.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-OBJECTIVES = ("agro", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre")
-TAPERS = ("none", "ref")
+from agro.config import CHOICES
+
+TAPERS = CHOICES["taper"]
 
 
 @dataclass
@@ -203,7 +205,7 @@ def agro_loss(
 # ----------------------------------------------------------------------------- baselines
 
 
-GRPO_LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
+GRPO_LOSS_TYPES = CHOICES["loss_type"]
 
 
 def grpo_loss(
@@ -427,3 +429,48 @@ def asymre_loss(
     advantages = (regularised - group_mean(regularised, group_ids, w) + delta).detach()
     loss = -_weighted_mean(advantages * seq_logprob, w)
     return LossOutput(loss, _common_metrics(rewards, log_ratio, advantages, mask))
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+COMMON_INPUTS = ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids", "weights")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective: its loss, the batch tensors it reads beyond COMMON_INPUTS, and its settings
+    (loss keyword -> the config field that holds it, TRL's names where TRL has one)."""
+
+    loss: Callable[..., LossOutput]
+    inputs: tuple[str, ...] = ()
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def needs_behavior(self) -> bool:
+        """Reads log μ of the policy that generated each sample (offline records must carry it)."""
+        return "behavior_logprobs" in self.inputs
+
+
+OBJECTIVES: dict[str, Objective] = {  # the names are config.CHOICES["objective"] (tests check they agree)
+    "agro": Objective(agro_loss, ("fresh",), {"beta": "beta", "baseline": "baseline", "taper": "taper"}),
+    "grpo": Objective(grpo_loss, ("old_logprobs",), {"beta": "beta", "epsilon": "epsilon", "epsilon_high": "epsilon_high",
+                                                     "loss_type": "loss_type",
+                                                     "max_completion_length": "max_completion_length"}),
+    "rloo": Objective(rloo_loss, (), {"beta": "beta"}),
+    "kl_pg": Objective(kl_pg_loss, (), {"beta": "beta"}),
+    "is_pg": Objective(is_pg_loss, ("behavior_logprobs",), {"beta": "beta",
+                                                            "max_importance_weight": "max_importance_weight"}),
+    "topr": Objective(topr_loss, ("behavior_logprobs",), {"beta": "beta"}),
+    "asymre": Objective(asymre_loss, (), {"beta": "beta", "delta": "asymre_delta"}),
+}
+
+
+def compute_loss(name: str, tensors: dict[str, torch.Tensor | None], settings) -> LossOutput:
+    """Objective `name` on `tensors` (COMMON_INPUTS and its inputs; one not given takes the loss's default),
+    with its settings read from the attributes of `settings` (a TrainConfig, a TabularConfig; an attribute
+    it lacks takes the loss's default). One word in the config switches the loss."""
+    objective = OBJECTIVES[name]
+    kwargs = {k: tensors[k] for k in (*COMMON_INPUTS, *objective.inputs) if k in tensors}
+    kwargs.update({kw: getattr(settings, key) for kw, key in objective.settings.items() if hasattr(settings, key)})
+    return objective.loss(**kwargs)

@@ -12,6 +12,15 @@ the gold answer of the prompt (a bare answer or a full solution) or None. Built-
 Percentages: ``50\\%`` equals ``50%``, ``0.5`` and ``50`` (in both directions), because gold answers
 often drop the percent sign the question asked for; ``50\\%`` does not equal ``5000\\%``.
 This is ``math_verify``'s own rule, and ``exact_numeric_equal`` follows it.
+
+Why agro extracts answers and compares numbers itself instead of calling math_verify for everything:
+equivalence (``math``) is math_verify's; agro keeps two small parts of its own. `extract_answer` finds
+the *stated* answer of a completion or gold solution (last balanced box, GSM8K ``####``, "the answer
+is") in linear time on any text, where math_verify's extraction scans every LaTeX or expression it can
+parse and picks by its own priorities (a different answer on many completions, and sympy's cost on
+adversarial text); the trainer calls it on every sample. `exact_numeric_equal` (``exact``) compares
+exact rationals with the standard library: no sympy import, no time limit needed, so it cannot hang and
+runs in-process. tests/test_rewards.py pins both (extraction, exact and math equivalence tables).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+
+from agro.errors import AgroError
 
 RewardFn = Callable[[str, str, str | None], float]
 
@@ -696,3 +707,11 @@ class RewardScorer:
 def _too_many(result: RewardResult, max_failure_fraction: float | None) -> bool:
     """More than `max_failure_fraction` of the whole batch has already failed."""
     return max_failure_fraction is not None and result.failures / len(result.rewards) > max_failure_fraction
+
+
+def open_scorer(spec: str, timeout: float) -> RewardScorer:
+    """A RewardScorer for a command-line `--reward` spec; a bad spec is an AgroError naming it."""
+    try:
+        return RewardScorer(spec, timeout=timeout)
+    except ValueError as err:
+        raise AgroError(f"reward {spec!r}: {err}") from None

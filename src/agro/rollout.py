@@ -1,124 +1,17 @@
-"""Generation backends and the token-level batch layout shared by rollout, log-probs and training.
+"""Generation backends: transformers `generate` (HFGenerator) and, when installed, colocated vLLM.
 
-A batch row is `left-padded prompt | right-padded completion`: the layout HF `generate` uses, so
-the policy's log-probs of a completion are computed exactly as it was sampled.
+Each turns token-id prompts into completions cut after their first EOS, prompt-major; the token layout is
+`agro.tokens`, the shared-prefix cache `agro.kv_cache`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
 
 from agro.errors import AgroError
-from agro.kv_cache import preallocate
-from agro.logprobs import empty_cache, prefill
-
-
-def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
-    """Token ids of a prompt: chat messages through the chat template, strings as they are."""
-    if isinstance(prompt, list):
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise AgroError("chat-message prompts need a tokenizer with a chat template (or prompt_template: plain)")
-        return list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                                  return_dict=False))
-    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
-
-
-def prompt_text(tokenizer, prompt: str | list[dict]) -> str:
-    """The prompt as the reward function sees it (chat prompts rendered by the template)."""
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return prompt
-
-
-@dataclass
-class TokenBatch:
-    input_ids: torch.Tensor  # [B, P+C]
-    attention_mask: torch.Tensor  # [B, P+C]
-    completion_mask: torch.Tensor  # [B, C] float
-    num_completion_tokens: int  # C
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts left-padded to the longest: input ids and attention mask [B, P]."""
-    p = max(len(x) for x in prompts)
-    ids = torch.full((len(prompts), p), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(prompts), p), dtype=torch.long)
-    for i, x in enumerate(prompts):
-        ids[i, p - len(x) :] = torch.tensor(x, dtype=torch.long)
-        attn[i, p - len(x) :] = 1
-    return ids, attn
-
-
-def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device=None) -> TokenBatch:
-    """Left-pad prompts and right-pad completions to the longest in this batch (padding trimmed per batch)."""
-    prompt_ids, prompt_attn = left_pad(prompts, pad_id)
-    c = max(1, max(len(y) for y in completions))
-    comp = torch.full((len(prompts), c), pad_id, dtype=torch.long)
-    cmask = torch.zeros((len(prompts), c), dtype=torch.float32)
-    for i, y in enumerate(completions):
-        comp[i, : len(y)] = torch.tensor(y, dtype=torch.long)
-        cmask[i, : len(y)] = 1
-    ids = torch.cat([prompt_ids, comp], dim=1)
-    attn = torch.cat([prompt_attn, cmask.long()], dim=1)
-    return TokenBatch(ids.to(device), attn.to(device), cmask.to(device), c)
-
-
-def completion_token_ids(tokenizer, completion: str, max_completion_length: int) -> list[int]:
-    """The tokens a completion text is trained on: its encoding, plus EOS unless it fills the budget
-    (a completion that long was cut there, as generation would cut it)."""
-    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if len(ids) < max_completion_length else ids
-
-
-# Unicode normalisation (NFC, NFKC) composes at most 4 code points into one: the longest canonical decomposition
-_MAX_NORMALIZATION_MERGE = 4
-
-
-def max_text_chars(tokenizer, max_tokens: int) -> int | None:
-    """Characters beyond which a text surely has more than `max_tokens` tokens (None: unknown).
-
-    No token covers more characters than its vocabulary entry spells (byte-level BPE spells one
-    character per byte, so at least as many as the text has; SentencePiece spells a space as one '▁'),
-    and NFC/NFKC normalisation merges at most 4 characters into one. So a text longer than
-    max_tokens × (longest entry) × 4 characters cannot fit, and is rejected from its length before it
-    is tokenised (tokenising a 50 MB text takes minutes and tens of GB). The bound assumes that the
-    tokenizer's normaliser deletes no characters (accent or whitespace stripping would).
-    """
-    try:
-        longest = max(len(token) for token in tokenizer.get_vocab())
-    except (AttributeError, NotImplementedError, TypeError, ValueError):
-        return None
-    return max_tokens * max(1, longest) * _MAX_NORMALIZATION_MERGE
-
-
-def text_chars(prompt: str | list[dict]) -> int:
-    """Characters of a prompt's text (chat messages: their contents; the template only adds to them)."""
-    if isinstance(prompt, list):
-        return sum(len(m.get("content", "")) if isinstance(m.get("content"), str) else 0 for m in prompt)
-    return len(prompt)
-
-
-def cut_at_eos(tokens: list[int], eos_ids: set[int], pad_id: int) -> list[int]:
-    """Completion up to and including its first EOS; trailing padding dropped when there is none."""
-    for i, t in enumerate(tokens):
-        if t in eos_ids:
-            return tokens[: i + 1]
-    while tokens and tokens[-1] == pad_id and pad_id not in eos_ids:
-        tokens = tokens[:-1]
-    return tokens
-
-
-def eos_token_ids(tokenizer, model) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif isinstance(gen_eos, list):
-        ids.update(gen_eos)
-    return ids
+from agro.kv_cache import empty_cache, preallocate, shared_prefill
+from agro.tokens import cut_at_eos, eos_token_ids, left_pad
 
 
 class HFGenerator:
@@ -207,23 +100,6 @@ def generate_with_progress(generator, model, prompts: list[list[int]], num_gener
             out += generator.generate(model, chunk, num_generations, do_sample=do_sample)
             bar.update(len(chunk))
     return out
-
-
-def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) -> dict:
-    """`generate`'s cache argument holding each prompt's first L−1 tokens, run once and repeated `copies` times.
-
-    `generate` then feeds only the last prompt column and samples from there: the G samples of a prompt
-    share one prefill instead of G (generation 1.1× faster with 9-token prompts, 1.3× with 64, 1.8× with
-    200: the 11M benchmark model, 8 × 8 samples of 32 tokens, CPU; docs/performance.md). {} (generate
-    does its own prefill) when `agro.logprobs.prefill` cannot fill a cache for this model. A model whose
-    generation config asks for a cache kind of its own is not sent here (`HFGenerator._cache`).
-    """
-    filled = prefill(model.get_decoder(), ids[:, :-1], attn[:, :-1], "generate prefills every sample")
-    if filled is None:
-        return {}
-    _, cache, cache_arg = filled
-    cache.batch_repeat_interleave(copies)
-    return {cache_arg: cache}
 
 
 def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,

@@ -86,7 +86,9 @@ class TabularConfig:
 
 
 @dataclass
-class Problem:
+class Bandit:
+    """A one-state bandit (the tabular lab's "problem"): K actions, their rewards, π_ref and β."""
+
     reward: torch.Tensor  # [K]
     log_ref: torch.Tensor  # [K]
     beta: float
@@ -97,7 +99,7 @@ class Problem:
         return torch.log_softmax(self.log_ref + self.reward / self.beta, dim=0)
 
 
-def make_problem(config: TabularConfig) -> Problem:
+def make_bandit(config: TabularConfig) -> Bandit:
     """r ~ U(0,1) and π_ref = softmax(N(0,1) logits), drawn from the seed unless given."""
     gen = torch.Generator().manual_seed(config.seed)
     reward = torch.rand(config.actions, generator=gen, dtype=torch.float64)
@@ -107,7 +109,7 @@ def make_problem(config: TabularConfig) -> Problem:
     log_ref = torch.log_softmax(ref_logits, dim=0)
     if config.ref_policy is not None:
         log_ref = torch.tensor(config.ref_policy, dtype=torch.float64).log()
-    return Problem(reward=reward, log_ref=log_ref, beta=config.beta)
+    return Bandit(reward=reward, log_ref=log_ref, beta=config.beta)
 
 
 def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -150,31 +152,19 @@ def _draw(config: TabularConfig, log_pi: torch.Tensor, log_ref: torch.Tensor, lo
 
 def method_loss(method: str, config: TabularConfig, batch: dict[str, torch.Tensor], log_pi: torch.Tensor,
                 log_ref: torch.Tensor):
-    """The loss of `method` on a batch of one-token completions (all from agro.objectives).
-
-    Samples count as fresh (on-policy) when π draws some of them: data `on-policy` or `mixed`.
+    """The loss of `method` on a batch of one-token completions, from the objective registry (settings the
+    lab has: beta, taper, asymre_delta; the rest at the losses' defaults). Samples count as fresh (on-policy) when π draws some of them: data `on-policy` or `mixed`.
     """
-    beta = config.beta
-    common = {k: batch[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids", "weights")}
-    if method == "agro":
-        fresh = torch.full_like(batch["group_ids"], config.data in ("on-policy", "mixed"), dtype=torch.bool)
-        return objectives.agro_loss(**common, beta=beta, taper=config.taper, fresh=fresh).loss
-    if method == "kl_pg":
-        return objectives.kl_pg_loss(**common, beta=beta).loss
-    if method == "kl_pg_exact":
-        return objectives.kl_pg_loss(**common, beta=0.0).loss + beta * kl(log_pi, log_ref)
-    if method == "grpo":
-        return objectives.grpo_loss(**common, beta=beta).loss
-    if method == "is_pg":
-        return objectives.is_pg_loss(**common, beta=beta, behavior_logprobs=batch["behavior_logprobs"]).loss
-    if method == "topr":
-        return objectives.topr_loss(**common, beta=beta, behavior_logprobs=batch["behavior_logprobs"]).loss
-    if method == "asymre":
-        return objectives.asymre_loss(**common, beta=beta, delta=config.asymre_delta).loss
-    raise AgroError(f"unknown method {method!r}")
+    if method == "kl_pg_exact":  # the lab's own: the KL term exact instead of sampled
+        common = {k: batch[k] for k in objectives.COMMON_INPUTS}
+        return objectives.kl_pg_loss(**common, beta=0.0).loss + config.beta * kl(log_pi, log_ref)
+    if method not in objectives.OBJECTIVES:
+        raise AgroError(f"unknown method {method!r}")
+    fresh = torch.full_like(batch["group_ids"], config.data in ("on-policy", "mixed"), dtype=torch.bool)
+    return objectives.compute_loss(method, {**batch, "fresh": fresh}, config).loss
 
 
-def run_method(config: TabularConfig, problem: Problem, method: str) -> dict:
+def run_method(config: TabularConfig, problem: Bandit, method: str) -> dict:
     """Plain gradient steps on the logits θ (π = softmax θ), started at π_ref."""
     theta = problem.log_ref.clone().requires_grad_(True)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -216,7 +206,7 @@ def run_method(config: TabularConfig, problem: Problem, method: str) -> dict:
 def run(config: TabularConfig) -> dict:
     """Run every method on one problem; return the results dictionary written to results.json."""
     config.validate()
-    problem = make_problem(config)
+    problem = make_bandit(config)
     return {
         "config": asdict(config),
         "reward": problem.reward.tolist(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from agro.errors import AgroError
-from agro.rollout import cut_at_eos, eos_token_ids
+from agro.tokens import cut_at_eos, eos_token_ids
 
 
 class VLLMGenerator:

@@ -1,0 +1,238 @@
+"""The actor in its own process: generation that runs up to `max_staleness` policy versions ahead.
+
+The learner trains on batch t while the actor samples batch t+1, …, t+k with the newest weights it
+has. Version v = the number of optimizer updates behind a set of weights. The learner keeps the bound
+
+    version(batch consumed at step s) ≥ s − k
+
+by submitting the prompts of the batch it will consume at step s only after it has sent the weights
+of version s − k (`AsyncActor.submit` after `AsyncActor.sync_weights`): the actor reads its inbox in
+order, so it never samples those prompts with older weights.
+
+Each batch comes back with the version that made it and its behaviour log-probs log μ(y_t), computed
+by the actor's own forward pass. AGRO needs neither; GRPO's ratio and IS-PG's weights read them.
+
+Faults: the actor exits when the learner dies (it polls its parent); the learner's `receive` raises
+`ActorDied` with the exit code when the actor dies, so a kill of either ends the run instead of
+stalling it. Messages travel over torch.multiprocessing queues (tensors in shared memory); the
+process is spawned, so it shares no state with the learner but what it is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.multiprocessing as mp
+
+from agro.actor import on_policy_generations
+from agro.buffer import Generation
+from agro.logprobs import completion_logprobs
+from agro.models import DTYPES, merged_copy
+from agro.prompts import PromptPool
+from agro.rollout import HFGenerator
+from agro.tokens import collate
+
+POLL_SECONDS = 0.5  # how often each side checks that the other is alive while waiting
+
+
+class ActorDied(RuntimeError):
+    """The actor process ended (killed, or an error in it) before it sent a batch."""
+
+
+@dataclass
+class ActorBatch:
+    index: int  # the learner step that consumes it
+    version: int  # the policy version that sampled it
+    completions: list[list[int]]  # prompt-major, `num_generations` per prompt
+    behavior_logprobs: list[list[float]]  # C_i per completion, log μ(y_t | x, y_<t): plain lists, so that a
+    # batch never waits in the actor's shared memory (a killed actor would take it with it)
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """What the actor process needs to rebuild the policy and sample as the synchronous loop does."""
+
+    model_config: object  # transformers PretrainedConfig of the policy LM
+    generation_config: object  # its GenerationConfig (EOS ids)
+    tokenizer: object
+    dtype: torch.dtype
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    batch_size: int
+    num_generations: int
+    seed: int
+    num_threads: int
+    logprob_chunk_size: int
+
+
+def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts: list[list[int]]) -> tuple:
+    """Completions of `prompts` and their per-token log-probs under `model`; seeded by batch index."""
+    torch.manual_seed(spec.seed * 1_000_003 + index)
+    completions = generator.generate(model, prompts, spec.num_generations)
+    repeated = [p for p in prompts for _ in range(spec.num_generations)]
+    logprobs = []
+    with torch.inference_mode():
+        for start in range(0, len(completions), spec.batch_size):
+            rows = slice(start, start + spec.batch_size)
+            batch = collate(repeated[rows], completions[rows], spec.tokenizer.pad_token_id)
+            lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                                     spec.logprob_chunk_size).float()
+            logprobs += [lp[i, : len(c)].tolist() for i, c in enumerate(completions[rows])]
+    return completions, logprobs
+
+
+def _actor_main(spec: ActorSpec, inbox, outbox, parent_pid: int) -> None:
+    """The actor process: apply the newest weights, sample each submitted batch in order, send it back."""
+    from transformers import AutoModelForCausalLM
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a Ctrl-C reaches the whole process group: the learner
+        signal.signal(sig, signal.SIG_IGN)        # checkpoints and then stops this process itself
+    torch.set_num_threads(spec.num_threads)
+    model = AutoModelForCausalLM.from_config(spec.model_config, dtype=spec.dtype).eval()
+    model.generation_config = spec.generation_config
+    generator = HFGenerator(spec.tokenizer, spec.max_new_tokens, spec.temperature, spec.top_p, spec.batch_size)
+    version, pending = -1, deque()
+    try:
+        while True:
+            try:
+                message = inbox.get(timeout=POLL_SECONDS if not pending or version < 0 else 0)
+            except queue.Empty:
+                if os.getppid() != parent_pid:
+                    return  # the learner is gone: nobody to generate for
+                if pending and version >= 0:
+                    index, prompts = pending.popleft()
+                    outbox.put(ActorBatch(index, version, *_sample(model, generator, spec, index, prompts)))
+                continue
+            kind = message[0]
+            if kind == "stop":
+                return
+            if kind == "weights":
+                _, version, state = message
+                model.load_state_dict(state)
+            else:
+                pending.append(message[1:])
+    except Exception as err:  # reported to the learner as one line, which raises it there
+        outbox.put(("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+        raise SystemExit(1) from None
+
+
+class ActorProcess:
+    """The learner's handle on the actor process: send weights and prompts, receive batches in order."""
+
+    def __init__(self, spec: ActorSpec):
+        ctx = mp.get_context("spawn")
+        self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
+        self.process = ctx.Process(target=_actor_main, args=(spec, self.inbox, self.outbox, os.getpid()),
+                                   daemon=True, name="agro-actor")
+        self.process.start()
+        self.submitted: dict[int, list[list[int]]] = {}  # batch index -> prompts, not yet received
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Send the policy's weights after update `version` (copied: the learner keeps training its own)."""
+        self.inbox.put(("weights", version, {k: v.detach().clone() for k, v in state_dict.items()}))
+
+    def submit(self, index: int, prompts: list[list[int]]) -> None:
+        """Ask for the batch the learner consumes at step `index`, sampled with the newest weights sent."""
+        self.submitted[index] = prompts
+        self.inbox.put(("prompts", index, prompts))
+
+    def receive(self, index: int) -> ActorBatch:
+        """The batch for step `index` (batches arrive in submission order); raises ActorDied if the actor ends."""
+        while True:
+            try:
+                batch = self.outbox.get(timeout=POLL_SECONDS)
+            except (queue.Empty, OSError, EOFError):
+                if not self.process.is_alive():
+                    raise ActorDied(f"the actor process (pid {self.pid}) ended with exit code "
+                                    f"{self.process.exitcode} before sending the batch of step {index + 1}") from None
+                continue
+            if isinstance(batch, tuple):  # ("error", line)
+                self.process.join(5)
+                raise ActorDied(f"the actor process failed: {batch[1]}")
+            if batch.index != index:
+                raise ActorDied(f"the actor sent the batch of step {batch.index + 1} where step {index + 1}'s was due")
+            del self.submitted[index]
+            return batch
+
+    def pending(self) -> list[tuple[int, list[list[int]]]]:
+        """Batches submitted and not yet received, in order (to re-submit after a resume)."""
+        return sorted(self.submitted.items())
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.inbox.put(("stop",))
+            except (OSError, ValueError):
+                pass
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        for q in (self.inbox, self.outbox):
+            q.cancel_join_thread()
+            q.close()
+
+
+class AsyncActor:
+    """The actor of `async_generation`: the same interface as `agro.actor.Actor`, generation in `ActorProcess`.
+
+    `sync_weights(policy, version)` (the learner calls it before every step) sends the weights, then
+    submits every batch the learner will consume at a step ≤ version + k: new batches start every
+    `num_iterations` steps from `first_step`. Keys of submitted batches wait in `prompts.ahead`, oldest
+    first; a checkpoint keeps them, and a resumed run samples them again before drawing new ones.
+    """
+
+    def __init__(self, spec: ActorSpec, tokenizer, prompts: PromptPool, max_staleness: int, num_iterations: int,
+                 first_step: int, use_peft: bool):
+        self.tokenizer, self.prompts = tokenizer, prompts
+        self.k, self.num_iterations, self.use_peft = max_staleness, num_iterations, use_peft
+        self.next_submit = first_step  # the step that consumes the next batch to submit
+        self.resubmit = len(prompts.ahead)  # keys of a checkpoint's in-flight batches, not yet sent to this process
+        self.process = ActorProcess(spec)
+
+    def sync_weights(self, policy, version: int) -> None:
+        state = (merged_copy(policy) if self.use_peft else policy).state_dict()
+        self.process.sync_weights(state, version)
+        while self.next_submit <= version + self.k:
+            if self.resubmit:
+                keys = self.prompts.ahead[len(self.prompts.ahead) - self.resubmit]
+                self.resubmit -= 1
+            else:
+                keys = self.prompts.next_keys(0, 1)
+                self.prompts.ahead.append(keys)
+            self.process.submit(self.next_submit, [self.prompts.prompt_ids[k] for k in keys])
+            self.next_submit += self.num_iterations
+
+    def next_batch(self, step: int) -> tuple[list[str], list[Generation]]:
+        """The keys and on-policy generations of the batch consumed at `step`, with version and log μ."""
+        got = self.process.receive(step)
+        keys = self.prompts.ahead.pop(0)
+        behavior = [torch.tensor(lp, dtype=torch.float32) for lp in got.behavior_logprobs]
+        return keys, on_policy_generations(self.prompts, self.tokenizer, keys, got.completions, got.version, behavior)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def close(self) -> None:
+        self.process.close()
+
+
+def start_async_actor(config, policy, tokenizer, prompts: PromptPool, first_step: int) -> AsyncActor:
+    """The actor process of a run (`config`: agro.config.TrainConfig), sampling as the synchronous loop does."""
+    model = merged_copy(policy) if config.use_peft else policy
+    spec = ActorSpec(model.config, model.generation_config, tokenizer, DTYPES[config.torch_dtype],
+                     config.max_completion_length, config.temperature, config.top_p, config.generation_batch_size,
+                     config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size)
+    return AsyncActor(spec, tokenizer, prompts, config.max_staleness, config.num_iterations, first_step,
+                      config.use_peft)

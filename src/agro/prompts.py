@@ -1,0 +1,156 @@
+"""The prompt pool: prompts and offline records loaded, checked against the token budgets, keyed, and
+drawn each step.
+
+Prompts come from train_data, or from the offline records when there is none. A prompt is keyed by its
+text (`data.prompt_key`); offline records join the group of their prompt's key. Each epoch is a
+permutation seeded by (seed, epoch); a step takes the next `prompts_per_step` keys (wrapping into the next
+epoch), split evenly over processes. An asynchronous actor draws the keys of batches ahead of the learner;
+they wait in `ahead`, oldest first, until the learner consumes them. (epoch, position, ahead) is the pool's
+state in checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from agro import data
+from agro.buffer import Generation
+from agro.config import TrainConfig
+from agro.errors import AgroError
+from agro.objectives import OBJECTIVES
+from agro.tokens import completion_token_ids, encode_prompt, max_text_chars, prompt_text, text_chars
+
+
+class PromptPool:
+    """Prompt keys with their token ids, texts and answers; offline records by key; the epoch position."""
+
+    def __init__(self, config: TrainConfig, tokenizer):
+        self.config, self.tokenizer = config, tokenizer
+        self.epoch, self.position = 0, 0
+        self.ahead: list[list[str]] = []  # keys drawn for batches not yet trained on (agro.async_actor)
+        c = config
+        self.data_reports = []
+        # texts longer than this cannot fit in the token budget: rejected before they are tokenised
+        self._max_chars = {"prompt": max_text_chars(self.tokenizer, c.max_prompt_length),
+                           "completion": max_text_chars(self.tokenizer, c.max_completion_length)}
+        self.offline_by_group: dict[str, list[Generation]] = defaultdict(list)
+        problems: list[data.Problem] = []
+        if c.train_data:
+            problems, report = data.load_problems(c.train_data, format=c.train_data_format,
+                                                  template=c.prompt_template, require_answer=False,
+                                                  on_bad_record=c.on_bad_record, split=c.dataset_split)
+            self.data_reports.append(report)
+        self.prompt_ids: dict[str, list[int]] = {}
+        self.prompt_texts: dict[str, str] = {}
+        self.answers: dict[str, str | None] = {}
+        self.problems: list[str] = []
+        for p in problems:
+            self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt")
+        if c.offline_data and c.offline_per_group > 0:
+            records, report = data.load_offline_records(c.offline_data, on_bad_record=c.on_bad_record,
+                                                        split=c.dataset_split)
+            self.data_reports.append(report)
+            self._add_offline(records, take_prompts=not c.train_data, report=report)
+        if not self.problems:
+            raise AgroError("no usable prompts: every record was skipped or the data is empty")
+        self.skipped_records = sum(len(r.skipped) for r in self.data_reports)
+
+    def _bad(self, where: str, field: str, reason: str, report: data.DataReport | None = None) -> None:
+        """A bad record: raise it (on_bad_record: error) or count it as skipped."""
+        file, _, line = where.rpartition(":")
+        err = data.DataError(file, int(line) if line.isdigit() else None, field, reason)
+        if self.config.on_bad_record == "error":
+            raise err
+        if report is not None:
+            report.skipped.append(err)
+
+    def _add_prompt(self, prompt, answer, where: str, field: str, report=None) -> str | None:
+        key = data.prompt_key(prompt)
+        if key in self.prompt_ids:
+            return key
+        limit = self._max_chars["prompt"]
+        if limit is not None and text_chars(prompt) > limit:
+            self._bad(where, field, f"prompt has {text_chars(prompt)} characters, more than max_prompt_length "
+                      f"{self.config.max_prompt_length} tokens can hold ({limit} with this tokenizer)", report)
+            return None
+        ids = encode_prompt(self.tokenizer, prompt)
+        if len(ids) > self.config.max_prompt_length:
+            self._bad(where, field, f"prompt has {len(ids)} tokens, more than max_prompt_length "
+                      f"{self.config.max_prompt_length}", report)
+            return None
+        self.prompt_ids[key] = ids
+        self.prompt_texts[key] = prompt_text(self.tokenizer, prompt)
+        self.answers[key] = answer
+        self.problems.append(key)
+        return key
+
+    def _add_offline(self, records: list[data.OfflineRecord], take_prompts: bool, report: data.DataReport) -> None:
+        c = self.config
+        needs_behavior = OBJECTIVES[c.objective].needs_behavior
+        unused_prompts = set()
+        for r in records:
+            where = f"{r.file}:{r.line}"
+            key = data.prompt_key(r.prompt)
+            if key not in self.prompt_ids:
+                if not take_prompts:
+                    unused_prompts.add(key)  # prompts come from train_data; records of other prompts are not used
+                    report.unused += 1
+                    continue
+                key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
+                if key is None:
+                    continue
+            limit = self._max_chars["completion"]
+            if limit is not None and len(r.completion) > limit:
+                self._bad(where, "completion", f"completion has {len(r.completion)} characters, more than "
+                          f"max_completion_length {c.max_completion_length} tokens can hold ({limit} with this "
+                          "tokenizer)", report)
+                continue
+            ids = completion_token_ids(self.tokenizer, r.completion, c.max_completion_length)
+            if len(ids) > c.max_completion_length:
+                self._bad(where, "completion", f"completion has {len(ids)} tokens, more than max_completion_length "
+                          f"{c.max_completion_length}", report)
+                continue
+            behavior = None
+            if needs_behavior and r.behavior_logprobs is not None:  # only they read them
+                if len(r.behavior_logprobs) not in (len(ids), len(ids) - 1):
+                    self._bad(where, "behavior_logprobs", f"has {len(r.behavior_logprobs)} values for "
+                              f"{len(ids) - 1} completion tokens", report)
+                    continue
+                behavior = torch.tensor(r.behavior_logprobs + [0.0] * (len(ids) - len(r.behavior_logprobs)))
+            elif needs_behavior:
+                self._bad(where, "behavior_logprobs", f"objective {c.objective} needs the generating policy's log-probs "
+                          "for every offline record", report)
+                continue
+            self.offline_by_group[key].append(Generation(
+                group=key, prompt_ids=self.prompt_ids[key], completion_ids=ids, source="offline",
+                weight=c.offline_weight, reward=r.reward, answer=r.answer if r.answer is not None else self.answers[key],
+                prompt=self.prompt_texts[key], completion=r.completion, behavior_logprobs=behavior,
+            ))
+        report.unused_prompts = len(unused_prompts)
+
+    def next_keys(self, rank: int, world: int) -> list[str]:
+        """This step's prompts for process `rank` of `world`: a per-epoch permutation, whole groups per process."""
+        keys = []
+        while len(keys) < self.config.prompts_per_step:
+            order = torch.randperm(len(self.problems), generator=torch.Generator().manual_seed(
+                self.config.seed * 1_000_003 + self.epoch)).tolist()
+            take = min(self.config.prompts_per_step - len(keys), len(order) - self.position)
+            keys += [self.problems[i] for i in order[self.position : self.position + take]]
+            self.position += take
+            if self.position >= len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+        per_rank = len(keys) // world
+        return keys[rank * per_rank : (rank + 1) * per_rank]
+
+    def take_keys(self, rank: int, world: int) -> list[str]:
+        """The next batch's keys: the oldest drawn ahead (a resumed asynchronous run's), else new ones."""
+        return self.ahead.pop(0) if self.ahead else self.next_keys(rank, world)
+
+    def keep_offline(self, records: list[Generation], scored: list[Generation]) -> None:
+        """Put the scored versions of offline `records` (reward, π_ref log-probs) in the pool in their place,
+        so that a record drawn again later reuses them: each is computed once per run."""
+        new = {id(a): b for a, b in zip(records, scored)}
+        for key in {g.group for g in records}:
+            self.offline_by_group[key] = [new.get(id(g), g) for g in self.offline_by_group[key]]

@@ -1,0 +1,47 @@
+"""Scoring a batch: the rewards of generations that have none, with a step's failure accounting.
+
+A failed reward call (error, timeout, non-finite or |r| > data.MAX_ABS_REWARD) scores 0 and is counted;
+more than `max_reward_failure_fraction` of a step's calls failing stops the run. The calls themselves
+(worker processes, time limits) are `agro.rewards.RewardScorer`'s.
+"""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from agro import data
+from agro.batch import with_values
+from agro.buffer import Generation
+from agro.errors import AgroError
+from agro.rewards import RewardResult, RewardScorer
+
+
+def score(scorer: RewardScorer, gens: list[Generation], step: int,
+          max_failure_fraction: float) -> tuple[list[Generation], dict[str, float]]:
+    """(`gens` with rewards, failure counts): the same keys every step. `step`: the steps already taken."""
+    todo = [i for i, g in enumerate(gens) if g.reward is None]
+    result = RewardResult(rewards=[])
+
+    def report_timeout(index: int, status: str, detail: str | None) -> None:
+        if status == "timeout":
+            tqdm.write(f"agro: step {step + 1}: reward call {index + 1} of {len(todo)} timed out ({detail})")
+
+    if todo:
+        try:
+            result = scorer.score([gens[i].prompt for i in todo], [gens[i].completion for i in todo],
+                                  [gens[i].answer for i in todo], max_failure_fraction, report_timeout)
+        except (ValueError, RuntimeError) as err:  # the reward function cannot be loaded in its workers
+            raise AgroError(f"config: key 'reward_function': {str(err).splitlines()[0]}") from None
+    for i, r in enumerate(result.rewards[: len(todo)]):
+        if abs(r) > data.MAX_ABS_REWARD:  # the bound offline records have; 1e300 would be inf in float32
+            result.record(i, "non_finite", 0.0, f"returned {r!r}, |reward| > {data.MAX_ABS_REWARD:g}")
+    scored = todo[: len(result.rewards)]
+    gens = with_values(gens, "reward", scored, [float(result.rewards[j]) for j in range(len(scored))])
+    if todo and result.failures / len(todo) > max_failure_fraction:
+        stopped = f" (stopped there, {result.unscored} calls not run)" if result.unscored else ""
+        raise AgroError(f"step {step + 1}: {result.failures} of {len(todo)} reward calls failed "
+                        f"({result.errors} errors, {result.timeouts} timeouts, {result.non_finite} non-finite), "
+                        f"above max_reward_failure_fraction {max_failure_fraction}{stopped}; "
+                        f"first: {result.first_failure}")
+    return gens, {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
+                  "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}

@@ -1,0 +1,73 @@
+"""Metrics: metrics.jsonl, and TensorBoard / wandb through accelerate's trackers (`report_to`).
+
+metrics.jsonl is our own writer, not a tracker: it is the run's record that `agro demo`, the study and the
+tests read line by line, and on resume it is cut back to the checkpoint's step (`discard_after`), which no
+tracker does. Every row carries "step" and "iteration"; the trackers get the same numbers at that step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from accelerate import Accelerator, PartialState
+from accelerate.tracking import TensorBoardTracker, WandBTracker
+from accelerate.utils import is_wandb_available
+from tqdm.auto import tqdm
+
+from agro.config import TrainConfig
+
+
+def trackers(config: TrainConfig, output_dir: Path) -> list:
+    """accelerate trackers for `report_to`: TensorBoard in output_dir/tensorboard, wandb (project "agro")
+    in output_dir/wandb when wandb is installed. For `Accelerator(log_with=...)`; none starts before
+    `MetricsLog` opens."""
+    out = []
+    if "tensorboard" in config.report_to:
+        out.append(TensorBoardTracker("tensorboard", output_dir))
+    if "wandb" in config.report_to:
+        if is_wandb_available():
+            out.append(WandBTracker("agro", dir=str(output_dir), config=config.to_dict()))
+        elif PartialState().is_main_process:
+            tqdm.write("agro: report_to includes wandb but wandb is not installed; skipping it")
+    return out
+
+
+class MetricsLog:
+    """One row per logged step: appended to output_dir/metrics.jsonl (main process) and sent to the trackers."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path):
+        self.accelerator = accelerator
+        accelerator.init_trackers("agro")
+        self.file = open(output_dir / "metrics.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
+
+    def log(self, metrics: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(metrics) + "\n")
+            self.file.flush()
+        self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.accelerator.end_training()
+
+
+def discard_after(output_dir: Path, step: int) -> None:
+    """Keep only the metrics.jsonl rows of steps 1..`step` (none when 0); torn lines go too."""
+    path = output_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if step and isinstance(row, dict) and row.get("step", math.inf) <= step:
+            kept.append(line + "\n")
+    partial = path.with_name("metrics.jsonl.partial")
+    partial.write_text("".join(kept), encoding="utf-8")
+    os.replace(partial, path)

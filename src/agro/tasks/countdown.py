@@ -28,11 +28,12 @@ target (and so is wrong, but for chance). The model learns the format and the ar
 a little of how to aim at the target, so it is mostly wrong greedily while correct solutions keep
 real mass at temperature 1; RL has to teach it to plan, which takes many steps.
 
-Measured here (seed 0, one thread; commands and all screens in docs/tasks.md). Defaults (3 numbers in
-1..9, error_rate 0.7, Llama hidden 64 × 3 layers, 800 warm-up steps, 220 s to build): π_ref greedy held-out
-accuracy 0.172, pass@16 0.62 at temperature 1 — both criteria of issue #17 met. On-policy GRPO at the
-study's settings (lr 3e-4, β 0.1, 8 samples, 16 prompts/step), 200 steps, 153 s: 0.20 → 0.27, still rising
-slowly — the plateau ≥ 0.6 criterion is NOT met. The limit is the model, not exploration: a third of π_ref's
+Measured here (one thread; commands and all screens in docs/tasks.md). Defaults (3 numbers in 1..9,
+error_rate 0.7, Llama hidden 64 × 3 layers, 800 warm-up steps, 220–410 s to build on the shared box): π_ref
+greedy held-out accuracy 0.180 ± 0.017 and pass@16 0.657 ± 0.025 at temperature 1 (seeds 0, 1, 2) — both
+criteria of issue #17 met, greedy at the edge (seed 2: 0.200). On-policy GRPO at the study's settings
+(lr 3e-4, β 0.1, 8 samples, 16 prompts/step), 200 steps, 153 s, seed 0: 0.20 → 0.27, still rising slowly —
+the plateau ≥ 0.6 criterion is NOT met. The limit is the model, not exploration: a third of π_ref's
 samples hold an arithmetic slip, and a π_ref warmed up on 70% correct paths (greedy 0.38–0.41) does not
 move under the same GRPO in 200 steps.
 """

@@ -46,7 +46,7 @@ class Trainer:
         self.config = c = config
         self.output_dir = Path(config.output_dir)
         checkpoint.check_output_dir(self.output_dir, resume)
-        self.accelerator = Accelerator(log_with=tracking.trackers(config, self.output_dir))
+        self.accelerator = Accelerator(log_with=tracking.trackers(config, self.output_dir) or None)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         if c.num_threads:
             torch.set_num_threads(c.num_threads)

@@ -40,8 +40,10 @@ class TrainConfig:
     objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg | topr | asymre")
     beta: float = _f(0.05, "KL coefficient β (> 0)")
     baseline: str = _f("mean", "agro: mean | loo (leave-one-out) group baseline of the regularised reward")
-    taper: str = _f("ref", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
-                    "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results.md)")
+    taper: str = _f("behavior", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
+                    "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results.md) | behavior: "
+                    "ref, and every negative-advantage sample of a known sampler μ (the async actor's, a batch's "
+                    "later iterations, replay) by min(1, π/μ) (keeps stale samples stable; docs/performance.md)")
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
     epsilon: float = _f(0.2, "grpo: lower clip range of the ratio (a ratio ≠ 1 needs num_iterations > 1)")
     epsilon_high: float | None = _f(None, "grpo: upper clip range (default: epsilon)")
@@ -121,7 +123,7 @@ class TrainConfig:
 CHOICES = {
     "objective": ("agro", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre"),  # agro.objectives.OBJECTIVES' keys
     "baseline": ("mean", "loo"),
-    "taper": ("none", "ref"),
+    "taper": ("none", "ref", "behavior"),
     "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),

@@ -158,6 +158,7 @@ def agro_loss(
     weights: torch.Tensor | None = None,
     taper: str = "none",
     fresh: torch.Tensor | None = None,
+    behavior_logprobs: torch.Tensor | None = None,
 ) -> LossOutput:
     """Any-Generation Reward Optimization, for generations from any sampling distribution μ.
 
@@ -165,7 +166,8 @@ def agro_loss(
         R̃_i = r_i − β·Δ_i                             regularised reward, no gradient
         V̂_i = mean (or leave-one-out mean) of R̃ over the group of x_i
         A_i  = R̃_i − V̂_i
-        ρ_i  = 1, or with taper "ref", in a group with no fresh sample and A_i < 0: min(1, exp(Δ_i))
+        ρ_i  = 1, or with taper "ref", in a group with no fresh sample and A_i < 0: min(1, exp(Δ_i));
+               with taper "behavior", also min(ρ_i, π(y_i)/μ(y_i)) where A_i < 0 (μ: behavior_logprobs)
         loss = −Σ_i w_i ρ_i A_i · Σ_t mask·log π  /  Σ_i w_i
 
     Its expected gradient E_μ[ρ(R̃ − V_μ) ∇log π] vanishes only where R̃ is constant over the
@@ -179,10 +181,13 @@ def agro_loss(
     (A ≡ 0) is still the only fixed point under full coverage (`docs/results.md`). Groups with a
     fresh sample are never tapered: the fresh sample sees where the mass went.
 
-    Reusing a generation batch (the trainer's `num_iterations` > 1) needs no ratio and no clip: after
-    the first update the batch's samples are generations from μ = the policy that made them, i.e.
-    off-policy data, which the estimator above is made for; only π's log-probs are recomputed. The
-    trainer keeps them `fresh` (made for this batch) over all its iterations.
+    Stale samples (the taper "behavior"): a sample of an earlier policy μ (the asynchronous actor, a
+    batch's later iterations under `num_iterations` > 1, replay) is off-policy data, which the estimator
+    is made for, and it needs no ratio in its advantage; but the same leak acts on it: once π holds less
+    of a negative sample than μ did, pushing it further down only moves mass off the samples. The
+    weight min(1, π/μ) stops that, as TOPR's truncation does (arXiv 2503.14286); it is exactly 1 on a
+    sample of the current policy (π = μ), so the synchronous on-policy update is unchanged bit for bit.
+    Measured: docs/performance.md (asynchronous generation), docs/efficiency.md (`num_iterations`).
     """
     if baseline not in ("mean", "loo"):
         raise ValueError(f"baseline must be 'mean' or 'loo', got {baseline!r}")
@@ -193,8 +198,10 @@ def agro_loss(
     value = group_mean(regularised, group_ids, w) if baseline == "mean" else group_loo_mean(regularised, group_ids, w)
     advantages = (regularised - value).detach()
     scale = torch.ones_like(advantages)
-    if taper == "ref":
+    if taper in ("ref", "behavior"):
         scale = torch.where(groups_without_fresh(group_ids, fresh), negative_taper(advantages, log_ratio), scale)
+    if taper == "behavior" and behavior_logprobs is not None:
+        scale = torch.minimum(scale, negative_taper(advantages, sequence_sum(logprobs.detach() - behavior_logprobs, mask)))
     loss = -_weighted_mean(scale * advantages * seq_logprob, w)
     metrics = _common_metrics(rewards, log_ratio, advantages, mask)
     metrics["regularised_reward_mean"] = regularised.detach().float().mean().item()
@@ -445,23 +452,21 @@ class Objective:
     loss: Callable[..., LossOutput]
     inputs: tuple[str, ...] = ()
     settings: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def needs_behavior(self) -> bool:
-        """Reads log μ of the policy that generated each sample (offline records must carry it)."""
-        return "behavior_logprobs" in self.inputs
+    needs_behavior: bool = False  # cannot do without log μ (offline records must carry it); agro reads it
+    # when known (its taper "behavior") and needs none
 
 
 OBJECTIVES: dict[str, Objective] = {  # the names are config.CHOICES["objective"] (tests check they agree)
-    "agro": Objective(agro_loss, ("fresh",), {"beta": "beta", "baseline": "baseline", "taper": "taper"}),
+    "agro": Objective(agro_loss, ("fresh", "behavior_logprobs"), {"beta": "beta", "baseline": "baseline", "taper": "taper"}),
     "grpo": Objective(grpo_loss, ("old_logprobs",), {"beta": "beta", "epsilon": "epsilon", "epsilon_high": "epsilon_high",
                                                      "loss_type": "loss_type",
                                                      "max_completion_length": "max_completion_length"}),
     "rloo": Objective(rloo_loss, (), {"beta": "beta"}),
     "kl_pg": Objective(kl_pg_loss, (), {"beta": "beta"}),
     "is_pg": Objective(is_pg_loss, ("behavior_logprobs",), {"beta": "beta",
-                                                            "max_importance_weight": "max_importance_weight"}),
-    "topr": Objective(topr_loss, ("behavior_logprobs",), {"beta": "beta"}),
+                                                            "max_importance_weight": "max_importance_weight"},
+                       needs_behavior=True),
+    "topr": Objective(topr_loss, ("behavior_logprobs",), {"beta": "beta"}, needs_behavior=True),
     "asymre": Objective(asymre_loss, (), {"beta": "beta", "delta": "asymre_delta"}),
 }
 

@@ -356,6 +356,42 @@ def test_agro_taper_leaves_groups_with_a_fresh_sample_bit_identical():
     assert torch.equal(grad_of(tapered, batch), grad_of(plain, batch))
 
 
+@pytest.mark.parametrize("fresh", [(False,) * 6, (True, False, False, False, False, True)])
+def test_agro_behavior_taper_gradient_matches_formula(fresh):
+    """taper "behavior": the ref taper, then every negative-advantage sample also weighted min(1, π/μ)."""
+    batch = make_batch(seed=9)
+    # μ above π on some samples and below on others (per token, so the sequence ratio is Σ of the shifts)
+    shift = torch.tensor([[-0.3], [0.2], [0.5], [-0.1], [0.05], [0.2]], dtype=torch.float64)
+    batch["behavior"] = batch["logprobs"].detach() + shift
+    out = objectives.agro_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                               batch["group_ids"], beta=BETA, taper="behavior", fresh=torch.tensor(fresh),
+                               behavior_logprobs=batch["behavior"])
+    adv, delta = _regularised_advantages(batch)
+    stale = [a - b for a, b in zip(seq_sums(batch["logprobs"].detach(), batch["mask"]),
+                                   seq_sums(batch["behavior"], batch["mask"]))]
+    groups = batch["group_ids"].tolist()
+    coef, ref_only = [], []
+    for i, a in enumerate(adv):
+        rho = 1.0
+        if a < 0 and not any(fresh[j] for j in members(groups, i)):
+            rho = min(1.0, math.exp(delta[i]))
+        ref_only.append(a * rho)
+        coef.append(a * (min(rho, math.exp(stale[i])) if a < 0 else rho))
+    assert any(c != r for c, r in zip(coef, ref_only))  # the behaviour part acts on this batch
+    torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, coef))
+
+
+def test_agro_behavior_taper_is_exactly_the_ref_taper_on_samples_of_the_current_policy():
+    """μ = π (a fresh sample, the synchronous loop): min(1, π/μ) = 1 exactly, so nothing changes bit for bit."""
+    batch = make_batch(seed=10)
+    args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
+    fresh = torch.tensor([True, False, False, False, False, True])
+    behavior = objectives.agro_loss(*args, beta=BETA, taper="behavior", fresh=fresh,
+                                    behavior_logprobs=batch["logprobs"].detach().clone())
+    ref = objectives.agro_loss(*args, beta=BETA, taper="ref", fresh=fresh)
+    assert torch.equal(grad_of(behavior, batch), grad_of(ref, batch))
+
+
 def test_topr_gradient_matches_formula():
     batch = make_batch(seed=8)
     out = objectives.topr_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],

@@ -192,13 +192,13 @@ class AsyncActor:
     first; a checkpoint keeps them, and a resumed run samples them again before drawing new ones.
     """
 
-    def __init__(self, spec: ActorSpec, tokenizer, prompts: PromptPool, max_staleness: int, num_iterations: int,
-                 first_step: int, use_peft: bool):
+    def __init__(self, process: ActorProcess, tokenizer, prompts: PromptPool, max_staleness: int,
+                 num_iterations: int, first_step: int, use_peft: bool):
         self.tokenizer, self.prompts = tokenizer, prompts
         self.k, self.num_iterations, self.use_peft = max_staleness, num_iterations, use_peft
         self.next_submit = first_step  # the step that consumes the next batch to submit
         self.resubmit = len(prompts.ahead)  # keys of a checkpoint's in-flight batches, not yet sent to this process
-        self.process = ActorProcess(spec)
+        self.process = process
 
     def sync_weights(self, policy, version: int) -> None:
         state = (merged_copy(policy) if self.use_peft else policy).state_dict()
@@ -234,5 +234,5 @@ def start_async_actor(config, policy, tokenizer, prompts: PromptPool, first_step
     spec = ActorSpec(model.config, model.generation_config, tokenizer, DTYPES[config.torch_dtype],
                      config.max_completion_length, config.temperature, config.top_p, config.generation_batch_size,
                      config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size)
-    return AsyncActor(spec, tokenizer, prompts, config.max_staleness, config.num_iterations, first_step,
-                      config.use_peft)
+    return AsyncActor(ActorProcess(spec), tokenizer, prompts, config.max_staleness, config.num_iterations,
+                      first_step, config.use_peft)

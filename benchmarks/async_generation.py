@@ -75,11 +75,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the sync side; split 1 + rest async")
     p.add_argument("--rounds", type=int)
     p.add_argument("--steps", type=int)
+    p.add_argument("--warmup", type=int)
     p.add_argument("--completion-length", type=int)
     p.add_argument("--max-staleness", type=int, default=1)
     a = p.parse_args()
     s = dict(QUICK if a.quick else FULL)
-    s.update({k: getattr(a, k) for k in ("rounds", "steps", "completion_length") if getattr(a, k) is not None})
+    s.update({k: getattr(a, k) for k in ("rounds", "steps", "warmup", "completion_length") if getattr(a, k) is not None})
     sides = {"sync": [], f"async_k{a.max_staleness}": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -14,8 +14,9 @@ and is scored by greedy accuracy on the same held-out problems. Regimes:
     async_k         on_policy, sampled by the actor process (`async_generation`) with weights up to k
                     updates old, k = 1, 2, 4 (only with --regimes: each run takes two processes)
 
-Methods are the objectives of `agro.objectives` with their defaults, plus `agro_untapered`
-(AGRO with `taper: none`, the estimator before the offline taper).
+Methods are the objectives of `agro.objectives` with their defaults (AGRO: `taper: behavior`), plus
+`agro_taper_ref` (`taper: ref`, the offline taper alone: no taper on stale samples of a known sampler)
+and `agro_untapered` (`taper: none`, the estimator before the offline taper).
 
 The offline sets hold 8 samples per prompt (--offline-samples); the loader drops repeated
 (prompt, completion) records, so a peaked policy's groups hold fewer distinct records: the
@@ -50,8 +51,8 @@ from agro.tasks import TASK_NAMES, get_task
 from agro.tokens import collate, encode_prompt
 from agro.trainer import Trainer
 
-METHODS = ("agro", "agro_untapered", *(m for m in OBJECTIVES if m != "agro"))  # the registry, plus a variant
-METHOD_SETTINGS = {"agro_untapered": ["objective=agro", "taper=none"]}
+METHODS = ("agro", "agro_taper_ref", "agro_untapered", *(m for m in OBJECTIVES if m != "agro"))  # + AGRO variants
+METHOD_SETTINGS = {"agro_taper_ref": ["objective=agro", "taper=ref"], "agro_untapered": ["objective=agro", "taper=none"]}
 REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale",
            "async_1", "async_2", "async_4")
 DEFAULT_REGIMES = REGIMES[:7]  # the async regimes run on request (--regimes): each run is two processes

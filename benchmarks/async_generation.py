@@ -6,9 +6,9 @@
 Same work on both sides: the 11M tiny Llama of benchmarks/throughput.py (every completion exactly
 `--completion-length` tokens), the same prompts, objective agro, one update per batch, no evaluation,
 logging or checkpoints. The synchronous loop runs with `--threads` torch threads (default 2, the cores
-of the CI box). The asynchronous run splits them: the learner gets `--threads` − 1 and the actor process 1
-(`async_generation: true, max_staleness: 1, actor_threads: 1`), so that generation of batch t+1 overlaps
-the update on batch t.
+of the CI box). The asynchronous run gives the learner `--learner-threads` (default `--threads` − 1: the
+cores split) and the actor process 1 (`async_generation: true, max_staleness: 1, actor_threads: 1`), so
+that generation of batch t+1 overlaps the update on batch t.
 
 Sides are interleaved, `--rounds` times: sync, async, sync, async, ... each a fresh run of
 `--warmup` + `--steps` steps, so that load from other processes hits both alike. steps/s of a run =
@@ -39,7 +39,8 @@ QUICK = dict(size="3M", prompts_per_step=2, num_generations=4, prompt_length=16,
 PHASES = ("generation", "reward", "reference", "policy", "optimizer")
 
 
-def run_side(root: Path, model_dir: Path, s: dict, threads: int, staleness: int | None, index: int) -> dict:
+def run_side(root: Path, model_dir: Path, s: dict, threads: int, staleness: int | None, index: int,
+             learner_threads: int) -> dict:
     """One fresh run; its measured steps/s and mean phase times."""
     from agro.config import load_config
     from agro.trainer import Trainer
@@ -58,8 +59,7 @@ def run_side(root: Path, model_dir: Path, s: dict, threads: int, staleness: int 
     if staleness is None:
         settings["num_threads"] = threads
     else:
-        settings.update(async_generation=True, max_staleness=staleness, num_threads=max(1, threads - 1),
-                        actor_threads=1)
+        settings.update(async_generation=True, max_staleness=staleness, num_threads=learner_threads, actor_threads=1)
     Trainer(load_config(None, [f"{k}={v}" for k, v in settings.items()])).train()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     measured = [r for r in rows if "time_step" in r][s["warmup"]:]
@@ -78,16 +78,18 @@ def main() -> None:
     p.add_argument("--warmup", type=int)
     p.add_argument("--completion-length", type=int)
     p.add_argument("--max-staleness", type=int, default=1)
+    p.add_argument("--learner-threads", type=int, help="torch threads of the async learner (default: --threads − 1)")
     a = p.parse_args()
     s = dict(QUICK if a.quick else FULL)
     s.update({k: getattr(a, k) for k in ("rounds", "steps", "warmup", "completion_length") if getattr(a, k) is not None})
     sides = {"sync": [], f"async_k{a.max_staleness}": []}
+    learner_threads = a.learner_threads or max(1, a.threads - 1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir, _, params = build_assets(root, s["size"], s["completion_length"], s["prompt_length"])
         for r in range(s["rounds"]):
             for i, (name, staleness) in enumerate((("sync", None), (f"async_k{a.max_staleness}", a.max_staleness))):
-                result = run_side(root, model_dir, s, a.threads, staleness, 2 * r + i)
+                result = run_side(root, model_dir, s, a.threads, staleness, 2 * r + i, learner_threads)
                 sides[name].append(result)
                 print(json.dumps({"round": r, "side": name, **result}), flush=True)
     sync_name, async_name = sides
@@ -100,7 +102,7 @@ def main() -> None:
         "sync_phase_share": {p: v / sum(sync_phases.values()) for p, v in sync_phases.items()},
         "async_phases_s": {p: statistics.median(r["phases_s"][p] for r in sides[async_name]) for p in PHASES},
         "async_staleness_mean": statistics.median(r["staleness"] for r in sides[async_name]),
-        "config": {**s, "threads": a.threads, "parameters": params, "torch": torch.__version__,
+        "config": {**s, "threads": a.threads, "learner_threads": learner_threads, "actor_threads": 1, "parameters": params, "torch": torch.__version__,
                    "cpus": os.cpu_count(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
     }))
 

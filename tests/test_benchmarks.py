@@ -72,3 +72,16 @@ def test_tabular_bias_quick(tmp_path):
     for r in result["regimes"].values():  # the consistent candidates have moved toward π* from π_ref
         assert all(0 < v < 1 for name in ("agro_untapered", "agro_taper_ref", "topr") for v in r[name]["values"])
     assert ref["asymre_delta_0.1"]["min"] > ref["agro_untapered"]["max"]
+
+
+def test_async_generation_benchmark_quick():
+    """Both sides run the same steps; the async side's batches are at most one update old."""
+    proc = subprocess.run([sys.executable, str(SCRIPT.with_name("async_generation.py")), "--quick"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["sync_steps_per_s"] > 0 and result["async_k1_steps_per_s"] > 0
+    assert result["speedup"] == pytest.approx(result["async_k1_steps_per_s"] / result["sync_steps_per_s"])
+    assert 0 < result["async_staleness_mean"] <= 1
+    assert result["sync_phase_share"]["generation"] > 0

@@ -17,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +24,12 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
+
+from agro.tasks import builds
 
 NAME = "arithmetic"
 REWARD = "agro.tasks.arithmetic:reward"  # the trainer's reward_function for this task
@@ -300,14 +298,11 @@ def sample_accuracy(
 ) -> tuple[float, float]:
     """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
     prompts = [p.prompt for p in problems for _ in range(num_samples)]
-    answers = [p.answer for p in problems for _ in range(num_samples)]
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     completions = generate_completions(
         model, tokenizer, prompts, _max_new_tokens(problems), batch_size, **sampling
     )
-    r = torch.tensor([reward(p, c, a) for p, c, a in zip(prompts, completions, answers)])
-    r = r.view(len(problems), num_samples)
-    return r.mean().item(), r.max(dim=1).values.mean().item()
+    return builds.mean_and_pass_at_k(reward, problems, completions, num_samples)
 
 
 # ----------------------------------------------------------------------------- build and cache
@@ -326,33 +321,12 @@ def build_reference_policy(
     _train(model, tokenizer, task, seed, log_every)
     train_s = time.time() - start
     accuracy = evaluate_greedy(model, tokenizer, generate_problems(task.num_heldout, seed, "heldout", task))
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    meta = {
-        "task": dataclasses.asdict(task),
-        "settings_hash": task.settings_hash(),
-        "seed": seed,
-        "heldout_greedy_accuracy": accuracy,  # on generate_problems(task.num_heldout, seed, "heldout", task)
-        "train_seconds": round(train_s, 1),
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-    }
-    (out_dir / "task.json").write_text(json.dumps(meta, indent=2))
-    return out_dir
+    return builds.write_build(out_dir, NAME, task, seed, model, tokenizer, accuracy, train_s)
 
 
 def load_task(path: str | Path) -> tuple[ArithmeticTask, dict]:
     """(settings, full task.json) of a π_ref build."""
-    meta = json.loads((Path(path) / "task.json").read_text())
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"].items()}
-    return ArithmeticTask(**fields), meta
-
-
-def _is_complete(path: Path, task: ArithmeticTask, seed: int) -> bool:
-    try:
-        meta = load_task(path)[1]
-        return meta["settings_hash"] == task.settings_hash() and meta["seed"] == seed
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return builds.load_task(path, ArithmeticTask)
 
 
 def load_or_build_reference_policy(
@@ -363,16 +337,5 @@ def load_or_build_reference_policy(
     A missing or incomplete build is built first, in a temporary directory renamed into place.
     """
     task = task or ArithmeticTask()
-    path = Path(cache_dir) / f"arithmetic-{task.settings_hash()}-seed{seed}"
-    if not _is_complete(path, task, seed):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is not
-        try:
-            build_reference_policy(tmp, seed, task, log_every)
-            if not _is_complete(path, task, seed):  # unless a concurrent build finished first
-                shutil.rmtree(path, ignore_errors=True)
-                tmp.rename(path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path
+    return builds.load_or_build(cache_dir, NAME, task, seed,
+                               lambda tmp: build_reference_policy(tmp, seed, task, log_every))

@@ -60,7 +60,7 @@ METHODS = ("grpo", "trl_grpo_num_iterations_1", "trl_grpo_num_iterations_4", "ag
            "agro_num_iterations_4", "agro_replay", "agro_offline_plus_one")
 TRL_ITERATIONS = {"trl_grpo_num_iterations_1": 1, "trl_grpo_num_iterations_4": 4}
 REUSE = ("agro_num_iterations_2", "agro_num_iterations_4", "agro_replay", "agro_offline_plus_one")
-QUICK = dict(steps=2, seeds=[0], prompts_per_step=4, group_size=4, train_problems=8, heldout=20, eval_every=1,
+QUICK = dict(steps=2, seeds=[0], prompts_per_step=4, group_size=4, train_problems=4, heldout=20, eval_every=1,
              staleness=1)
 
 

@@ -1,4 +1,4 @@
-"""AGRO against its baselines on the built-in arithmetic task, in on- and off-policy regimes.
+"""AGRO against its baselines on a built-in task (--task, default arithmetic), in on- and off-policy regimes.
 
 Every run starts from the same π_ref (the demo's), trains with the real trainer for the same
 number of steps and the same number of generations per step (`prompts_per_step` groups of 8),
@@ -7,7 +7,7 @@ and is scored by greedy accuracy on the same held-out problems. Regimes:
     on_policy       8 fresh samples per prompt
     offline_ref     8 records per prompt sampled from π_ref (no generation at all)
     offline_weak    8 records per prompt from a weaker policy (a shorter warm-up)
-    offline_strong  8 records per prompt from a stronger policy (warm-up with fewer dropped carries)
+    offline_strong  8 records per prompt from a stronger policy (warm-up with a lower error_rate)
     mixed           4 fresh samples + 4 π_ref records per prompt
     stale           4 fresh samples + 4 replayed samples of the same prompt, 1 to `staleness` steps old
     offline_plus_one  the π_ref records of offline_ref + 1 fresh sample per prompt
@@ -36,12 +36,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from agro.config import load_config
-from agro.demo import demo_config_path, greedy_accuracy, write_offline, write_task_data
+from agro.demo import demo_config_path, greedy_accuracy, task_overrides, write_offline, write_task_data
 from agro.logprobs import completion_logprobs
 from agro.rollout import HFGenerator, collate, encode_prompt
-from agro.tasks import arithmetic
+from agro.tasks import TASK_NAMES, get_task
 from agro.trainer import Trainer
 
 METHODS = ("agro", "agro_untapered", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre")
@@ -94,33 +95,33 @@ def share_on_data(model, tokenizer, offline_path: Path, max_len: int, samples: i
     return sum(t in support[prompts[i // samples]] for i, t in enumerate(texts)) / len(texts)
 
 
-def prepare_seed(root: Path, seed: int, task: arithmetic.ArithmeticTask, cache: Path, args) -> dict:
-    """π_ref, the weaker/stronger data policies, the problems and the offline sets of one seed."""
-    ref_model, tokenizer, ref_path = arithmetic.load_or_build_reference_policy(cache, seed=seed, task=task)
-    weak_task = replace(task, train_steps=task.train_steps // 2)
-    strong_task = replace(task, error_rate=args.strong_error_rate)
-    weak_model, _, _ = arithmetic.load_or_build_reference_policy(cache, seed=seed, task=weak_task)
-    strong_model, _, _ = arithmetic.load_or_build_reference_policy(cache, seed=seed, task=strong_task)
+def prepare_seed(root: Path, seed: int, task, settings, cache: Path, args) -> dict:
+    """π_ref, the weaker/stronger data policies, the problems and the offline sets of one seed of a task module."""
+    ref_model, tokenizer, ref_path = task.load_or_build_reference_policy(cache, seed, settings)
+    weak_settings = replace(settings, train_steps=settings.train_steps // 2)
+    strong_settings = replace(settings, error_rate=args.strong_error_rate)
+    weak_model, _, _ = task.load_or_build_reference_policy(cache, seed, weak_settings)
+    strong_model, _, _ = task.load_or_build_reference_policy(cache, seed, strong_settings)
     data_dir = root / f"seed{seed}"
-    train, heldout = write_task_data(data_dir, seed, task, args.train_problems, args.heldout)
-    max_len = arithmetic.max_completion_tokens(task)
+    train, heldout = write_task_data(data_dir, seed, task, settings, args.train_problems, args.heldout)
+    max_len = task.max_completion_tokens(settings)
     offline = {}
     for name, model in (("ref", ref_model), ("weak", weak_model), ("strong", strong_model)):
         path = data_dir / f"offline_{name}.jsonl"
         if not path.exists():
-            write_offline(model, tokenizer, train, path, name, args.offline_samples, max_len, seed)
+            write_offline(model, tokenizer, train, path, name, args.offline_samples, max_len, seed, task.REWARD)
         offline[name] = path
-    return {"ref_model": ref_model, "ref_path": ref_path, "tokenizer": tokenizer, "data_dir": data_dir,
-            "heldout": heldout, "offline": offline, "max_len": max_len,
-            "ref_accuracy": greedy_accuracy(ref_model, tokenizer, heldout, max_len),
-            "weak_accuracy": greedy_accuracy(weak_model, tokenizer, heldout, max_len),
-            "strong_accuracy": greedy_accuracy(strong_model, tokenizer, heldout, max_len)}
+    return {"task": task, "settings": settings, "ref_model": ref_model, "ref_path": ref_path,
+            "tokenizer": tokenizer, "data_dir": data_dir, "heldout": heldout, "offline": offline, "max_len": max_len,
+            "ref_accuracy": greedy_accuracy(ref_model, tokenizer, heldout, max_len, task.REWARD),
+            "weak_accuracy": greedy_accuracy(weak_model, tokenizer, heldout, max_len, task.REWARD),
+            "strong_accuracy": greedy_accuracy(strong_model, tokenizer, heldout, max_len, task.REWARD)}
 
 
 def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) -> dict:
     run_dir = out / "runs" / f"{regime}-{method}-seed{seed}"
     settings = [f"model_name_or_path={prep['ref_path']}", f"train_data={prep['data_dir'] / 'train.jsonl'}",
-                f"output_dir={run_dir}", f"max_completion_length={prep['max_len']}", f"seed={seed}",
+                f"output_dir={run_dir}", *task_overrides(prep["task"], prep["settings"]), f"seed={seed}",
                 *METHOD_SETTINGS.get(method, [f"objective={method}"]), f"max_steps={args.steps}", f"prompts_per_step={args.prompts_per_step}",
                 f"eval_data={prep['data_dir'] / 'heldout.jsonl'}", f"eval_steps={args.eval_every}",
                 "report_to=none", "save_total_limit=1", "logging_steps=1",
@@ -138,10 +139,10 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
         used += int(r.get("num_generations", 0))
         if "eval/accuracy" in r:
             curve.append([used, r["eval/accuracy"]])
-    model = arithmetic.AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
     return {
         "method": method, "regime": regime, "seed": seed,
-        "accuracy": greedy_accuracy(model, prep["tokenizer"], prep["heldout"], prep["max_len"]),
+        "accuracy": greedy_accuracy(model, prep["tokenizer"], prep["heldout"], prep["max_len"], prep["task"].REWARD),
         "reference_accuracy": prep["ref_accuracy"],
         "kl_to_reference": kl_to_reference(model, prep["ref_model"], prep["tokenizer"], prep["heldout"],
                                            prep["max_len"]),
@@ -234,14 +235,23 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--strong-error-rate", type=float, default=0.2)
-    parser.add_argument("--warmup-steps", type=int, default=arithmetic.ArithmeticTask.train_steps,
-                        help="π_ref's supervised warm-up steps (the weaker policy gets half)")
+    parser.add_argument("--strong-error-rate", type=float, default=None,
+                        help="error_rate of the stronger data policy's warm-up (default: the task's "
+                        "STRONG_ERROR_RATE, arithmetic 0.2)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="π_ref's supervised warm-up steps (the weaker policy gets half; default: the task's "
+                        "Settings.train_steps, arithmetic 600)")
+    parser.add_argument("--task", default="arithmetic", choices=TASK_NAMES, help="built-in task")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "agro" / "demo")
     parser.add_argument("--out", type=Path, default=Path("runs/study"))
     parser.add_argument("--summarise-only", action="store_true", help="rebuild study.md/png from runs.jsonl")
     args = parser.parse_args()
+    task = get_task(args.task)
+    if args.warmup_steps is None:
+        args.warmup_steps = task.Settings().train_steps
+    if args.strong_error_rate is None:
+        args.strong_error_rate = task.STRONG_ERROR_RATE
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     command = "python benchmarks/study.py " + " ".join(
@@ -252,8 +262,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         keys = {(r["method"], r["regime"], r["seed"]) for r in done}
         for seed in args.seeds:
-            prep = prepare_seed(args.out, seed, arithmetic.ArithmeticTask(train_steps=args.warmup_steps),
-                                args.cache_dir, args)
+            prep = prepare_seed(args.out, seed, task, task.Settings(train_steps=args.warmup_steps), args.cache_dir,
+                                args)
             print(json.dumps({k: prep[k] for k in ("ref_accuracy", "weak_accuracy", "strong_accuracy")}), flush=True)
             for regime in args.regimes:
                 for method in args.methods:

@@ -192,3 +192,28 @@ def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch, one_thread):
     assert path_of(0, TINY) == first and len(builds) == 4
     assert (first / "model.safetensors").exists() and A.load_task(first)[0] == TINY
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_registry_names_every_task_and_its_interface():
+    from agro.errors import AgroError
+    from agro.tasks import TASK_NAMES, get_task
+
+    assert "arithmetic" in TASK_NAMES
+    for name in TASK_NAMES:
+        task = get_task(name)
+        assert task.NAME == name and task.REWARD == f"agro.tasks.{name}:reward"
+        settings = task.Settings()
+        assert hash(settings) is not None and settings.train_steps > 0 and 0 <= settings.error_rate <= 1
+        problems = task.generate_problems(20, 0, "heldout", settings)
+        assert max(len(p.prompt) for p in problems) <= task.max_prompt_tokens(settings)
+        for name_ in ("load_or_build_reference_policy", "evaluate_greedy", "sample_accuracy", "reward"):
+            assert callable(getattr(task, name_))
+    assert get_task("arithmetic") is A and A.Settings is A.ArithmeticTask
+    with pytest.raises(AgroError, match="unknown task 'nope'; choose one of: arithmetic"):
+        get_task("nope")
+
+
+def test_max_prompt_tokens_bounds_every_prompt():
+    for task in (A.ArithmeticTask(), MIXED):
+        bound = A.max_prompt_tokens(task)
+        assert max(len(p.prompt) for p in A.generate_problems(2000, 0, "train", task)) == bound

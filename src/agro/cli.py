@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agro.errors import AgroError
+from agro.tasks import TASK_NAMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -314,6 +315,7 @@ def _add_demo(sub) -> None:
         "on-policy + offline data (configs/demo.yaml), and compares held-out accuracy.",
     )
     p.add_argument("--quick", action="store_true", help="a short run (for tests): fewer steps and problems")
+    p.add_argument("--task", default="arithmetic", choices=TASK_NAMES, help="built-in task (default: arithmetic)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
     p.add_argument("--seed", type=int, default=0, help="task and training seed")
     p.add_argument("--cache-dir", type=Path, default=None, help="where π_ref is cached (default ~/.cache/agro/demo)")
@@ -325,7 +327,8 @@ def _add_demo(sub) -> None:
 def _run_demo(args) -> int:
     from agro.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed, cache_dir=args.cache_dir, overrides=args.overrides)
+    run_demo(args.out, quick=args.quick, seed=args.seed, cache_dir=args.cache_dir, overrides=args.overrides,
+             task=args.task)
     return 0
 
 

@@ -1,9 +1,10 @@
 """`agro demo`: AGRO on a laptop CPU, from π_ref's own (off-policy) generations plus on-policy samples.
 
-1. build (or load from cache) π_ref: a tiny Llama warmed up on imperfect worked solutions of
-   multi-step arithmetic (`agro.tasks.arithmetic`);
+1. build (or load from cache) π_ref of the chosen built-in task (`agro.tasks`, default `arithmetic`): a tiny
+   Llama warmed up on imperfect worked solutions;
 2. write an offline JSONL of π_ref's generations (the off-policy data, in the format `agro train` reads);
-3. train with AGRO on mixed on-policy + offline groups through the real trainer (`configs/demo.yaml`);
+3. train with AGRO on mixed on-policy + offline groups through the real trainer (`configs/demo.yaml`, with the
+   task's reward and length bounds, and its `DEMO_OVERRIDES` if it has any);
 4. evaluate greedy held-out accuracy of π_ref and of the result; write results.json and a plot.
 """
 
@@ -13,8 +14,10 @@ import json
 import shutil
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from agro.config import load_config
 from agro.data import Problem as DataProblem
@@ -24,13 +27,13 @@ from agro.evaluate import evaluate
 from agro.generate import generate_records, write_atomic
 from agro.rewards import RewardScorer
 from agro.rollout import HFGenerator
-from agro.tasks import arithmetic
+from agro.tasks import get_task
 from agro.trainer import Trainer
 
-REWARD = "agro.tasks.arithmetic:reward"
+REWARD = "agro.tasks.arithmetic:reward"  # the default task's
 
 
-def _write_problems(path: Path, problems: list[arithmetic.Problem]) -> None:
+def _write_problems(path: Path, problems: list) -> None:
     path.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in problems))
 
 
@@ -42,64 +45,74 @@ def demo_config_path() -> Path:
     return path
 
 
-def write_task_data(data_dir: Path, seed: int, task: arithmetic.ArithmeticTask, num_train: int,
+def task_overrides(task: ModuleType, settings) -> list[str]:
+    """Config overrides that point the trainer at a task: its reward and its prompt and completion bounds."""
+    return [f"reward_function={task.REWARD}", f"max_completion_length={task.max_completion_tokens(settings)}",
+            f"max_prompt_length={task.max_prompt_tokens(settings)}"]
+
+
+def write_task_data(data_dir: Path, seed: int, task: ModuleType, settings, num_train: int,
                     num_heldout: int) -> tuple[list[DataProblem], list[DataProblem]]:
-    """train.jsonl and heldout.jsonl (disjoint, deterministic by seed), read back as the trainer reads them."""
+    """train.jsonl and heldout.jsonl of a task module (disjoint, deterministic by seed), read back as the
+    trainer reads them."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    _write_problems(data_dir / "train.jsonl", arithmetic.generate_problems(num_train, seed, "train", task))
-    _write_problems(data_dir / "heldout.jsonl", arithmetic.generate_problems(num_heldout, seed, "heldout", task))
+    _write_problems(data_dir / "train.jsonl", task.generate_problems(num_train, seed, "train", settings))
+    _write_problems(data_dir / "heldout.jsonl", task.generate_problems(num_heldout, seed, "heldout", settings))
     train, _ = load_problems(data_dir / "train.jsonl", template="raw")
     heldout, _ = load_problems(data_dir / "heldout.jsonl", template="raw")
     return train, heldout
 
 
 def write_offline(model, tokenizer, problems: list[DataProblem], path: Path, source: str, per_prompt: int,
-                  max_len: int, seed: int) -> list:
-    """`per_prompt` sampled generations of `model` per problem, scored, written as offline records."""
+                  max_len: int, seed: int, reward: str = REWARD) -> list:
+    """`per_prompt` sampled generations of `model` per problem, scored by `reward`, written as offline records."""
     torch.manual_seed(seed)
-    with RewardScorer(REWARD, in_process=True) as scorer:
+    with RewardScorer(reward, in_process=True) as scorer:
         records = generate_records(model, tokenizer, problems, per_prompt, HFGenerator(tokenizer, max_len, batch_size=512),
                                    source=source, scorer=scorer, batch_size=512)
     write_atomic(path, records)
     return records
 
 
-def greedy_accuracy(model, tokenizer, problems: list[DataProblem], max_len: int) -> float:
-    with RewardScorer(REWARD, in_process=True) as scorer:
+def greedy_accuracy(model, tokenizer, problems: list[DataProblem], max_len: int, reward: str = REWARD) -> float:
+    """Greedy accuracy of `model` on problems, scored by `reward`."""
+    with RewardScorer(reward, in_process=True) as scorer:
         return evaluate(model, tokenizer, problems, scorer, max_len, batch_size=512)["accuracy"]
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path | None = None,
-             overrides: list[str] | None = None) -> dict:
+             overrides: list[str] | None = None, task: str = "arithmetic") -> dict:
     start = time.perf_counter()
+    module = get_task(task)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = out_dir / "data"
-    task = arithmetic.ArithmeticTask()
+    settings = module.Settings()
     cache_dir = cache_dir or Path.home() / ".cache" / "agro" / "demo"
-    print(f"[1/4] reference policy π_ref (cache: {cache_dir})", flush=True)
-    ref_model, tokenizer, cached = arithmetic.load_or_build_reference_policy(cache_dir, seed=seed, task=task,
-                                                                             log_every=100)
+    print(f"[1/4] reference policy π_ref of task {task} (cache: {cache_dir})", flush=True)
+    ref_model, tokenizer, cached = module.load_or_build_reference_policy(cache_dir, seed, settings, log_every=100)
     ref_path = out_dir / "pi_ref"  # a copy beside the data, where configs/demo.yaml looks for it
     if ref_path.exists():
         shutil.rmtree(ref_path)  # the demo's own previous copy
     shutil.copytree(cached, ref_path)
-    train_problems, heldout = write_task_data(data_dir, seed, task, 256 if quick else 2048, 100 if quick else 300)
+    train_problems, heldout = write_task_data(data_dir, seed, module, settings, 256 if quick else 2048,
+                                              100 if quick else 300)
 
     print("[2/4] offline data: π_ref's own generations", flush=True)
-    max_len = arithmetic.max_completion_tokens(task)
+    max_len = module.max_completion_tokens(settings)
     offline_path = data_dir / "offline_pi_ref.jsonl"
     records = write_offline(ref_model, tokenizer, train_problems[: (64 if quick else 512)], offline_path, "pi_ref",
-                            2, max_len, seed)
+                            2, max_len, seed, reward=module.REWARD)
     print(f"      wrote {len(records)} records to {offline_path} "
           f"(reward mean {sum(r.reward for r in records) / len(records):.3f})", flush=True)
-    ref_eval = greedy_accuracy(ref_model, tokenizer, heldout, max_len)
+    ref_eval = greedy_accuracy(ref_model, tokenizer, heldout, max_len, reward=module.REWARD)
     print(f"      π_ref greedy held-out accuracy: {ref_eval:.3f}", flush=True)
 
     print("[3/4] AGRO on mixed on-policy + offline data", flush=True)
     run_dir = out_dir / "train"
     settings = [f"model_name_or_path={ref_path}", f"train_data={data_dir / 'train.jsonl'}",
                 f"offline_data={offline_path}", f"eval_data={data_dir / 'heldout.jsonl'}",
-                f"output_dir={run_dir}", f"max_completion_length={max_len}", f"seed={seed}"]
+                f"output_dir={run_dir}", *task_overrides(module, settings), f"seed={seed}",
+                *getattr(module, "DEMO_OVERRIDES", ())]
     if quick:
         settings += ["max_steps=8", "eval_steps=4"]
     config = load_config(demo_config_path(), settings + list(overrides or []))
@@ -109,9 +122,10 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     print("[4/4] held-out evaluation", flush=True)
-    final_model = arithmetic.AutoModelForCausalLM.from_pretrained(run_dir / "final")
-    final_eval = greedy_accuracy(final_model, tokenizer, heldout, max_len)
+    final_model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    final_eval = greedy_accuracy(final_model, tokenizer, heldout, max_len, reward=module.REWARD)
     results = {
+        "task": task,
         "reference_accuracy": ref_eval,
         "final_accuracy": final_eval,
         "improvement": final_eval - ref_eval,
@@ -158,7 +172,7 @@ def plot_demo(results: dict, path: Path) -> None:
     ax2.set_ylabel("mean reward")
     ax2.set_ylim(0, 1)
     ax2.legend()
-    fig.suptitle(f"agro demo: AGRO from on-policy + π_ref data ({results['heldout_size']} held-out problems)")
+    fig.suptitle(f"agro demo ({results['task']}): AGRO from on-policy + π_ref data ({results['heldout_size']} held-out problems)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -33,9 +33,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+NAME = "arithmetic"
+REWARD = "agro.tasks.arithmetic:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+-=;A"
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 SPLITS = ("train", "heldout")
+STRONG_ERROR_RATE = 0.2  # error_rate of the study's stronger data policy
 BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
 
 
@@ -63,6 +66,9 @@ class ArithmeticTask:
     def settings_hash(self) -> str:
         blob = json.dumps([BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+Settings = ArithmeticTask  # the registry's name for every task's settings class
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,12 @@ def max_completion_tokens(task: ArithmeticTask) -> int:
     value_digits = len(str(task.first_range[1] + steps * task.operand_range[1] + 10 * steps))
     step_chars = 2 * value_digits + len(str(task.operand_range[1])) + 3  # "x+y=r;"
     return steps * step_chars + 2 + value_digits + 1  # "A=" answer EOS
+
+
+def max_prompt_tokens(task: ArithmeticTask) -> int:
+    """Upper bound on the tokens of any prompt of the task ("47+8+6=")."""
+    operand_digits = max(len(str(task.operand_range[1])), len(str(task.operand_range[0])))
+    return len(str(task.first_range[1])) + (task.num_operands - 1) * (1 + operand_digits) + 1
 
 
 def _max_new_tokens(problems: list[Problem]) -> int:

@@ -53,6 +53,8 @@ from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
+from agro.tasks import TASK_NAMES  # imports no task (nor torch)
+
 # agro's reward workers are spawned processes, and so are this script's run workers: both re-import this
 # script, so the modules that pull in torch and transformers are imported inside the functions that need them.
 
@@ -69,38 +71,15 @@ QUICK = dict(steps=2, seeds=[0], prompts_per_step=4, group_size=4, train_problem
 
 def load_task(name: str):
     """The task module of `agro.tasks`."""
-    from agro import tasks
+    from agro.tasks import get_task
 
-    if hasattr(tasks, "get_task"):
-        return tasks.get_task(name)
-    return _compat_arithmetic(name)
-
-
-def _compat_arithmetic(name: str):  # TEMPORARY until the task registry lands (issue 17): today's arithmetic
-    from types import SimpleNamespace
-
-    from agro import demo
-    from agro.tasks import arithmetic as a
-
-    if name != "arithmetic":
-        raise SystemExit(f"--task {name}: only arithmetic before the task registry")
-    demo_write_task_data, demo_write_offline, demo_greedy = demo.write_task_data, demo.write_offline, demo.greedy_accuracy
-    demo.write_task_data = lambda d, seed, task, settings, n, h: demo_write_task_data(d, seed, settings, n, h)
-    demo.write_offline = lambda *args, reward=None: demo_write_offline(*args)
-    demo.greedy_accuracy = lambda *args, reward=None: demo_greedy(*args)
-    return SimpleNamespace(
-        NAME="arithmetic", REWARD=demo.REWARD, Settings=a.ArithmeticTask, max_completion_tokens=a.max_completion_tokens,
-        max_prompt_tokens=lambda s: 16,
-        load_or_build_reference_policy=lambda cache_dir, seed, settings, log_every: a.load_or_build_reference_policy(
-            cache_dir, seed=seed, task=settings, log_every=log_every))
+    return get_task(name)
 
 
 def task_settings(task, args):
     """The task's default settings; `--warmup-steps` changes π_ref's supervised warm-up when the task has one."""
     settings = task.Settings()
     if args.warmup_steps is not None:
-        if not hasattr(settings, "train_steps"):
-            raise SystemExit(f"--warmup-steps: task {task.NAME!r} has no train_steps setting")
         settings = replace(settings, train_steps=args.warmup_steps)
     return settings
 
@@ -109,8 +88,7 @@ def prepare_seed(task, settings, seed: int, args) -> dict:
     """π_ref, the problems and (when a method needs them) π_ref's offline records of one seed: paths."""
     from agro.demo import greedy_accuracy, write_offline, write_task_data
 
-    ref_model, tokenizer, ref_path = task.load_or_build_reference_policy(args.cache_dir, seed=seed,
-                                                                         settings=settings, log_every=0)
+    ref_model, tokenizer, ref_path = task.load_or_build_reference_policy(args.cache_dir, seed, settings, 0)
     data_dir = args.out / f"seed{seed}"
     train, heldout = write_task_data(data_dir, seed, task, settings, args.train_problems, args.heldout)
     max_len = task.max_completion_tokens(settings)
@@ -260,7 +238,6 @@ def run_job(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(job["threads"])
-    load_task(job["task"])
     prep, method = job["prep"], job["method"]
     run_dir = Path(job["run_dir"])
     if run_dir.exists():
@@ -409,7 +386,7 @@ def plot(summary: dict, runs: list[dict], path: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="arithmetic", help="a built-in task of agro.tasks")
+    p.add_argument("--task", default="arithmetic", choices=TASK_NAMES, help="a built-in task of agro.tasks")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--steps", type=int, help="optimizer steps per run")
@@ -483,7 +460,7 @@ def main(argv=None) -> None:
             print(json.dumps({"seed": seed, "reference_accuracy": prep["reference_accuracy"],
                               "offline_records": prep["offline_records"]}), flush=True)
             for method in todo:
-                jobs.append({"method": method, "task": args.task, "prep": prep, "run_dir": str(args.out / "runs" / f"{method}-seed{seed}"),
+                jobs.append({"method": method, "prep": prep, "run_dir": str(args.out / "runs" / f"{method}-seed{seed}"),
                              **{k: getattr(args, k) for k in ("steps", "prompts_per_step", "group_size", "eval_every",
                                                               "staleness", "learning_rate", "beta", "threads")}})
         jobs.sort(key=lambda j: METHODS.index(j["method"]))  # grpo first: the target needs it

@@ -95,14 +95,16 @@ def prepare_seed(task, settings, seed: int, args) -> dict:
     prep = {"seed": seed, "ref_path": str(ref_path), "train": str(data_dir / "train.jsonl"),
             "heldout": str(data_dir / "heldout.jsonl"), "max_len": max_len,
             "max_prompt_len": task.max_prompt_tokens(settings), "reward": task.REWARD,
-            "offline": None, "offline_records": 0}
+            "offline": None, "offline_records": 0, "offline_distinct": 0}
     if "agro_offline_plus_one" in args.methods:
         path = data_dir / f"offline_pi_ref_{args.group_size - 1}.jsonl"
         if not path.exists():
             write_offline(ref_model, tokenizer, train, path, "pi_ref", args.group_size - 1, max_len, seed,
                           reward=task.REWARD)
+        records = [json.loads(line) for line in path.read_text().splitlines()]
         prep["offline"] = str(path)
-        prep["offline_records"] = len(path.read_text().splitlines())
+        prep["offline_records"] = len(records)  # π_ref's generations; the trainer drops repeated ones
+        prep["offline_distinct"] = len({(r["prompt"], r["completion"]) for r in records})
     prep["reference_accuracy"] = greedy_accuracy(ref_model, tokenizer, heldout, max_len, reward=task.REWARD)
     return prep
 
@@ -248,7 +250,7 @@ def run_job(job: dict) -> dict:
     return {"method": method, "seed": prep["seed"], "curve": curve, "final_accuracy": curve[-1][3],
             "fresh_generations": curve[-1][1], "seconds": curve[-1][2], "steps": job["steps"],
             "generations_trained": result["generations_trained"],
-            "offline_records": prep["offline_records"] if method == "agro_offline_plus_one" else 0,
+            **{k: prep[k] if method == "agro_offline_plus_one" else 0 for k in ("offline_records", "offline_distinct")},
             "reference_accuracy": prep["reference_accuracy"], "clip_fraction": result.get("clip_fraction"),
             "wall_seconds": time.perf_counter() - start, "threads": job["threads"], "settings": result["settings"]}
 
@@ -279,7 +281,8 @@ def summarise(runs: list[dict], target_fraction: float) -> dict:
         entry = {"final_accuracy": final_mean, "final_accuracy_std": final_std, "seeds": [r["seed"] for r in rs],
                  "seeds_reached": len(reached), "fresh_generations": statistics.mean(r["fresh_generations"] for r in rs),
                  "seconds": statistics.mean(r["seconds"] for r in rs),
-                 "offline_records": statistics.mean(r["offline_records"] for r in rs)}
+                 "offline_records": statistics.mean(r["offline_records"] for r in rs),
+                 "offline_distinct": statistics.mean(r.get("offline_distinct", 0) for r in rs)}
         for i, key in enumerate(("fresh_generations_to_target", "seconds_to_target")):
             mean, std = _stats([hit[i] for hit in reached]) if reached else (None, None)
             entry[f"{key}_reached_mean"], entry[f"{key}_std"] = mean, std
@@ -330,9 +333,11 @@ def write_table(summary: dict, runs: list[dict], path: Path, command: str) -> No
              f"Target: {summary['target_fraction']} × GRPO's mean final accuracy"
              + (f" = {target:.3f}" if target is not None else " (no grpo run yet)")
              + f". Mean ± std over seeds {seeds}; to-target columns over the seeds that reached it "
-             "(reached: how many), ratio: to GRPO's fresh generations to target.", "",
+             "(reached: how many), ratio: to GRPO's fresh generations to target. Run: the whole run's fresh "
+             "generations and training seconds; π_ref records: offline samples made before training (the "
+             "trainer drops repeats).", "",
              "| method | fresh gen. to target | ratio | seconds to target | reached | final accuracy | "
-             "fresh gen. (run) | seconds (run) | π_ref records |",
+             "fresh gen. (run) | seconds (run) | π_ref records (distinct) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for method, e in m.items():
         n = len(e["seeds"])
@@ -342,7 +347,8 @@ def write_table(summary: dict, runs: list[dict], path: Path, command: str) -> No
         lines.append(f"| {method} | {_fmt(fresh, e['fresh_generations_to_target_std'])} | {ratio} | "
                      f"{_fmt(e['seconds_to_target_reached_mean'], e['seconds_to_target_std'], 1)} | "
                      f"{e['seeds_reached']}/{n} | {_fmt(e['final_accuracy'], e['final_accuracy_std'], 3)} | "
-                     f"{e['fresh_generations']:.0f} | {e['seconds']:.1f} | {e['offline_records']:.0f} |")
+                     f"{e['fresh_generations']:.0f} | {e['seconds']:.1f} | "
+                     f"{e['offline_records']:.0f} ({e['offline_distinct']:.0f}) |")
     lines += ["", *goal_check(summary)]
     path.write_text("\n".join(lines) + "\n")
 
@@ -457,8 +463,8 @@ def main(argv=None) -> None:
             if not todo:
                 continue
             prep = prepare_seed(task, settings, seed, args)
-            print(json.dumps({"seed": seed, "reference_accuracy": prep["reference_accuracy"],
-                              "offline_records": prep["offline_records"]}), flush=True)
+            print(json.dumps({k: prep[k] for k in ("seed", "reference_accuracy", "offline_records",
+                                                   "offline_distinct")}), flush=True)
             for method in todo:
                 jobs.append({"method": method, "prep": prep, "run_dir": str(args.out / "runs" / f"{method}-seed{seed}"),
                              **{k: getattr(args, k) for k in ("steps", "prompts_per_step", "group_size", "eval_every",

@@ -4,6 +4,8 @@ what a user does next: `agro eval` of the trained model with no other flag, `agr
 import json
 from pathlib import Path
 
+import pytest
+
 from agro.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,3 +41,23 @@ def test_demo_quick_writes_results_computed_in_the_run(tmp_path, monkeypatch):
     # configs/demo.yaml as it is, after the demo, from the directory the demo ran in
     assert main(["train", str(CONFIGS / "demo.yaml"), "--set", "max_steps=1", "--set", "eval_data=null"]) == 0
     assert (tmp_path / "runs" / "demo-train" / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_demo_quick_countdown(tmp_path):
+    """`agro demo --task countdown --quick`: the second built-in task end to end, with its own reward and bounds."""
+    from agro.tasks import countdown
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--task", "countdown", "--quick", "--out", str(out), "--cache-dir",
+                 str(tmp_path / "cache")]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "countdown" and results["steps"] == 8 and results["heldout_size"] == 100
+    assert 0.0 <= results["reference_accuracy"] <= 0.3 and 0.0 <= results["final_accuracy"] <= 1.0
+    config = results["config"]
+    assert config["reward_function"] == "agro.tasks.countdown:reward"
+    assert config["max_completion_length"] == countdown.max_completion_tokens(countdown.Settings())
+    assert config["max_prompt_length"] == countdown.max_prompt_tokens(countdown.Settings())
+    assert next((tmp_path / "cache").glob("countdown-*-seed0/task.json")).exists()
+    heldout = (out / "data" / "heldout.jsonl").read_text().splitlines()
+    assert len(heldout) == 100 and all(">" in json.loads(line)["prompt"] for line in heldout)

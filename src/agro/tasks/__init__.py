@@ -24,7 +24,7 @@ from types import ModuleType
 
 from agro.errors import AgroError
 
-TASK_NAMES = ("arithmetic",)
+TASK_NAMES = ("arithmetic", "countdown")
 
 
 def get_task(name: str) -> ModuleType:

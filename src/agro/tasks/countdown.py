@@ -1,0 +1,392 @@
+"""Countdown: reach a target from given numbers with + − × ÷, each number used exactly once.
+
+A prompt lists the numbers and the target, ``7,3,9,2>25:``; a completion is a worked solution, one
+step per line-free segment, each combining two numbers still available into a new one:
+``9*3=27;27-2=25;...``. The reward (`reward`) is 1 when
+
+* every step reads ``x<op>y=r`` with ``op`` in ``+-*/`` and ``x``, ``y``, ``r`` written as plain
+  decimal integers (no sign, no leading zero), and ``r`` is the exact result: a positive integer
+  (a subtraction may not go to 0 or below; a division must be exact and not by zero);
+* ``x`` and ``y`` are both available when the step is written: each given number may be used once,
+  each step's result once more;
+* **every given number is used** (so there are exactly ``len(numbers) - 1`` steps), and the last
+  result equals the target.
+
+Anything else, garbage included, gets 0. That is the rule of the small open RL reproductions
+(TinyZero), except that here all numbers must be used, which fixes the completion's length.
+
+Problems are made by construction, so every target is reachable: draw ``num_numbers`` numbers from
+``number_range``, play a random valid path (each step: two available numbers chosen uniformly, the
+larger written first, an operator drawn uniformly from those whose result is a positive integer ≤
+``max_value``), and take its last value as the target (kept when it is in ``target_range``). The
+numbers are listed in random order. Splits are by prompt hash, as in `agro.tasks.arithmetic`.
+
+π_ref is a tiny Llama trained from scratch on worked solutions: with probability ``1 − error_rate``
+the path that made the problem (a correct solution: a draw from random paths conditioned on
+reaching the target), otherwise a fresh random valid path of the same numbers, which ignores the
+target (and so is wrong, but for chance). The model learns the format and the arithmetic, and only
+a little of how to aim at the target, so it is mostly wrong greedily while correct solutions keep
+real mass at temperature 1; RL has to teach it to plan, which takes many steps.
+
+Measured here (seed 0, one thread; commands and all screens in docs/tasks.md). Defaults (3 numbers in
+1..9, error_rate 0.7, Llama hidden 64 × 3 layers, 800 warm-up steps, 220 s to build): π_ref greedy held-out
+accuracy 0.172, pass@16 0.62 at temperature 1 — both criteria of issue #17 met. On-policy GRPO at the
+study's settings (lr 3e-4, β 0.1, 8 samples, 16 prompts/step), 200 steps, 153 s: 0.20 → 0.27, still rising
+slowly — the plateau ≥ 0.6 criterion is NOT met. The limit is the model, not exploration: a third of π_ref's
+samples hold an arithmetic slip, and a π_ref warmed up on 70% correct paths (greedy 0.38–0.41) does not
+move under the same GRPO in 200 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from agro.tasks.arithmetic import _batch, generate_completions
+
+NAME = "countdown"
+REWARD = "agro.tasks.countdown:reward"  # the trainer's reward_function for this task
+CHARS = "0123456789+-*/=;,>:"
+OPS = "+-*/"
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+SPLITS = ("train", "heldout")
+STRONG_ERROR_RATE = 0.5  # error_rate of the study's stronger data policy
+BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Task, model and warm-up settings; their hash keys the on-disk cache."""
+
+    num_numbers: int = 3
+    number_range: tuple[int, int] = (1, 9)  # every given number ~ U[lo, hi]
+    max_value: int = 99  # the generator's paths keep every result ≤ this (the verifier does not ask it)
+    target_range: tuple[int, int] = (10, 99)  # targets are kept in [lo, hi]
+    heldout_fraction: float = 0.1  # share of all problems reserved for held-out, by prompt hash
+    error_rate: float = 0.7  # P(a warm-up completion is a random path that ignores the target)
+    num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
+    hidden_size: int = 64
+    num_layers: int = 3
+    num_heads: int = 4
+    max_positions: int = 64
+    train_steps: int = 800
+    batch_size: int = 64
+    lr: float = 6e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+
+    def settings_hash(self) -> str:
+        blob = json.dumps([NAME, BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: its prompt, its target (the gold answer), its numbers and the path that made it."""
+
+    prompt: str  # "7,3,9,2>25:"
+    answer: str  # "25"
+    numbers: tuple[int, ...]
+    solution: str  # one correct worked solution: "9*3=27;27-2=25;..."
+
+
+# ----------------------------------------------------------------------------- verifier
+
+STEP = re.compile(r"(0|[1-9][0-9]*)([-+*/])(0|[1-9][0-9]*)=(0|[1-9][0-9]*)")
+PROMPT = re.compile(r"((?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*)>(0|[1-9][0-9]*):")
+
+
+def apply(x: int, op: str, y: int) -> int | None:
+    """x op y when it is a positive integer (exact division, nothing ≤ 0), else None."""
+    if op == "+":
+        r = x + y
+    elif op == "-":
+        r = x - y
+    elif op == "*":
+        r = x * y
+    elif op == "/":
+        if y == 0 or x % y:
+            return None
+        r = x // y
+    else:
+        return None
+    return r if r > 0 else None
+
+
+def parse_prompt(prompt: str) -> tuple[list[int], int] | None:
+    """(numbers, target) of a prompt such as "7,3,9,2>25:", or None."""
+    m = PROMPT.fullmatch(prompt.strip())
+    return ([int(x) for x in m.group(1).split(",")], int(m.group(2))) if m else None
+
+
+def check(numbers: list[int], target: int, completion: str) -> bool:
+    """Whether completion is a valid solution: exact positive steps on available numbers, all used, target hit."""
+    text = completion.split("<", 1)[0].strip()  # up to any special token such as <eos>
+    available = list(numbers)
+    steps = text.split(";")
+    if len(steps) != len(numbers) - 1:
+        return False
+    value = None
+    for step in steps:
+        m = STEP.fullmatch(step)
+        if m is None:
+            return False
+        x, op, y, r = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        if apply(x, op, y) != r:
+            return False
+        for v in (x, y):
+            if v not in available:
+                return False
+            available.remove(v)
+        available.append(r)
+        value = r
+    return len(available) == 1 and value == target
+
+
+def reward(prompt: str, completion: str, answer: str | None) -> float:
+    """1.0 when the completion solves the prompt's problem and reaches the gold target `answer`, else 0.0."""
+    parsed = parse_prompt(prompt)
+    if parsed is None or answer is None or answer.strip() != str(parsed[1]):
+        return 0.0
+    return float(check(parsed[0], parsed[1], completion))
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def _split_of(prompt: str, heldout_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
+    return "heldout" if h < heldout_fraction else "train"
+
+
+def random_path(numbers: list[int], rng: random.Random, max_value: int) -> tuple[str, int]:
+    """(worked solution, final value) of a random valid path using every number: each step takes two
+    available numbers uniformly, the larger first, and an operator uniformly among those whose result is a
+    positive integer ≤ max_value ('-' of unequal numbers always is; '/' of equal ones too)."""
+    available = list(numbers)
+    steps = []
+    while len(available) > 1:
+        i, j = rng.sample(range(len(available)), 2)
+        x, y = max(available[i], available[j]), min(available[i], available[j])
+        ops = [op for op in OPS if (r := apply(x, op, y)) is not None and r <= max_value]
+        op = rng.choice(ops)
+        r = apply(x, op, y)
+        for k in sorted((i, j), reverse=True):
+            available.pop(k)
+        available.append(r)
+        steps.append(f"{x}{op}{y}={r}")
+    return ";".join(steps), available[0]
+
+
+def sample_problem(rng: random.Random, split: str, settings: Settings) -> Problem:
+    """One random problem of the given split (reachable by construction)."""
+    while True:
+        numbers = [rng.randint(*settings.number_range) for _ in range(settings.num_numbers)]
+        solution, target = random_path(numbers, rng, settings.max_value)
+        if not settings.target_range[0] <= target <= settings.target_range[1]:
+            continue
+        prompt = ",".join(map(str, numbers)) + f">{target}:"
+        if _split_of(prompt, settings.heldout_fraction) == split:
+            return Problem(prompt, str(target), tuple(numbers), solution)
+
+
+def generate_problems(n: int, seed: int, split: str, settings: Settings | None = None) -> list[Problem]:
+    """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    settings = settings or Settings()
+    rng = random.Random(f"countdown-{seed}-{split}")
+    problems: dict[str, Problem] = {}
+    for _ in range(100 * n + 1000):
+        p = sample_problem(rng, split, settings)
+        problems.setdefault(p.prompt, p)
+        if len(problems) == n:
+            return list(problems.values())
+    raise ValueError(f"fewer than {n} distinct {split} problems found for {settings}")
+
+
+def warmup_completion(problem: Problem, error_rate: float, rng: random.Random, settings: Settings) -> str:
+    """A warm-up solution: with probability error_rate a fresh random path (ignores the target), else the
+    problem's own correct path."""
+    if rng.random() < error_rate:
+        return random_path(list(problem.numbers), rng, settings.max_value)[0]
+    return problem.solution
+
+
+def max_prompt_tokens(settings: Settings) -> int:
+    """Upper bound on the tokens of any prompt ("7,3,9,2>25:")."""
+    return settings.num_numbers * (len(str(settings.number_range[1])) + 1) + len(str(settings.target_range[1])) + 1
+
+
+def max_completion_tokens(settings: Settings) -> int:
+    """Upper bound on the tokens of any generated path (correct or not), EOS included."""
+    digits = len(str(max(settings.max_value, settings.number_range[1])))
+    return (settings.num_numbers - 1) * (3 * digits + 3)  # "x*y=r" and ";" per step; the last ';' is EOS
+
+
+def _max_new_tokens(settings: Settings) -> int:
+    return max_completion_tokens(settings)
+
+
+# ----------------------------------------------------------------------------- tokenizer and model
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def build_model(settings: Settings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A freshly initialised tiny Llama sized by settings, with tied embeddings."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=4 * settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_heads,
+        max_position_embeddings=settings.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) -> None:
+    rng = random.Random(f"countdown-{seed}-warmup")
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps) * max(0.0, 1 - s / settings.train_steps)
+    )
+    model.train()
+    for step in range(settings.train_steps):
+        batch = [sample_problem(rng, "train", settings) for _ in range(settings.batch_size)]
+        completions = [warmup_completion(p, settings.error_rate, rng, settings) for p in batch]
+        ids, mask, labels = _batch(tokenizer, [p.prompt for p in batch], completions)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if log_every and step % log_every == 0:
+            print(f"warm-up step {step:5d}  loss {loss.item():.4f}", flush=True)
+    model.eval()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256,
+                    settings: Settings | None = None) -> float:
+    """Greedy accuracy over problems."""
+    prompts = [p.prompt for p in problems]
+    budget = _max_new_tokens(settings or Settings())
+    completions = generate_completions(model, tokenizer, prompts, budget, batch_size)
+    return sum(reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
+
+
+def sample_accuracy(model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0,
+                    batch_size: int = 256, settings: Settings | None = None) -> tuple[float, float]:
+    """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
+    prompts = [p.prompt for p in problems for _ in range(num_samples)]
+    answers = [p.answer for p in problems for _ in range(num_samples)]
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    budget = _max_new_tokens(settings or Settings())
+    completions = generate_completions(model, tokenizer, prompts, budget, batch_size, **sampling)
+    r = torch.tensor([reward(p, c, a) for p, c, a in zip(prompts, completions, answers)])
+    r = r.view(len(problems), num_samples)
+    return r.mean().item(), r.max(dim=1).values.mean().item()
+
+
+# ----------------------------------------------------------------------------- build and cache
+
+
+def build_reference_policy(out_dir: str | Path, seed: int = 0, settings: Settings | None = None,
+                           log_every: int = 0) -> Path:
+    """Train π_ref on imperfect solutions; write model, tokenizer and task.json into out_dir."""
+    settings = settings or Settings()
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    start = time.time()
+    tokenizer = build_tokenizer()
+    model = build_model(settings, tokenizer)
+    _train(model, tokenizer, settings, seed, log_every)
+    train_s = time.time() - start
+    heldout = generate_problems(settings.num_heldout, seed, "heldout", settings)
+    accuracy = evaluate_greedy(model, tokenizer, heldout, settings=settings)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    meta = {
+        "name": NAME,
+        "task": dataclasses.asdict(settings),
+        "settings_hash": settings.settings_hash(),
+        "seed": seed,
+        "heldout_greedy_accuracy": accuracy,  # on generate_problems(settings.num_heldout, seed, "heldout", settings)
+        "train_seconds": round(train_s, 1),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out_dir / "task.json").write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def load_task(path: str | Path) -> tuple[Settings, dict]:
+    """(settings, full task.json) of a π_ref build."""
+    meta = json.loads((Path(path) / "task.json").read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["task"].items()}
+    return Settings(**fields), meta
+
+
+def _is_complete(path: Path, settings: Settings, seed: int) -> bool:
+    try:
+        meta = load_task(path)[1]
+        return meta["settings_hash"] == settings.settings_hash() and meta["seed"] == seed
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def load_or_build_reference_policy(cache_dir: str | Path, seed: int = 0, settings: Settings | None = None,
+                                   log_every: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, Path]:
+    """(model, tokenizer, path) of π_ref for (settings, seed), from cache_dir/countdown-<hash>-seed<seed>.
+
+    A missing or incomplete build is built first, in a temporary directory renamed into place.
+    """
+    settings = settings or Settings()
+    path = Path(cache_dir) / f"countdown-{settings.settings_hash()}-seed{seed}"
+    if not _is_complete(path, settings, seed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is not
+        try:
+            build_reference_policy(tmp, seed, settings, log_every)
+            if not _is_complete(path, settings, seed):  # unless a concurrent build finished first
+                shutil.rmtree(path, ignore_errors=True)
+                tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path

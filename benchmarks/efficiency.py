@@ -1,11 +1,13 @@
 """Fresh generations (and wall-clock) to reach a target held-out accuracy: AGRO's reuse of generations
 against on-policy GRPO (agro's and TRL's GRPOTrainer).
 
-    python benchmarks/efficiency.py                     # the default: every method, 3 seeds, 2 workers
-    python benchmarks/efficiency.py --quick             # smoke run: 2 steps, 1 seed, a few prompts
+    python benchmarks/efficiency.py                     # the default: Countdown, every method, 3 seeds, 2 workers
+    python benchmarks/efficiency.py --quick             # smoke run: 2 steps, 1 seed, a few prompts, a 40-step π_ref
     python benchmarks/efficiency.py --no-trl            # agro's methods only (TRL is the optional `bench` extra)
+    python benchmarks/efficiency.py --task arithmetic   # another built-in task (its own default budget)
 
-Every run starts from the same π_ref (the task's cached reference policy of the seed), trains on the
+Every run starts from the same π_ref (the task's reference policy of the seed, built once into
+`--cache-dir` and reused, each seed's preparation running in the worker pool), trains on the
 same prompts with the same reward and the same shared hyper-parameters (`--prompts-per-step` groups of
 `--group-size`, learning rate, β, AdamW, constant schedule, clip 1.0) for `--steps` optimizer steps,
 and is scored by greedy accuracy on the same held-out problems every `--eval-every` steps. Methods:
@@ -66,9 +68,10 @@ REUSE = ("agro_num_iterations_2", "agro_num_iterations_4", "agro_replay", "agro_
 # per task the steps that bring GRPO near its plateau, with evaluations frequent enough to place the target
 FULL = dict(steps=100, seeds=[0, 1, 2], prompts_per_step=16, group_size=8, train_problems=128, heldout=300,
             eval_every=5, staleness=8)
-TASK_DEFAULTS = {"arithmetic": dict(steps=40, eval_every=1)}  # GRPO: ≥ 0.9 within 10 steps (docs/results.md)
+TASK_DEFAULTS = {"arithmetic": dict(steps=40, eval_every=1),  # GRPO: ≥ 0.9 within 10 steps (docs/results.md)
+                 "countdown": dict(steps=150, eval_every=10)}  # GRPO: 0.20 → 0.27-0.28 by step 150 (docs/tasks.md)
 QUICK = dict(steps=2, seeds=[0], prompts_per_step=4, group_size=4, train_problems=4, heldout=20, eval_every=1,
-             staleness=1)
+             staleness=1, warmup_steps=40)  # a smoke test: a π_ref of 40 warm-up steps (built in seconds)
 
 
 # ----------------------------------------------------------------------------- the task
@@ -81,31 +84,30 @@ def load_task(name: str):
     return get_task(name)
 
 
-def task_settings(task, args):
-    """The task's default settings; `--warmup-steps` changes π_ref's supervised warm-up when the task has one."""
-    settings = task.Settings()
-    if args.warmup_steps is not None:
-        settings = replace(settings, train_steps=args.warmup_steps)
-    return settings
+def prepare_seed(spec: dict) -> dict:
+    """π_ref (built and cached when missing), the problems and, when `spec["offline_per_prompt"]`, π_ref's
+    offline records of one seed, in a worker process: the paths and facts the seed's runs need."""
+    import torch
 
-
-def prepare_seed(task, settings, seed: int, args) -> dict:
-    """π_ref, the problems and (when a method needs them) π_ref's offline records of one seed: paths."""
     from agro.demo import greedy_accuracy, write_offline, write_task_data
 
-    ref_model, tokenizer, ref_path = task.load_or_build_reference_policy(args.cache_dir, seed, settings, 0)
-    data_dir = args.out / f"seed{seed}"
-    train, heldout = write_task_data(data_dir, seed, task, settings, args.train_problems, args.heldout)
+    torch.set_num_threads(spec["threads"])
+    task, seed = load_task(spec["task"]), spec["seed"]
+    settings = task.Settings()
+    if spec["warmup_steps"] is not None:
+        settings = replace(settings, train_steps=spec["warmup_steps"])
+    ref_model, tokenizer, ref_path = task.load_or_build_reference_policy(spec["cache_dir"], seed, settings, 0)
+    data_dir = Path(spec["out"]) / f"seed{seed}"
+    train, heldout = write_task_data(data_dir, seed, task, settings, spec["train_problems"], spec["heldout"])
     max_len = task.max_completion_tokens(settings)
     prep = {"seed": seed, "ref_path": str(ref_path), "train": str(data_dir / "train.jsonl"),
             "heldout": str(data_dir / "heldout.jsonl"), "max_len": max_len,
             "max_prompt_len": task.max_prompt_tokens(settings), "reward": task.REWARD,
             "offline": None, "offline_records": 0, "offline_distinct": 0}
-    if "agro_offline_plus_one" in args.methods:
-        path = data_dir / f"offline_pi_ref_{args.group_size - 1}.jsonl"
+    if per_prompt := spec["offline_per_prompt"]:
+        path = data_dir / f"offline_pi_ref_{per_prompt}.jsonl"
         if not path.exists():
-            write_offline(ref_model, tokenizer, train, path, "pi_ref", args.group_size - 1, max_len, seed,
-                          reward=task.REWARD)
+            write_offline(ref_model, tokenizer, train, path, "pi_ref", per_prompt, max_len, seed, reward=task.REWARD)
         records = [json.loads(line) for line in path.read_text().splitlines()]
         prep["offline"] = str(path)
         prep["offline_records"] = len(records)  # π_ref's generations; the trainer drops repeated ones
@@ -443,7 +445,7 @@ def plot(summary: dict, runs: list[dict], path: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="arithmetic", choices=TASK_NAMES, help="a built-in task of agro.tasks")
+    p.add_argument("--task", default="countdown", choices=TASK_NAMES, help="a built-in task of agro.tasks")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the task's, see TASK_DEFAULTS)")
@@ -504,40 +506,44 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        task = load_task(args.task)
-        settings = task_settings(task, args)
         done = {(r["method"], r["seed"]) for r in runs}
-        jobs = []
-        for seed in args.seeds:
-            todo = [m for m in args.methods if (m, seed) not in done]
-            if not todo:
-                continue
-            prep = prepare_seed(task, settings, seed, args)
-            print(json.dumps({k: prep[k] for k in ("seed", "reference_accuracy", "offline_records",
-                                                   "offline_distinct")}), flush=True)
-            for method in todo:
-                jobs.append({"method": method, "prep": prep, "run_dir": str(args.out / "runs" / f"{method}-seed{seed}"),
-                             **{k: getattr(args, k) for k in ("steps", "prompts_per_step", "group_size", "eval_every",
-                                                              "staleness", "learning_rate", "beta", "threads")}})
-        jobs.sort(key=lambda j: METHODS.index(j["method"]))  # grpo first: the target needs it
+        todo = {seed: [m for m in args.methods if (m, seed) not in done] for seed in args.seeds}
+        shared = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "group_size", "eval_every", "staleness",
+                                                "learning_rate", "beta", "threads")}
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
                                  max_tasks_per_child=1) as pool:
-            pending = {pool.submit(run_job, job): job for job in jobs}
+            # each seed's preparation (π_ref, built once and cached, its problems, its offline records) runs in
+            # the pool too; its runs are queued as soon as it is done, grpo first (the target needs it)
+            pending = {pool.submit(prepare_seed, {
+                "task": args.task, "seed": seed, "warmup_steps": args.warmup_steps, "cache_dir": str(args.cache_dir),
+                "out": str(args.out), "train_problems": args.train_problems, "heldout": args.heldout,
+                "threads": args.threads,
+                "offline_per_prompt": args.group_size - 1 if "agro_offline_plus_one" in methods else 0,
+            }): ("prepare", seed) for seed, methods in todo.items() if methods}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    job = pending.pop(future)
+                    kind, job = pending.pop(future)
+                    what = f"seed {job} preparation" if kind == "prepare" else f"{job['method']} seed {job['prep']['seed']}"
                     try:
-                        row = future.result()
+                        result = future.result()
                     except Exception as err:  # the other runs go on; this one is not in runs.jsonl
-                        failed.append(f"{job['method']} seed {job['prep']['seed']}: {type(err).__name__}: {err}")
-                        print(f"run failed: {failed[-1]}", file=sys.stderr, flush=True)
+                        failed.append(f"{what}: {type(err).__name__}: {err}")
+                        print(f"failed: {failed[-1]}", file=sys.stderr, flush=True)
                         continue
-                    print(json.dumps({k: row[k] for k in ("method", "seed", "final_accuracy", "fresh_generations",
-                                                          "seconds", "wall_seconds")}), flush=True)
+                    if kind == "prepare":
+                        print(json.dumps({k: result[k] for k in ("seed", "reference_accuracy", "offline_records",
+                                                                 "offline_distinct")}), flush=True)
+                        for method in sorted(todo[job], key=METHODS.index):
+                            run = {"method": method, "prep": result, **shared,
+                                   "run_dir": str(args.out / "runs" / f"{method}-seed{job}")}
+                            pending[pool.submit(run_job, run)] = ("run", run)
+                        continue
+                    print(json.dumps({k: result[k] for k in ("method", "seed", "final_accuracy", "fresh_generations",
+                                                             "seconds", "wall_seconds")}), flush=True)
                     with open(log, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    runs.append(row)
+                        f.write(json.dumps(result) + "\n")
+                    runs.append(result)
     if not runs:
         raise SystemExit(f"{log}: no finished runs to summarise")
     summary = summarise(runs, args.target_fraction)

@@ -90,7 +90,8 @@ def efficiency_run(tmp_path, *args: str, hide_trl: bool = False) -> tuple[subpro
         hidden.mkdir(parents=True, exist_ok=True)
         (hidden / "__init__.py").write_text("raise ImportError('trl hidden for this test')\n")
         env["PYTHONPATH"] = os.pathsep.join([str(hidden.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(EFFICIENCY), "--quick", "--out", str(tmp_path / "out"), *args],
+    proc = subprocess.run([sys.executable, str(EFFICIENCY), "--quick", "--out", str(tmp_path / "out"),
+                           "--cache-dir", str(tmp_path / "cache"), *args],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])

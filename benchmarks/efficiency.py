@@ -319,8 +319,13 @@ def summarise(runs: list[dict], target_fraction: float) -> dict:
             values = [r[key] for r in rs if r.get(key) is not None]
             entry[key] = statistics.mean(values) if values else None
         methods[method] = entry
+    reference = {r["seed"]: r["reference_accuracy"] for r in runs}
     return {"target": target, "target_fraction": target_fraction,
-            "grpo_final_accuracy": statistics.mean(grpo) if grpo else None, "methods": methods}
+            "grpo_final_accuracy": statistics.mean(grpo) if grpo else None, "methods": methods,
+            "reference_accuracy": reference,  # π_ref's held-out accuracy per seed (every run's step-0 evaluation)
+            # seeds where π_ref already reaches the target: there every run "reaches" it at step 0
+            "seeds_reference_reaches_target": sorted(s for s, a in reference.items()
+                                                     if target is not None and a >= target)}
 
 
 def goal_check(summary: dict) -> list[str]:
@@ -379,7 +384,13 @@ def write_table(summary: dict, runs: list[dict], path: Path, command: str) -> No
              + f". Mean ± std over seeds {seeds}; to-target columns over the seeds that reached it "
              "(reached: how many), ratio: to GRPO's fresh generations to target. Run: the whole run's fresh "
              "generations and training seconds; π_ref records: offline samples made before training (the "
-             "trainer drops repeats).", "",
+             "trainer drops repeats). π_ref's accuracy (step 0) per seed: "
+             + ", ".join(f"{s}: {a:.3f}" for s, a in sorted(summary["reference_accuracy"].items())) + ".", ""]
+    if summary["seeds_reference_reaches_target"]:
+        lines += [f"**Warning:** π_ref already reaches the target on seed(s) {summary['seeds_reference_reaches_target']}: "
+                  "every run of those seeds reaches it at step 0 (0 fresh generations), which measures nothing; "
+                  "GRPO improves too little over π_ref on this task and budget for the target to separate methods.", ""]
+    lines += [
              "| method | fresh gen. to target | ratio | seconds to target | reached | final accuracy | "
              "lowest after reaching | fresh gen. (run) | seconds (run) | π_ref records (distinct) |",
              "|---|---|---|---|---|---|---|---|---|---|"]

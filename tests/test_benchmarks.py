@@ -97,13 +97,13 @@ def efficiency_run(tmp_path, *args: str, hide_trl: bool = False) -> tuple[subpro
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_efficiency_summary_aggregates_seeds():
+def test_efficiency_summary_aggregates_seeds(tmp_path):
     """Target from grpo's final accuracies; a method is null where a seed never reached it, with the count."""
     eff = load_efficiency()
 
     def run(method, seed, accs, per_eval=100):  # evaluations at 0, 1, 2, ... with `per_eval` fresh samples each
         return {"method": method, "seed": seed, "final_accuracy": accs[-1], "fresh_generations": per_eval * (len(accs) - 1),
-                "seconds": 2.0 * (len(accs) - 1), "offline_records": 0,
+                "seconds": 2.0 * (len(accs) - 1), "offline_records": 0, "reference_accuracy": accs[0],
                 "curve": [[i, per_eval * i, 2.0 * i, a] for i, a in enumerate(accs)]}
 
     runs = [run("grpo", 0, [0.1, 0.5, 0.8]), run("grpo", 1, [0.1, 0.7, 0.6]),  # target 0.9 * 0.7 = 0.63
@@ -124,6 +124,11 @@ def test_efficiency_summary_aggregates_seeds():
     assert "| agro_num_iterations_4 | yes (0.25×) | yes (38 vs 100) | yes (+0.010) | met |" in goal
     assert "| agro_replay | no (—) | no (— vs 100) | no (-0.100) | not met |" in goal
     assert goal[-1] == "Goal: met by agro_num_iterations_4."
+    assert s["seeds_reference_reaches_target"] == [] and s["reference_accuracy"] == {0: 0.1, 1: 0.1}
+    low = eff.summarise(runs, 0.1)  # target 0.07: π_ref (0.1) already reaches it, every run at step 0
+    assert low["seeds_reference_reaches_target"] == [0, 1] and low["methods"]["grpo"]["fresh_generations_to_target"] == 0
+    eff.write_table(low, runs, tmp_path / "table.md", "cmd")
+    assert "**Warning:** π_ref already reaches the target on seed(s) [0, 1]" in (tmp_path / "table.md").read_text()
 
 
 def test_efficiency_quick(tmp_path):

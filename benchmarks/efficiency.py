@@ -360,8 +360,12 @@ def goal_check(summary: dict) -> list[str]:
         yes = {True: "yes", False: "no", None: "—"}
         lines.append(f"| {k} | {yes[half]} ({ratio}) | {yes[fewer]} ({trl_text}) | {yes[final_ok]} ({gap:+.3f}) "
                      f"| {'met' if ok else 'not met'} |")
+    caveats = [] if trl4 else ["TRL not measured"]
+    if summary.get("seeds_reference_reaches_target"):
+        caveats.append(f"not meaningful: π_ref already reaches the target on seed(s) "
+                       f"{summary['seeds_reference_reaches_target']}")
     lines += ["", f"Goal: {'met by ' + ', '.join(met) if met else 'not met by any AGRO reuse setting'}"
-              + ("" if trl4 else " (TRL not measured)") + "."]
+              + (f" ({'; '.join(caveats)})" if caveats else "") + "."]
     return lines
 
 

@@ -129,6 +129,7 @@ def test_efficiency_summary_aggregates_seeds(tmp_path):
     assert low["seeds_reference_reaches_target"] == [0, 1] and low["methods"]["grpo"]["fresh_generations_to_target"] == 0
     eff.write_table(low, runs, tmp_path / "table.md", "cmd")
     assert "**Warning:** π_ref already reaches the target on seed(s) [0, 1]" in (tmp_path / "table.md").read_text()
+    assert eff.goal_check(low)[-1].endswith("(not meaningful: π_ref already reaches the target on seed(s) [0, 1]).")
 
 
 def test_efficiency_quick(tmp_path):

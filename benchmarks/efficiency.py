@@ -429,10 +429,12 @@ def plot(summary: dict, runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    top = 0.0
     for method in summary["methods"]:
         curves = [r["curve"] for r in runs if r["method"] == method]
         n = min(len(c) for c in curves)  # evaluations at the same steps in every seed
         y = [statistics.mean(c[i][3] for c in curves) for i in range(n)]
+        top = max(top, *y, summary["target"] or 0.0)
         style = dict(marker=".", label=method, color=f"C{METHODS.index(method)}",
                      linestyle="--" if method.startswith("trl") else "-")
         for ax, column in zip(axes, (1, 2)):
@@ -441,7 +443,7 @@ def plot(summary: dict, runs: list[dict], path: Path) -> None:
     for ax in axes:
         if summary["target"] is not None:
             ax.axhline(summary["target"], color="gray", linestyle=":", linewidth=1, label="target")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, min(1.0, top + 0.05))  # a task with low accuracies gets the room it needs
     axes[0].set_xscale("log")
     axes[0].set_xlabel("fresh generations (log scale; the step-0 evaluation drawn at 1)")
     axes[1].set_xlabel("training seconds (evaluations excluded)")

@@ -6,11 +6,12 @@ has. Version v = the number of optimizer updates behind a set of weights. The le
     version(batch consumed at step s) ≥ s − k
 
 by submitting the prompts of the batch it will consume at step s only after it has sent the weights
-of version s − k (`AsyncActor.submit` after `AsyncActor.sync_weights`): the actor reads its inbox in
-order, so it never samples those prompts with older weights.
+of version s − k (`AsyncActor.sync_weights` sends the weights, then submits): the actor reads its inbox
+in order, so it never samples those prompts with older weights.
 
 Each batch comes back with the version that made it and its behaviour log-probs log μ(y_t), computed
-by the actor's own forward pass. AGRO needs neither; GRPO's ratio and IS-PG's weights read them.
+by the actor's own forward pass. AGRO's advantage needs neither; its default taper (`behavior`) reads
+log μ, as GRPO's ratio and the weights of IS-PG and TOPR do.
 
 Faults: the actor exits when the learner dies (it polls its parent); the learner's `receive` raises
 `ActorDied` with the exit code when the actor dies, so a kill of either ends the run instead of

@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
@@ -34,7 +32,6 @@ from agro.tasks import builds
 NAME = "arithmetic"
 REWARD = "agro.tasks.arithmetic:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+-=;A"
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 SPLITS = ("train", "heldout")
 STRONG_ERROR_RATE = 0.2  # error_rate of the study's stronger data policy
 BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
@@ -163,36 +160,12 @@ def reward(prompt: str, completion: str, answer: str | None) -> float:
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
-    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
+    return builds.char_tokenizer(CHARS)
 
 
 def build_model(task: ArithmeticTask, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    """A freshly initialised tiny Llama sized by task, with tied embeddings."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=task.hidden_size,
-        intermediate_size=4 * task.hidden_size,
-        num_hidden_layers=task.num_layers,
-        num_attention_heads=task.num_heads,
-        num_key_value_heads=task.num_heads,
-        max_position_embeddings=task.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config)
+    """A freshly initialised tiny Llama sized by the settings, with tied embeddings."""
+    return builds.tiny_llama(task, tokenizer)
 
 
 def max_completion_tokens(task: ArithmeticTask) -> int:

@@ -1,4 +1,5 @@
-"""What the built-in tasks share: their tiny π_ref builds, cached on disk, and accuracy at k samples.
+"""What the built-in tasks share: their tiny model and tokenizer, the π_ref builds cached on disk, and
+accuracy at k samples.
 
 A build lives in cache_dir/<task>-<settings hash>-seed<seed>/: the model, its tokenizer and task.json
 (the settings, their hash, the seed, the held-out greedy accuracy, the build time). A missing or
@@ -16,7 +17,45 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+def char_tokenizer(chars: str) -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over `chars`; adds no special tokens, pads on the left."""
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def tiny_llama(settings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A freshly initialised tiny Llama sized by `settings` (hidden_size, num_layers, num_heads, max_positions),
+    with tied embeddings."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=4 * settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_heads,
+        max_position_embeddings=settings.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
 
 
 def write_build(out_dir: Path, name: str, settings, seed: int, model, tokenizer, accuracy: float,

@@ -50,9 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
@@ -64,7 +62,6 @@ NAME = "countdown"
 REWARD = "agro.tasks.countdown:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+-*/=;,>:"
 OPS = "+-*/"
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 SPLITS = ("train", "heldout")
 STRONG_ERROR_RATE = 0.5  # error_rate of the study's stronger data policy
 BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
@@ -249,30 +246,12 @@ def _max_new_tokens(settings: Settings) -> int:
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
-    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                                   unk_token="<unk>", padding_side="left")
+    return builds.char_tokenizer(CHARS)
 
 
 def build_model(settings: Settings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    """A freshly initialised tiny Llama sized by settings, with tied embeddings."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=settings.hidden_size,
-        intermediate_size=4 * settings.hidden_size,
-        num_hidden_layers=settings.num_layers,
-        num_attention_heads=settings.num_heads,
-        num_key_value_heads=settings.num_heads,
-        max_position_embeddings=settings.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config)
+    """A freshly initialised tiny Llama sized by the settings, with tied embeddings."""
+    return builds.tiny_llama(settings, tokenizer)
 
 
 def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) -> None:

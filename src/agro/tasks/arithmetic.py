@@ -32,7 +32,6 @@ from agro.tasks import builds
 NAME = "arithmetic"
 REWARD = "agro.tasks.arithmetic:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+-=;A"
-SPLITS = ("train", "heldout")
 STRONG_ERROR_RATE = 0.2  # error_rate of the study's stronger data policy
 BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
 
@@ -79,11 +78,6 @@ class Problem:
 # ----------------------------------------------------------------------------- problems
 
 
-def _split_of(prompt: str, heldout_fraction: float) -> str:
-    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
-    return "heldout" if h < heldout_fraction else "train"
-
-
 def _make_problem(operands: list[int], ops: str) -> Problem | None:
     """The problem, or None when some intermediate result is too small for every error path to stay ≥ 0."""
     value, margin = operands[0], 10 * len(ops)
@@ -102,23 +96,15 @@ def sample_problem(rng: random.Random, split: str, task: ArithmeticTask) -> Prob
         operands += [rng.randint(*task.operand_range) for _ in range(task.num_operands - 1)]
         ops = "".join(rng.choice(task.ops) for _ in range(task.num_operands - 1))
         p = _make_problem(operands, ops)
-        if p is not None and _split_of(p.prompt, task.heldout_fraction) == split:
+        if p is not None and builds.split_of(p.prompt, task.heldout_fraction) == split:
             return p
 
 
 def generate_problems(n: int, seed: int, split: str, task: ArithmeticTask | None = None) -> list[Problem]:
     """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     task = task or ArithmeticTask()
-    rng = random.Random(f"{seed}-{split}")
-    problems: dict[str, Problem] = {}
-    for _ in range(100 * n + 1000):
-        p = sample_problem(rng, split, task)
-        problems.setdefault(p.prompt, p)
-        if len(problems) == n:
-            return list(problems.values())
-    raise ValueError(f"fewer than {n} distinct {split} problems found for {task}")
+    return builds.distinct_problems(lambda rng: sample_problem(rng, split, task), n, random.Random(f"{seed}-{split}"), split,
+                                    task)
 
 
 def needs_carry(x: int, op: str, y: int) -> bool:

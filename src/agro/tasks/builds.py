@@ -10,7 +10,9 @@ key never leave a half-written one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import random
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,6 +29,27 @@ from transformers import (
 )
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+SPLITS = ("train", "heldout")
+
+
+def split_of(prompt: str, heldout_fraction: float) -> str:
+    """The split a prompt belongs to, by its hash: the same for every seed, so splits never overlap."""
+    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
+    return "heldout" if h < heldout_fraction else "train"
+
+
+def distinct_problems(sample: Callable[[random.Random], object], n: int, rng: random.Random, split: str,
+                      what: object) -> list:
+    """n problems of distinct prompts drawn with `sample(rng)`; ValueError naming `what` if they run out."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    problems: dict[str, object] = {}
+    for _ in range(100 * n + 1000):
+        p = sample(rng)
+        problems.setdefault(p.prompt, p)
+        if len(problems) == n:
+            return list(problems.values())
+    raise ValueError(f"fewer than {n} distinct {split} problems found for {what}")
 
 
 def char_tokenizer(chars: str) -> PreTrainedTokenizerFast:

@@ -62,7 +62,6 @@ NAME = "countdown"
 REWARD = "agro.tasks.countdown:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+-*/=;,>:"
 OPS = "+-*/"
-SPLITS = ("train", "heldout")
 STRONG_ERROR_RATE = 0.5  # error_rate of the study's stronger data policy
 BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
 
@@ -167,11 +166,6 @@ def reward(prompt: str, completion: str, answer: str | None) -> float:
 # ----------------------------------------------------------------------------- problems
 
 
-def _split_of(prompt: str, heldout_fraction: float) -> str:
-    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
-    return "heldout" if h < heldout_fraction else "train"
-
-
 def random_path(numbers: list[int], rng: random.Random, max_value: int) -> tuple[str, int]:
     """(worked solution, final value) of a random valid path using every number: each step takes two
     available numbers uniformly, the larger first, and an operator uniformly among those whose result is a
@@ -199,23 +193,15 @@ def sample_problem(rng: random.Random, split: str, settings: Settings) -> Proble
         if not settings.target_range[0] <= target <= settings.target_range[1]:
             continue
         prompt = ",".join(map(str, numbers)) + f">{target}:"
-        if _split_of(prompt, settings.heldout_fraction) == split:
+        if builds.split_of(prompt, settings.heldout_fraction) == split:
             return Problem(prompt, str(target), tuple(numbers), solution)
 
 
 def generate_problems(n: int, seed: int, split: str, settings: Settings | None = None) -> list[Problem]:
     """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     settings = settings or Settings()
-    rng = random.Random(f"countdown-{seed}-{split}")
-    problems: dict[str, Problem] = {}
-    for _ in range(100 * n + 1000):
-        p = sample_problem(rng, split, settings)
-        problems.setdefault(p.prompt, p)
-        if len(problems) == n:
-            return list(problems.values())
-    raise ValueError(f"fewer than {n} distinct {split} problems found for {settings}")
+    return builds.distinct_problems(lambda rng: sample_problem(rng, split, settings), n, random.Random(f"countdown-{seed}-{split}"), split,
+                                    settings)
 
 
 def warmup_completion(problem: Problem, error_rate: float, rng: random.Random, settings: Settings) -> str:

@@ -52,7 +52,6 @@ def test_batches_come_from_the_newest_weights_sent_with_their_log_probs(actor_an
     actor.submit(2, PROMPTS)  # sent after version 1: must be sampled by it
     got1, got2 = actor.receive(1), actor.receive(2)
     assert got0.version == 0 and got1.version in (0, 1) and got2.version == 1
-    assert actor.pending() == []
     for got, model in ((got0, first), (got2, second)):
         # the same completions as the learner's own generator with those weights and the batch's seed
         completions, _ = _sample(model, HFGenerator(TOKENIZER, 10), spec, got.index, PROMPTS)
@@ -77,7 +76,6 @@ def test_a_killed_actor_is_reported_instead_of_waited_for(actor_and_models):
     actor.submit(1, PROMPTS)
     with pytest.raises(ActorDied, match=r"exit code -9 before sending the batch of step 2"):
         actor.receive(1)
-    assert [index for index, _ in actor.pending()] == [1]  # what a resume re-submits
 
 
 @pytest.mark.slow

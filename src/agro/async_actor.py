@@ -132,7 +132,6 @@ class ActorProcess:
         self.process = ctx.Process(target=_actor_main, args=(spec, self.inbox, self.outbox, os.getpid()),
                                    daemon=True, name="agro-actor")
         self.process.start()
-        self.submitted: dict[int, list[list[int]]] = {}  # batch index -> prompts, not yet received
 
     @property
     def pid(self) -> int:
@@ -144,7 +143,6 @@ class ActorProcess:
 
     def submit(self, index: int, prompts: list[list[int]]) -> None:
         """Ask for the batch the learner consumes at step `index`, sampled with the newest weights sent."""
-        self.submitted[index] = prompts
         self.inbox.put(("prompts", index, prompts))
 
     def receive(self, index: int) -> ActorBatch:
@@ -162,12 +160,7 @@ class ActorProcess:
                 raise ActorDied(f"the actor process failed: {batch[1]}")
             if batch.index != index:
                 raise ActorDied(f"the actor sent the batch of step {batch.index + 1} where step {index + 1}'s was due")
-            del self.submitted[index]
             return batch
-
-    def pending(self) -> list[tuple[int, list[list[int]]]]:
-        """Batches submitted and not yet received, in order (to re-submit after a resume)."""
-        return sorted(self.submitted.items())
 
     def close(self) -> None:
         if self.process.is_alive():

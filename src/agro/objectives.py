@@ -134,6 +134,11 @@ def _common_metrics(
 # ----------------------------------------------------------------------------- AGRO
 
 
+def sampler_log_ratio(logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t mask·(log π − log μ): the sequence-level log-ratio to the policy that sampled it (no gradient)."""
+    return sequence_sum(logprobs.detach() - behavior_logprobs, mask)
+
+
 def negative_taper(advantages: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
     """ρ_i = 1 where A_i ≥ 0, min(1, exp(log_ratio_i)) where A_i < 0 (TOPR's taper; no gradient)."""
     return torch.where(advantages < 0, log_ratio.detach().clamp(max=0.0).exp(), torch.ones_like(advantages))
@@ -201,7 +206,7 @@ def agro_loss(
     if taper in ("ref", "behavior"):
         scale = torch.where(groups_without_fresh(group_ids, fresh), negative_taper(advantages, log_ratio), scale)
     if taper == "behavior" and behavior_logprobs is not None:
-        scale = torch.minimum(scale, negative_taper(advantages, sequence_sum(logprobs.detach() - behavior_logprobs, mask)))
+        scale = torch.minimum(scale, negative_taper(advantages, sampler_log_ratio(logprobs, behavior_logprobs, mask)))
     loss = -_weighted_mean(scale * advantages * seq_logprob, w)
     metrics = _common_metrics(rewards, log_ratio, advantages, mask)
     metrics["regularised_reward_mean"] = regularised.detach().float().mean().item()
@@ -363,11 +368,9 @@ def is_pg_loss(
     if behavior_logprobs is None:
         raise ValueError("is_pg_loss needs behavior_logprobs (the generating policy's log-probs)")
     w = _weights_like(rewards, weights)
-    seq_logprob = sequence_sum(logprobs, mask)
-    log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)
-    log_importance = sequence_sum(logprobs.detach() - behavior_logprobs, mask)
+    seq_logprob, log_ratio, regularised = _regularised_reward(logprobs, ref_logprobs, mask, rewards, beta)
+    log_importance = sampler_log_ratio(logprobs, behavior_logprobs, mask)
     importance = torch.exp(log_importance.clamp(max=math.log(max_importance_weight)))
-    regularised = rewards - beta * log_ratio
     advantages = (regularised - group_mean(regularised, group_ids, w)).detach()
     loss = -_weighted_mean(importance * advantages * seq_logprob, w)
     metrics = _common_metrics(rewards, log_ratio, advantages, mask)
@@ -404,7 +407,7 @@ def topr_loss(
     w = _weights_like(rewards, weights)
     seq_logprob, log_ratio, regularised = _regularised_reward(logprobs, ref_logprobs, mask, rewards, beta)
     advantages = (regularised - group_mean(regularised, group_ids, w)).detach()
-    taper = negative_taper(advantages, sequence_sum(logprobs.detach() - behavior_logprobs, mask))
+    taper = negative_taper(advantages, sampler_log_ratio(logprobs, behavior_logprobs, mask))
     loss = -_weighted_mean(taper * advantages * seq_logprob, w)
     metrics = _common_metrics(rewards, log_ratio, advantages, mask)
     metrics["taper_mean"] = taper.float().mean().item()

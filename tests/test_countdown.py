@@ -1,24 +1,11 @@
-"""The built-in countdown task: its verifier, problems, warm-up paths, and the cached π_ref build."""
+"""The built-in countdown task: its verifier, problems and warm-up paths (its π_ref build: test_task_builds.py)."""
 
 import random
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from agro.tasks import countdown as C
 from agro.tasks import get_task
-
-TINY = C.Settings(hidden_size=16, num_layers=1, num_heads=2, train_steps=4, batch_size=8, warmup_steps=2,
-                  num_heldout=16)
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -98,28 +85,3 @@ def test_registry_and_tokenizer():
     text = "7,3,9>30:7*3=21;21/9=30"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text) and tok.unk_token_id not in ids and tok.decode(ids) == text
-
-
-def test_build_is_deterministic_and_cached(tmp_path, one_thread, monkeypatch):
-    a = C.build_reference_policy(tmp_path / "a", seed=3, settings=TINY)
-    b = C.build_reference_policy(tmp_path / "b", seed=3, settings=TINY)
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    settings, meta = C.load_task(a)
-    assert settings == TINY and meta["seed"] == 3 and meta["name"] == "countdown"
-
-    builds = []
-    real_build = C.build_reference_policy
-    monkeypatch.setattr(C, "build_reference_policy", lambda *a, **k: builds.append(a) or real_build(*a, **k))
-    model, tok, first = C.load_or_build_reference_policy(tmp_path / "cache", 0, TINY)
-    assert first.name.startswith("countdown-") and first.name.endswith("-seed0") and len(builds) == 1
-    heldout = C.generate_problems(TINY.num_heldout, 0, "heldout", TINY)
-    assert C.evaluate_greedy(model, tok, heldout, settings=TINY) == C.load_task(first)[1]["heldout_greedy_accuracy"]
-    assert C.load_or_build_reference_policy(tmp_path / "cache", 0, TINY)[2] == first and len(builds) == 1
-    other = C.load_or_build_reference_policy(tmp_path / "cache", 0, C.dataclasses.replace(TINY, error_rate=0.1))[2]
-    assert other != first and len(builds) == 2
-    (first / "task.json").unlink()  # an incomplete build is rebuilt
-    assert C.load_or_build_reference_policy(tmp_path / "cache", 0, TINY)[2] == first and len(builds) == 3
-    mean, passed = C.sample_accuracy(model, tok, heldout[:4], num_samples=3, settings=TINY)
-    assert 0.0 <= mean <= passed <= 1.0
-    assert [p.name for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name] == []

@@ -46,25 +46,26 @@ def test_demo_quick_writes_results_computed_in_the_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_demo_quick_countdown(tmp_path, monkeypatch):
-    """`agro demo --task countdown --quick`: the second built-in task end to end, with its own reward and bounds.
+@pytest.mark.parametrize("name, mark", [("countdown", ">"), ("multiplication", "*")])
+def test_demo_quick_other_tasks(name, mark, tmp_path, monkeypatch):
+    """`agro demo --task NAME --quick`: the other built-in tasks end to end, with their own reward and bounds.
     π_ref is a tiny build (the default one takes minutes on a busy 2-core box); the task is the default one."""
-    from agro.tasks import countdown
+    from agro.tasks import get_task
 
-    tiny = countdown.Settings(hidden_size=16, num_layers=1, num_heads=2, train_steps=20, batch_size=16,
-                              warmup_steps=2, num_heldout=16)
-    real_settings = countdown.Settings
-    monkeypatch.setattr(countdown, "Settings", lambda: tiny)
+    task = get_task(name)
+    tiny = task.Settings(hidden_size=16, num_layers=1, num_heads=2, train_steps=20, batch_size=16,
+                         warmup_steps=2, num_heldout=16)
+    real_settings = task.Settings
+    monkeypatch.setattr(task, "Settings", lambda: tiny)
     out = tmp_path / "demo"
-    assert main(["demo", "--task", "countdown", "--quick", "--out", str(out), "--cache-dir",
-                 str(tmp_path / "cache")]) == 0
+    assert main(["demo", "--task", name, "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["task"] == "countdown" and results["steps"] == 8 and results["heldout_size"] == 100
+    assert results["task"] == name and results["steps"] == 8 and results["heldout_size"] == 100
     assert 0.0 <= results["reference_accuracy"] <= 0.3 and 0.0 <= results["final_accuracy"] <= 1.0
     config = results["config"]
-    assert config["reward_function"] == "agro.tasks.countdown:reward"
-    assert config["max_completion_length"] == countdown.max_completion_tokens(real_settings())
-    assert config["max_prompt_length"] == countdown.max_prompt_tokens(real_settings())
-    assert next((tmp_path / "cache").glob("countdown-*-seed0/task.json")).exists()
+    assert config["reward_function"] == f"agro.tasks.{name}:reward"
+    assert config["max_completion_length"] == task.max_completion_tokens(real_settings())
+    assert config["max_prompt_length"] == task.max_prompt_tokens(real_settings())
+    assert next((tmp_path / "cache").glob(f"{name}-*-seed0/task.json")).exists()
     heldout = (out / "data" / "heldout.jsonl").read_text().splitlines()
-    assert len(heldout) == 100 and all(">" in json.loads(line)["prompt"] for line in heldout)
+    assert len(heldout) == 100 and all(mark in json.loads(line)["prompt"] for line in heldout)

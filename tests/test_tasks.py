@@ -209,7 +209,7 @@ def test_registry_names_every_task_and_its_interface():
         for name_ in ("load_or_build_reference_policy", "evaluate_greedy", "sample_accuracy", "reward"):
             assert callable(getattr(task, name_))
     assert get_task("arithmetic") is A and A.Settings is A.ArithmeticTask
-    with pytest.raises(AgroError, match="unknown task .nope.; choose one of: arithmetic, countdown"):
+    with pytest.raises(AgroError, match="unknown task .nope.; choose one of: arithmetic, countdown, multiplication"):
         get_task("nope")
 
 

@@ -24,7 +24,7 @@ from types import ModuleType
 
 from agro.errors import AgroError
 
-TASK_NAMES = ("arithmetic", "countdown")
+TASK_NAMES = ("arithmetic", "countdown", "multiplication")
 
 
 def get_task(name: str) -> ModuleType:

@@ -176,92 +176,32 @@ def _max_new_tokens(problems: list[Problem]) -> int:
 # ----------------------------------------------------------------------------- warm-up
 
 
-def _batch(tokenizer, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, ...]:
-    """Right-padded input ids, attention mask and labels (-100 outside completion + EOS)."""
-    rows = []
-    for p, c in zip(prompts, completions):
-        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
-        ci = tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((pi + ci, [-100] * len(pi) + ci))
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return ids, mask, labels
-
-
 def _train(model, tokenizer, task: ArithmeticTask, seed: int, log_every: int = 0) -> None:
     rng = random.Random(f"{seed}-warmup")
-    opt = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=task.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / task.warmup_steps) * max(0.0, 1 - s / task.train_steps)
-    )
-    model.train()
-    for step in range(task.train_steps):
+
+    def examples() -> tuple[list[str], list[str]]:
         batch = [sample_problem(rng, "train", task) for _ in range(task.batch_size)]
-        completions = [imperfect_solution(p, task.error_rate, rng)[0] for p in batch]
-        ids, mask, labels = _batch(tokenizer, [p.prompt for p in batch], completions)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if log_every and step % log_every == 0:
-            print(f"warm-up step {step:5d}  loss {loss.item():.4f}", flush=True)
-    model.eval()
+        return [p.prompt for p in batch], [imperfect_solution(p, task.error_rate, rng)[0] for p in batch]
+
+    builds.warm_up(model, tokenizer, task, examples, log_every)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def generate_completions(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 256, **gen_kwargs
-) -> list[str]:
-    """Completions (text up to EOS) for each prompt, left-padded in batches; greedy unless sampling kwargs say."""
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        rows = tokenizer(prompts[i : i + batch_size], add_special_tokens=False)["input_ids"]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **({"do_sample": False} | gen_kwargs),
-        )
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    return out
+generate_completions = builds.generate_completions
 
 
 def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256) -> float:
     """Greedy accuracy over problems."""
-    prompts = [p.prompt for p in problems]
-    completions = generate_completions(model, tokenizer, prompts, _max_new_tokens(problems), batch_size)
-    return sum(reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
+    return builds.greedy_accuracy(reward, model, tokenizer, problems, _max_new_tokens(problems), batch_size)
 
 
-def sample_accuracy(
-    model,
-    tokenizer,
-    problems: list[Problem],
-    num_samples: int,
-    temperature: float = 1.0,
-    batch_size: int = 256,
-) -> tuple[float, float]:
+def sample_accuracy(model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0,
+                    batch_size: int = 256) -> tuple[float, float]:
     """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
-    prompts = [p.prompt for p in problems for _ in range(num_samples)]
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    completions = generate_completions(
-        model, tokenizer, prompts, _max_new_tokens(problems), batch_size, **sampling
-    )
-    return builds.mean_and_pass_at_k(reward, problems, completions, num_samples)
+    return builds.sampled_accuracy(reward, model, tokenizer, problems, num_samples, _max_new_tokens(problems),
+                                   temperature, batch_size)
 
 
 # ----------------------------------------------------------------------------- build and cache

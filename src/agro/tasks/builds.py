@@ -1,5 +1,5 @@
-"""What the built-in tasks share: their tiny model and tokenizer, the π_ref builds cached on disk, and
-accuracy at k samples.
+"""What the built-in tasks share: their tiny model and tokenizer, the supervised warm-up that makes π_ref,
+the π_ref builds cached on disk, and greedy and sampled accuracy.
 
 A build lives in cache_dir/<task>-<settings hash>-seed<seed>/: the model, its tokenizer and task.json
 (the settings, their hash, the seed, the held-out greedy accuracy, the build time). A missing or
@@ -79,6 +79,83 @@ def tiny_llama(settings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM
         eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(config)
+
+
+def training_batch(tokenizer, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, ...]:
+    """Right-padded input ids, attention mask and labels (-100 outside completion + EOS)."""
+    rows = []
+    for p, c in zip(prompts, completions):
+        pi = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ci = tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((pi + ci, [-100] * len(pi) + ci))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, mask, labels
+
+
+def warm_up(model, tokenizer, settings, examples: Callable[[], tuple[list[str], list[str]]], log_every: int = 0) -> None:
+    """Supervised warm-up of π_ref: `settings.train_steps` AdamW steps (lr `settings.lr`, linear warm-up over
+    `settings.warmup_steps`, then linear decay to 0) of cross-entropy on the completions of `examples()`,
+    one (prompts, completions) batch per step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps) * max(0.0, 1 - s / settings.train_steps)
+    )
+    model.train()
+    for step in range(settings.train_steps):
+        ids, mask, labels = training_batch(tokenizer, *examples())
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if log_every and step % log_every == 0:
+            print(f"warm-up step {step:5d}  loss {loss.item():.4f}", flush=True)
+    model.eval()
+
+
+@torch.no_grad()
+def generate_completions(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 256, **gen_kwargs
+) -> list[str]:
+    """Completions (text up to EOS) for each prompt, left-padded in batches; greedy unless sampling kwargs say."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows = tokenizer(prompts[i : i + batch_size], add_special_tokens=False)["input_ids"]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **({"do_sample": False} | gen_kwargs),
+        )
+        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+    return out
+
+
+def greedy_accuracy(reward: Callable[[str, str, str | None], float], model, tokenizer, problems,
+                    max_new_tokens: int, batch_size: int = 256) -> float:
+    """Mean reward of the greedy completions of `problems`."""
+    completions = generate_completions(model, tokenizer, [p.prompt for p in problems], max_new_tokens, batch_size)
+    return sum(reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
+
+
+def sampled_accuracy(reward: Callable[[str, str, str | None], float], model, tokenizer, problems, num_samples: int,
+                     max_new_tokens: int, temperature: float = 1.0, batch_size: int = 256) -> tuple[float, float]:
+    """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
+    prompts = [p.prompt for p in problems for _ in range(num_samples)]
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, **sampling)
+    return mean_and_pass_at_k(reward, problems, completions, num_samples)
 
 
 def write_build(out_dir: Path, name: str, settings, seed: int, model, tokenizer, accuracy: float,

@@ -56,7 +56,6 @@ from transformers import (
 )
 
 from agro.tasks import builds
-from agro.tasks.arithmetic import _batch, generate_completions
 
 NAME = "countdown"
 REWARD = "agro.tasks.countdown:reward"  # the trainer's reward_function for this task
@@ -242,24 +241,12 @@ def build_model(settings: Settings, tokenizer: PreTrainedTokenizerFast) -> Llama
 
 def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) -> None:
     rng = random.Random(f"countdown-{seed}-warmup")
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps) * max(0.0, 1 - s / settings.train_steps)
-    )
-    model.train()
-    for step in range(settings.train_steps):
+
+    def examples() -> tuple[list[str], list[str]]:
         batch = [sample_problem(rng, "train", settings) for _ in range(settings.batch_size)]
-        completions = [warmup_completion(p, settings.error_rate, rng, settings) for p in batch]
-        ids, mask, labels = _batch(tokenizer, [p.prompt for p in batch], completions)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if log_every and step % log_every == 0:
-            print(f"warm-up step {step:5d}  loss {loss.item():.4f}", flush=True)
-    model.eval()
+        return [p.prompt for p in batch], [warmup_completion(p, settings.error_rate, rng, settings) for p in batch]
+
+    builds.warm_up(model, tokenizer, settings, examples, log_every)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -268,20 +255,15 @@ def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) 
 def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256,
                     settings: Settings | None = None) -> float:
     """Greedy accuracy over problems."""
-    prompts = [p.prompt for p in problems]
     budget = _max_new_tokens(settings or Settings())
-    completions = generate_completions(model, tokenizer, prompts, budget, batch_size)
-    return sum(reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
+    return builds.greedy_accuracy(reward, model, tokenizer, problems, budget, batch_size)
 
 
 def sample_accuracy(model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0,
                     batch_size: int = 256, settings: Settings | None = None) -> tuple[float, float]:
     """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
-    prompts = [p.prompt for p in problems for _ in range(num_samples)]
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     budget = _max_new_tokens(settings or Settings())
-    completions = generate_completions(model, tokenizer, prompts, budget, batch_size, **sampling)
-    return builds.mean_and_pass_at_k(reward, problems, completions, num_samples)
+    return builds.sampled_accuracy(reward, model, tokenizer, problems, num_samples, budget, temperature, batch_size)
 
 
 # ----------------------------------------------------------------------------- build and cache

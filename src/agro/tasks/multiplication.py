@@ -1,0 +1,218 @@
+"""Times tables: sums of products, solved by a model that half-knows its multiplication facts.
+
+A prompt is a sum of products such as ``7*8+3*4=``; a completion is a worked solution,
+``7*8=56;3*4=12;56+12=68;A=68``, followed by EOS. The reward is 1 when the number after ``A=``
+equals the gold answer (the rule of `agro.tasks.arithmetic`).
+
+Every fact ``a*b`` (an ordered pair of factors in ``factor_range``) has one fixed **decoy**: a
+neighbouring entry of the table, ``a*(b±1)`` or ``(a±1)*b``, chosen by a hash of the fact. π_ref is a
+tiny Llama trained from scratch on worked solutions in which each product step writes its fact's
+decoy with probability ``error_rate`` (the later sums are then exact for the products written). So
+π_ref writes the decoy of most facts greedily, while every correct fact keeps real mass at temperature
+1: RL has to correct each fact on its own, from the prompts that show it. With 64 facts, two per
+prompt, that takes many steps, and every fresh generation carries information about the facts it
+shows, which is what reuse should exploit (issue #17).
+
+Held-out problems are new combinations of the same facts (split by prompt hash, as in arithmetic).
+Measured figures, and the commands that produced them, are in docs/tasks.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from agro.tasks import builds
+from agro.tasks.arithmetic import parse_answer
+
+NAME = "multiplication"
+REWARD = "agro.tasks.multiplication:reward"  # the trainer's reward_function for this task
+CHARS = "0123456789+*=;A"
+STRONG_ERROR_RATE = 0.3  # error_rate of the study's stronger data policy
+BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Task, model and warm-up settings; their hash keys the on-disk cache."""
+
+    num_products: int = 2
+    factor_range: tuple[int, int] = (2, 9)  # every factor ~ U[lo, hi]
+    heldout_fraction: float = 0.2  # share of all problems reserved for held-out, by prompt hash (64² in all)
+    error_rate: float = 0.6  # P(a warm-up product step writes its fact's decoy)
+    num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
+    hidden_size: int = 64
+    num_layers: int = 3
+    num_heads: int = 4
+    max_positions: int = 64
+    train_steps: int = 600
+    batch_size: int = 64
+    lr: float = 6e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+
+    def settings_hash(self) -> str:
+        blob = json.dumps([NAME, BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One sum of products, its gold answer, and its facts."""
+
+    prompt: str  # "7*8+3*4="
+    answer: str  # "68"
+    facts: tuple[tuple[int, int], ...]  # ((7, 8), (3, 4))
+
+
+# ----------------------------------------------------------------------------- facts and solutions
+
+
+def decoy(a: int, b: int) -> int:
+    """The fixed wrong value π_ref's warm-up writes for a*b: one of its neighbouring table entries
+    a*(b+1), a*(b-1), (a+1)*b, (a-1)*b (those with both factors ≥ 1), chosen by a hash of the fact."""
+    neighbours = [(a, b + 1), (a, b - 1), (a + 1, b), (a - 1, b)]
+    values = [x * y for x, y in neighbours if x >= 1 and y >= 1]
+    return values[hashlib.sha256(f"{a}*{b}".encode()).digest()[0] % len(values)]
+
+
+def solve(problem: Problem, wrong: list[bool] | None = None) -> str:
+    """The worked solution; product i writes its fact's decoy when wrong[i], and the sums add what was written."""
+    values = [decoy(a, b) if wrong is not None and wrong[i] else a * b for i, (a, b) in enumerate(problem.facts)]
+    steps = [f"{a}*{b}={v}" for (a, b), v in zip(problem.facts, values)]
+    total = values[0]
+    for v in values[1:]:
+        steps.append(f"{total}+{v}={total + v}")
+        total += v
+    return ";".join(steps) + f";A={total}"
+
+
+def warmup_solution(problem: Problem, error_rate: float, rng: random.Random) -> str:
+    """A warm-up solution: each product step writes its decoy with probability error_rate."""
+    return solve(problem, [rng.random() < error_rate for _ in problem.facts])
+
+
+def reward(prompt: str, completion: str, answer: str | None) -> float:
+    """1.0 when the completion's final answer is exactly the gold answer, else 0.0."""
+    return float(answer is not None and parse_answer(completion) == answer.strip())
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def sample_problem(rng: random.Random, split: str, settings: Settings) -> Problem:
+    """One random problem of the given split."""
+    while True:
+        facts = tuple((rng.randint(*settings.factor_range), rng.randint(*settings.factor_range))
+                      for _ in range(settings.num_products))
+        prompt = "+".join(f"{a}*{b}" for a, b in facts) + "="
+        if builds.split_of(prompt, settings.heldout_fraction) == split:
+            return Problem(prompt, str(sum(a * b for a, b in facts)), facts)
+
+
+def generate_problems(n: int, seed: int, split: str, settings: Settings | None = None) -> list[Problem]:
+    """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
+    settings = settings or Settings()
+    return builds.distinct_problems(lambda rng: sample_problem(rng, split, settings), n,
+                                    random.Random(f"multiplication-{seed}-{split}"), split, settings)
+
+
+def max_prompt_tokens(settings: Settings) -> int:
+    """Upper bound on the tokens of any prompt ("7*8+3*4=")."""
+    factor = len(str(settings.factor_range[1]))
+    return settings.num_products * (2 * factor + 2)
+
+
+def max_completion_tokens(settings: Settings) -> int:
+    """Upper bound on the tokens of any worked solution (right or decoy facts), EOS included."""
+    hi = settings.factor_range[1]
+    factor, product = len(str(hi)), len(str(hi * (hi + 1)))
+    total = len(str(settings.num_products * hi * (hi + 1)))
+    products = settings.num_products * (2 * factor + product + 3)  # "a*b=p;"
+    sums = (settings.num_products - 1) * (2 * total + product + 3)  # "s+p=t;"
+    return products + sums + 2 + total + 1  # "A=" answer EOS
+
+
+# ----------------------------------------------------------------------------- tokenizer, model, warm-up
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
+    return builds.char_tokenizer(CHARS)
+
+
+def build_model(settings: Settings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A freshly initialised tiny Llama sized by the settings, with tied embeddings."""
+    return builds.tiny_llama(settings, tokenizer)
+
+
+def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) -> None:
+    rng = random.Random(f"multiplication-{seed}-warmup")
+
+    def examples() -> tuple[list[str], list[str]]:
+        batch = [sample_problem(rng, "train", settings) for _ in range(settings.batch_size)]
+        return [p.prompt for p in batch], [warmup_solution(p, settings.error_rate, rng) for p in batch]
+
+    builds.warm_up(model, tokenizer, settings, examples, log_every)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256,
+                    settings: Settings | None = None) -> float:
+    """Greedy accuracy over problems."""
+    budget = max_completion_tokens(settings or Settings())
+    return builds.greedy_accuracy(reward, model, tokenizer, problems, budget, batch_size)
+
+
+def sample_accuracy(model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0,
+                    batch_size: int = 256, settings: Settings | None = None) -> tuple[float, float]:
+    """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
+    budget = max_completion_tokens(settings or Settings())
+    return builds.sampled_accuracy(reward, model, tokenizer, problems, num_samples, budget, temperature, batch_size)
+
+
+# ----------------------------------------------------------------------------- build and cache
+
+
+def build_reference_policy(out_dir: str | Path, seed: int = 0, settings: Settings | None = None,
+                           log_every: int = 0) -> Path:
+    """Train π_ref on solutions with decoy facts; write model, tokenizer and task.json into out_dir."""
+    settings = settings or Settings()
+    torch.manual_seed(seed)
+    start = time.time()
+    tokenizer = build_tokenizer()
+    model = build_model(settings, tokenizer)
+    _train(model, tokenizer, settings, seed, log_every)
+    train_s = time.time() - start
+    heldout = generate_problems(settings.num_heldout, seed, "heldout", settings)
+    accuracy = evaluate_greedy(model, tokenizer, heldout, settings=settings)
+    return builds.write_build(Path(out_dir), NAME, settings, seed, model, tokenizer, accuracy, train_s)
+
+
+def load_task(path: str | Path) -> tuple[Settings, dict]:
+    """(settings, full task.json) of a π_ref build."""
+    return builds.load_task(path, Settings)
+
+
+def load_or_build_reference_policy(cache_dir: str | Path, seed: int = 0, settings: Settings | None = None,
+                                   log_every: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, Path]:
+    """(model, tokenizer, path) of π_ref for (settings, seed), from cache_dir/multiplication-<hash>-seed<seed>.
+
+    A missing or incomplete build is built first, in a temporary directory renamed into place.
+    """
+    settings = settings or Settings()
+    return builds.load_or_build(cache_dir, NAME, settings, seed,
+                               lambda tmp: build_reference_policy(tmp, seed, settings, log_every))

@@ -51,8 +51,9 @@ from agro.tasks import TASK_NAMES, get_task
 from agro.tokens import collate, encode_prompt
 from agro.trainer import Trainer
 
-METHODS = ("agro", "agro_taper_ref", "agro_untapered", *(m for m in OBJECTIVES if m != "agro"))  # + AGRO variants
-METHOD_SETTINGS = {"agro_taper_ref": ["objective=agro", "taper=ref"], "agro_untapered": ["objective=agro", "taper=none"]}
+METHODS = ("agro", "agro_taper_ref", "agro_untapered", "agro_clip", *(m for m in OBJECTIVES if m != "agro"))  # + AGRO variants
+METHOD_SETTINGS = {"agro_taper_ref": ["objective=agro", "taper=ref"], "agro_untapered": ["objective=agro", "taper=none"],
+                   "agro_clip": ["objective=agro", "taper=clip"]}
 REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale",
            "async_1", "async_2", "async_4")
 DEFAULT_REGIMES = REGIMES[:7]  # the async regimes run on request (--regimes): each run is two processes

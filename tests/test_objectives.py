@@ -392,6 +392,53 @@ def test_agro_behavior_taper_is_exactly_the_ref_taper_on_samples_of_the_current_
     assert torch.equal(grad_of(behavior, batch), grad_of(ref, batch))
 
 
+def test_agro_clip_taper_gradient_matches_formula():
+    """taper "clip": a fresh sample loses the gradient of the tokens its advantage would push out of
+    [1 − ε, 1 + ε_high] of π_t/μ_t, and keeps a weight of 1; a non-fresh sample keeps the behaviour taper."""
+    batch = make_batch(seed=11)
+    # per-token log π − log μ, chosen so that each sign of the advantage meets both sides of the range
+    shift = torch.tensor([[0.3, -0.05, 0.1, 0.0, 0.25, 0.0], [-0.4, 0.1, 0.0, 0.3, -0.3, 0.2],
+                          [0.5, 0.0, 0.0, 0.0, 0.0, 0.0], [-0.3, 0.3, 0.0, -0.1, 0.0, 0.0],
+                          [0.2, -0.3, 0.0, 0.0, 0.0, 0.0], [0.0, -0.5, 0.5, 0.1, -0.1, 0.3]], dtype=torch.float64)
+    behavior = batch["logprobs"].detach() - shift
+    fresh = (True, True, False, True, True, True)
+    out = objectives.agro_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],
+                               batch["group_ids"], beta=BETA, taper="clip", fresh=torch.tensor(fresh),
+                               behavior_logprobs=behavior, epsilon=0.2, epsilon_high=0.28)
+    adv, _ = _regularised_advantages(batch)
+    mask = batch["mask"]
+    expected = torch.zeros_like(mask)
+    kept_out = 0
+    for i, a in enumerate(adv):
+        for t in range(mask.shape[1]):
+            if mask[i, t] == 0:
+                continue
+            ratio = math.exp(float(shift[i, t]))
+            outside = (a > 0 and ratio > 1.28) or (a < 0 and ratio < 0.8)
+            if fresh[i]:
+                kept_out += outside
+                expected[i, t] = 0.0 if outside else -a / len(adv)
+            else:  # the behaviour taper on the whole sequence
+                stale = sum(float(shift[i, u]) for u in range(mask.shape[1]) if mask[i, u] > 0)
+                expected[i, t] = -a * (min(1.0, math.exp(stale)) if a < 0 else 1.0) / len(adv)
+    assert kept_out >= 2 and any(a > 0 for a in adv) and any(a < 0 for a in adv)  # the mask acts on this batch
+    torch.testing.assert_close(grad_of(out, batch), expected)
+    fresh_tokens = sum(float(mask[i].sum()) for i in range(len(adv)) if fresh[i])
+    assert out.metrics["clip_fraction"] == pytest.approx(kept_out / fresh_tokens)
+
+
+def test_agro_clip_taper_is_exactly_the_behavior_taper_on_samples_of_the_current_policy():
+    """μ = π on every fresh sample (the synchronous loop's first iteration): no token is masked, bit for bit."""
+    batch = make_batch(seed=12)
+    args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
+    fresh = torch.tensor([True, False, True, False, False, True])
+    behavior = torch.where(fresh.unsqueeze(-1), batch["logprobs"].detach(), batch["behavior"])
+    clip = objectives.agro_loss(*args, beta=BETA, taper="clip", fresh=fresh, behavior_logprobs=behavior)
+    tapered = objectives.agro_loss(*args, beta=BETA, taper="behavior", fresh=fresh, behavior_logprobs=behavior)
+    assert torch.equal(clip.loss, tapered.loss) and torch.equal(grad_of(clip, batch), grad_of(tapered, batch))
+    assert clip.metrics["clip_fraction"] == 0.0
+
+
 def test_topr_gradient_matches_formula():
     batch = make_batch(seed=8)
     out = objectives.topr_loss(batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"],

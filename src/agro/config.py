@@ -43,10 +43,14 @@ class TrainConfig:
     taper: str = _f("behavior", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
                     "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results.md) | behavior: "
                     "ref, and every negative-advantage sample of a known sampler μ (the async actor's, a batch's "
-                    "later iterations, replay) by min(1, π/μ) (keeps stale samples stable; docs/performance.md)")
+                    "later iterations, replay) by min(1, π/μ) (keeps stale samples stable; docs/performance.md) | clip: "
+                    "behavior, except that the run's own samples of an earlier version (the async actor's, a "
+                    "batch's later iterations) get a token trust region instead: no gradient on the tokens whose "
+                    "π_t/μ_t is outside [1 − epsilon, 1 + epsilon_high] in the direction of their advantage")
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
-    epsilon: float = _f(0.2, "grpo: lower clip range of the ratio (a ratio ≠ 1 needs num_iterations > 1)")
-    epsilon_high: float | None = _f(None, "grpo: upper clip range (default: epsilon)")
+    epsilon: float = _f(0.2, "grpo, and agro with taper clip: lower clip range of the ratio to the sampler (a ratio "
+                             "≠ 1 needs num_iterations > 1 or async_generation)")
+    epsilon_high: float | None = _f(None, "grpo, agro with taper clip: upper clip range (default: epsilon)")
     loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo | bnpo | dr_grpo (TRL's meanings)")
     max_importance_weight: float = _f(2.0, "is_pg: truncation c of the sequence importance weight π/μ")
     # data
@@ -123,7 +127,7 @@ class TrainConfig:
 CHOICES = {
     "objective": ("agro", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre"),  # agro.objectives.OBJECTIVES' keys
     "baseline": ("mean", "loo"),
-    "taper": ("none", "ref", "behavior"),
+    "taper": ("none", "ref", "behavior", "clip"),
     "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),

@@ -144,6 +144,17 @@ def negative_taper(advantages: torch.Tensor, log_ratio: torch.Tensor) -> torch.T
     return torch.where(advantages < 0, log_ratio.detach().clamp(max=0.0).exp(), torch.ones_like(advantages))
 
 
+def trust_region_mask(advantages: torch.Tensor, token_log_ratio: torch.Tensor, epsilon: float,
+                      epsilon_high: float | None = None) -> torch.Tensor:
+    """[B, T] 0/1, no gradient: 0 on the tokens a sample's advantage would push further out of the ratio range
+    [1 − ε, 1 + ε_high] to its sampler (A > 0 and π_t/μ_t > 1 + ε_high, or A < 0 and π_t/μ_t < 1 − ε), else 1:
+    GRPO's clip as a mask, without GRPO's importance weight."""
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    r, a = token_log_ratio.detach(), advantages.detach().unsqueeze(-1)
+    out = ((a > 0) & (r > math.log1p(epsilon_high))) | ((a < 0) & (r < math.log1p(-epsilon)))
+    return (~out).to(token_log_ratio.dtype)
+
+
 def groups_without_fresh(group_ids: torch.Tensor, fresh: torch.Tensor | None) -> torch.Tensor:
     """[B] bool: the sample's group holds no fresh (on-policy) sample. `fresh` None: no sample is fresh."""
     if fresh is None:
@@ -164,6 +175,8 @@ def agro_loss(
     taper: str = "none",
     fresh: torch.Tensor | None = None,
     behavior_logprobs: torch.Tensor | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
 ) -> LossOutput:
     """Any-Generation Reward Optimization, for generations from any sampling distribution μ.
 
@@ -172,8 +185,11 @@ def agro_loss(
         V̂_i = mean (or leave-one-out mean) of R̃ over the group of x_i
         A_i  = R̃_i − V̂_i
         ρ_i  = 1, or with taper "ref", in a group with no fresh sample and A_i < 0: min(1, exp(Δ_i));
-               with taper "behavior", also min(ρ_i, π(y_i)/μ(y_i)) where A_i < 0 (μ: behavior_logprobs)
-        loss = −Σ_i w_i ρ_i A_i · Σ_t mask·log π  /  Σ_i w_i
+               with taper "behavior", also min(ρ_i, π(y_i)/μ(y_i)) where A_i < 0 (μ: behavior_logprobs);
+               with taper "clip", the same except on fresh samples, which get m instead
+        m_i,t = 1, or with taper "clip" on a fresh sample: 0 where A_i pushes π_t/μ_t further out of
+               [1 − ε, 1 + ε_high] (`trust_region_mask`)
+        loss = −Σ_i w_i ρ_i A_i · Σ_t mask·m·log π  /  Σ_i w_i
 
     Its expected gradient E_μ[ρ(R̃ − V_μ) ∇log π] vanishes only where R̃ is constant over the
     support of μ, i.e. at π* = π_ref·exp(r/β)/Z (generation consistency); on-policy (untapered)
@@ -192,6 +208,14 @@ def agro_loss(
     of a negative sample than μ did, pushing it further down only moves mass off the samples. The
     weight min(1, π/μ) stops that, as TOPR's truncation does (arXiv 2503.14286); it is exactly 1 on a
     sample of the current policy (π = μ), so the synchronous on-policy update is unchanged bit for bit.
+
+    The run's own samples of an earlier version (taper "clip"): the asynchronous actor's, up to
+    max_staleness updates old, and a batch's later iterations. min(1, π/μ) lets a positive sample be
+    pulled up at full weight however far π has gone past μ, and with 4 updates of lag AGRO oscillated.
+    GRPO's clip range, as a mask on the tokens only (the advantage stays AGRO's, with no ratio), stops
+    both sides once π_t/μ_t leaves [1 − ε, 1 + ε_high]. Replayed and offline records keep the
+    sequence taper: μ there may be far from π, and a trust region around it would stop the learning
+    the data is for. On samples of the current policy m = 1, bit for bit.
     Measured: docs/performance.md (asynchronous generation), docs/efficiency.md (`num_iterations`).
     """
     if baseline not in ("mean", "loo"):
@@ -203,12 +227,20 @@ def agro_loss(
     value = group_mean(regularised, group_ids, w) if baseline == "mean" else group_loo_mean(regularised, group_ids, w)
     advantages = (regularised - value).detach()
     scale = torch.ones_like(advantages)
-    if taper in ("ref", "behavior"):
+    if taper != "none":
         scale = torch.where(groups_without_fresh(group_ids, fresh), negative_taper(advantages, log_ratio), scale)
-    if taper == "behavior" and behavior_logprobs is not None:
-        scale = torch.minimum(scale, negative_taper(advantages, sampler_log_ratio(logprobs, behavior_logprobs, mask)))
+    clipped = taper == "clip" and behavior_logprobs is not None and fresh is not None
+    if taper in ("behavior", "clip") and behavior_logprobs is not None:
+        stale = negative_taper(advantages, sampler_log_ratio(logprobs, behavior_logprobs, mask))
+        scale = torch.minimum(scale, torch.where(fresh, torch.ones_like(stale), stale) if clipped else stale)
+    metrics = {}
+    if clipped:
+        kept = trust_region_mask(advantages, logprobs - behavior_logprobs, epsilon, epsilon_high)
+        fresh_tokens = mask * fresh.unsqueeze(-1)
+        seq_logprob = sequence_sum(logprobs, torch.where(fresh.unsqueeze(-1), mask * kept, mask))
+        metrics["clip_fraction"] = ((fresh_tokens * (1 - kept)).sum() / fresh_tokens.sum().clamp_min(1)).item()
     loss = -_weighted_mean(scale * advantages * seq_logprob, w)
-    metrics = _common_metrics(rewards, log_ratio, advantages, mask)
+    metrics.update(_common_metrics(rewards, log_ratio, advantages, mask))
     metrics["regularised_reward_mean"] = regularised.detach().float().mean().item()
     metrics["taper_mean"] = scale.float().mean().item()
     return LossOutput(loss, metrics)
@@ -460,7 +492,8 @@ class Objective:
 
 
 OBJECTIVES: dict[str, Objective] = {  # the names are config.CHOICES["objective"] (tests check they agree)
-    "agro": Objective(agro_loss, ("fresh", "behavior_logprobs"), {"beta": "beta", "baseline": "baseline", "taper": "taper"}),
+    "agro": Objective(agro_loss, ("fresh", "behavior_logprobs"), {"beta": "beta", "baseline": "baseline", "taper": "taper",
+                                                               "epsilon": "epsilon", "epsilon_high": "epsilon_high"}),
     "grpo": Objective(grpo_loss, ("old_logprobs",), {"beta": "beta", "epsilon": "epsilon", "epsilon_high": "epsilon_high",
                                                      "loss_type": "loss_type",
                                                      "max_completion_length": "max_completion_length"}),

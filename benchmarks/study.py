@@ -14,7 +14,9 @@ and is scored by greedy accuracy on the same held-out problems. Regimes:
     async_k         on_policy, sampled by the actor process (`async_generation`) with weights up to k
                     updates old, k = 1, 2, 4 (only with --regimes: each run takes two processes)
 
-Methods are the objectives of `agro.objectives` with their defaults (AGRO: `taper: behavior`), plus
+Methods are the objectives of `agro.objectives` with their defaults (AGRO: `taper: clip`), plus
+`agro_behavior` (`taper: behavior`: the run's own stale samples get the sequence taper min(1, π/μ) on
+negatives instead of the token clip range; the same update wherever μ = π, i.e. outside async_k),
 `agro_taper_ref` (`taper: ref`, the offline taper alone: no taper on stale samples of a known sampler)
 and `agro_untapered` (`taper: none`, the estimator before the offline taper).
 
@@ -51,9 +53,9 @@ from agro.tasks import TASK_NAMES, get_task
 from agro.tokens import collate, encode_prompt
 from agro.trainer import Trainer
 
-METHODS = ("agro", "agro_taper_ref", "agro_untapered", "agro_clip", *(m for m in OBJECTIVES if m != "agro"))  # + AGRO variants
+METHODS = ("agro", "agro_behavior", "agro_taper_ref", "agro_untapered", *(m for m in OBJECTIVES if m != "agro"))  # + AGRO variants
 METHOD_SETTINGS = {"agro_taper_ref": ["objective=agro", "taper=ref"], "agro_untapered": ["objective=agro", "taper=none"],
-                   "agro_clip": ["objective=agro", "taper=clip"]}
+                   "agro_behavior": ["objective=agro", "taper=behavior"]}
 REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale",
            "async_1", "async_2", "async_4")
 DEFAULT_REGIMES = REGIMES[:7]  # the async regimes run on request (--regimes): each run is two processes

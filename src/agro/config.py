@@ -40,7 +40,7 @@ class TrainConfig:
     objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg | topr | asymre")
     beta: float = _f(0.05, "KL coefficient β (> 0)")
     baseline: str = _f("mean", "agro: mean | loo (leave-one-out) group baseline of the regularised reward")
-    taper: str = _f("behavior", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
+    taper: str = _f("clip", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
                     "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results.md) | behavior: "
                     "ref, and every negative-advantage sample of a known sampler μ (the async actor's, a batch's "
                     "later iterations, replay) by min(1, π/μ) (keeps stale samples stable; docs/performance.md) | clip: "

@@ -488,7 +488,7 @@ class Objective:
     inputs: tuple[str, ...] = ()
     settings: dict[str, str] = field(default_factory=dict)
     needs_behavior: bool = False  # cannot do without log μ (offline records must carry it); agro reads it
-    # when known (its taper "behavior") and needs none
+    # when known (its tapers "behavior" and "clip") and needs none
 
 
 OBJECTIVES: dict[str, Objective] = {  # the names are config.CHOICES["objective"] (tests check they agree)

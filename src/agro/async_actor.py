@@ -10,8 +10,8 @@ of version s − k (`AsyncActor.sync_weights` sends the weights, then submits): 
 in order, so it never samples those prompts with older weights.
 
 Each batch comes back with the version that made it and its behaviour log-probs log μ(y_t), computed
-by the actor's own forward pass. AGRO's advantage needs neither; its default taper (`behavior`) reads
-log μ, as GRPO's ratio and the weights of IS-PG and TOPR do.
+by the actor's own forward pass. AGRO's advantage needs neither; its default taper (`clip`: the clip
+range on π_t/μ_t as a token mask) reads log μ, as GRPO's ratio and the weights of IS-PG and TOPR do.
 
 Faults: the actor exits when the learner dies (it polls its parent); the learner's `receive` raises
 `ActorDied` with the exit code when the actor dies, so a kill of either ends the run instead of

@@ -8,6 +8,15 @@ import torch
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems, solve
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and two threads crawl when another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory):
     """A 1-layer Llama with the arithmetic tokenizer, 12 problems, and 4 offline records per problem

@@ -9,14 +9,6 @@ from agro.tasks import countdown as C
 from agro.tasks import multiplication as M
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("T", [C, M], ids=lambda t: t.NAME)
 def test_build_is_deterministic_and_cached(T, tmp_path, one_thread, monkeypatch):
     TINY = T.Settings(hidden_size=16, num_layers=1, num_heads=2, train_steps=4, batch_size=8, warmup_steps=2,

@@ -17,15 +17,6 @@ TINY = A.ArithmeticTask(
 STEP = re.compile(r"^(\d+)([+-])(\d+)=(\d+)$")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, and two threads crawl when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def steps_of(solution: str) -> tuple[list[tuple[int, str, int, int]], str]:
     """([(x, op, y, written result)], final answer) of a worked solution."""
     *steps, final = solution.split(";")

@@ -17,11 +17,9 @@ import dataclasses
 import hashlib
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -37,8 +35,9 @@ BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what 
 
 
 @dataclass(frozen=True)
-class ArithmeticTask:
-    """Task, model and warm-up settings; their hash keys the on-disk cache."""
+class ArithmeticTask(builds.ModelSettings):
+    """Task settings, after the model and warm-up settings of `builds.ModelSettings`; their hash keys the
+    on-disk cache."""
 
     num_operands: int = 3
     first_range: tuple[int, int] = (10, 99)  # first operand ~ U[lo, hi]
@@ -47,15 +46,6 @@ class ArithmeticTask:
     heldout_fraction: float = 0.1  # share of all problems reserved for held-out, by prompt hash
     error_rate: float = 0.6  # P(drop a needed carry/borrow) in warm-up solutions
     num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
-    hidden_size: int = 64
-    num_layers: int = 3
-    num_heads: int = 4
-    max_positions: int = 64
-    train_steps: int = 600
-    batch_size: int = 64
-    lr: float = 6e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
 
     def settings_hash(self) -> str:
         blob = json.dumps([BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
@@ -212,15 +202,10 @@ def build_reference_policy(
 ) -> Path:
     """Train π_ref on imperfect solutions; write model, tokenizer and task.json into out_dir."""
     task = task or ArithmeticTask()
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    start = time.time()
-    tokenizer = build_tokenizer()
-    model = build_model(task, tokenizer)
-    _train(model, tokenizer, task, seed, log_every)
-    train_s = time.time() - start
-    accuracy = evaluate_greedy(model, tokenizer, generate_problems(task.num_heldout, seed, "heldout", task))
-    return builds.write_build(out_dir, NAME, task, seed, model, tokenizer, accuracy, train_s)
+    heldout = generate_problems(task.num_heldout, seed, "heldout", task)
+    return builds.build_reference_policy(Path(out_dir), NAME, task, seed, build_tokenizer(),
+                                         lambda model, tok: _train(model, tok, task, seed, log_every),
+                                         lambda model, tok: evaluate_greedy(model, tok, heldout))
 
 
 def load_task(path: str | Path) -> tuple[ArithmeticTask, dict]:

@@ -15,7 +15,9 @@ import json
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +32,21 @@ from transformers import (
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The tiny Llama and its supervised warm-up: the fields every task's Settings shares (and subclasses)."""
+
+    hidden_size: int = 64
+    num_layers: int = 3
+    num_heads: int = 4
+    max_positions: int = 64
+    train_steps: int = 600
+    batch_size: int = 64
+    lr: float = 6e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
 
 
 def split_of(prompt: str, heldout_fraction: float) -> str:
@@ -156,6 +173,20 @@ def sampled_accuracy(reward: Callable[[str, str, str | None], float], model, tok
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, **sampling)
     return mean_and_pass_at_k(reward, problems, completions, num_samples)
+
+
+def build_reference_policy(out_dir: Path, name: str, settings, seed: int, tokenizer: PreTrainedTokenizerFast,
+                           train: Callable[[LlamaForCausalLM, PreTrainedTokenizerFast], None],
+                           heldout_accuracy: Callable[[LlamaForCausalLM, PreTrainedTokenizerFast], float]) -> Path:
+    """Seed torch, warm up a fresh `tiny_llama` with `train(model, tokenizer)`, score it with
+    `heldout_accuracy(model, tokenizer)`, and write the build into out_dir."""
+    torch.manual_seed(seed)
+    start = time.time()
+    model = tiny_llama(settings, tokenizer)
+    train(model, tokenizer)
+    train_s = time.time() - start
+    accuracy = heldout_accuracy(model, tokenizer)
+    return write_build(Path(out_dir), name, settings, seed, model, tokenizer, accuracy, train_s)
 
 
 def write_build(out_dir: Path, name: str, settings, seed: int, model, tokenizer, accuracy: float,

@@ -45,11 +45,9 @@ import hashlib
 import json
 import random
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -66,8 +64,9 @@ BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what 
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Task, model and warm-up settings; their hash keys the on-disk cache."""
+class Settings(builds.ModelSettings):
+    """Task settings, after the model and warm-up settings of `builds.ModelSettings`; their hash keys the
+    on-disk cache."""
 
     num_numbers: int = 3
     number_range: tuple[int, int] = (1, 9)  # every given number ~ U[lo, hi]
@@ -76,15 +75,7 @@ class Settings:
     heldout_fraction: float = 0.1  # share of all problems reserved for held-out, by prompt hash
     error_rate: float = 0.7  # P(a warm-up completion is a random path that ignores the target)
     num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
-    hidden_size: int = 64
-    num_layers: int = 3
-    num_heads: int = 4
-    max_positions: int = 64
     train_steps: int = 800
-    batch_size: int = 64
-    lr: float = 6e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
 
     def settings_hash(self) -> str:
         blob = json.dumps([NAME, BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
@@ -273,16 +264,10 @@ def build_reference_policy(out_dir: str | Path, seed: int = 0, settings: Setting
                            log_every: int = 0) -> Path:
     """Train π_ref on imperfect solutions; write model, tokenizer and task.json into out_dir."""
     settings = settings or Settings()
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    start = time.time()
-    tokenizer = build_tokenizer()
-    model = build_model(settings, tokenizer)
-    _train(model, tokenizer, settings, seed, log_every)
-    train_s = time.time() - start
     heldout = generate_problems(settings.num_heldout, seed, "heldout", settings)
-    accuracy = evaluate_greedy(model, tokenizer, heldout, settings=settings)
-    return builds.write_build(out_dir, NAME, settings, seed, model, tokenizer, accuracy, train_s)
+    return builds.build_reference_policy(Path(out_dir), NAME, settings, seed, build_tokenizer(),
+                                         lambda model, tok: _train(model, tok, settings, seed, log_every),
+                                         lambda model, tok: evaluate_greedy(model, tok, heldout, settings=settings))
 
 
 def load_task(path: str | Path) -> tuple[Settings, dict]:

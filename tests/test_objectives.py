@@ -424,7 +424,7 @@ def test_agro_clip_taper_gradient_matches_formula():
     assert kept_out >= 2 and any(a > 0 for a in adv) and any(a < 0 for a in adv)  # the mask acts on this batch
     torch.testing.assert_close(grad_of(out, batch), expected)
     fresh_tokens = sum(float(mask[i].sum()) for i in range(len(adv)) if fresh[i])
-    assert out.metrics["clip_fraction"] == pytest.approx(kept_out / fresh_tokens)
+    assert out.metrics["clip_region_fraction"] == pytest.approx(kept_out / fresh_tokens)
 
 
 def test_agro_clip_taper_is_exactly_the_behavior_taper_on_samples_of_the_current_policy():
@@ -436,7 +436,7 @@ def test_agro_clip_taper_is_exactly_the_behavior_taper_on_samples_of_the_current
     clip = objectives.agro_loss(*args, beta=BETA, taper="clip", fresh=fresh, behavior_logprobs=behavior)
     tapered = objectives.agro_loss(*args, beta=BETA, taper="behavior", fresh=fresh, behavior_logprobs=behavior)
     assert torch.equal(clip.loss, tapered.loss) and torch.equal(grad_of(clip, batch), grad_of(tapered, batch))
-    assert clip.metrics["clip_fraction"] == 0.0
+    assert clip.metrics["clip_region_fraction"] == 0.0
 
 
 def test_topr_gradient_matches_formula():

@@ -117,6 +117,7 @@ def test_cli_writes_results_and_plot(tmp_path):
         (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
         (["--methods", "agro,ppo"], "unknown method 'ppo'"),
         (["--taper", "token"], "--taper must be one of none, ref"),
+        (["--taper", "clip"], "--taper must be one of none, ref, behavior, got 'clip' (clip acts on"),
         (["--data", "replay"], "--data must be one of"),
         (["--data", "fixed"], "--data fixed needs --mu"),
         (["--actions", "three"], "invalid int value"),

@@ -164,6 +164,8 @@ def run_cli(args, capsys):
         ("num_generations: 1\n", "key 'num_generations': must be ≥ 2 with the group baseline"),
         ("objective: ppo\n", "key 'objective': must be one of"),
         ("taper: token\n", "cfg.yaml:4: key 'taper': must be one of none, ref"),
+        ("epsilon: 1.0\n", "cfg.yaml:4: key 'epsilon': must be in [0, 1), got 1.0"),  # 1 − ε must stay > 0
+        ("epsilon_high: -0.5\n", "cfg.yaml:4: key 'epsilon_high': must be ≥ 0"),
         ("objective: asymre\nasymre_delta: -0.1\n", "cfg.yaml:5: key 'asymre_delta': must be ≥ 0"),
         ("beta: [1\n", "cfg.yaml:5: invalid YAML"),
         ("reward_function: nothere.py:fn\n", "cfg.yaml:4: key 'reward_function': reward file not found for "

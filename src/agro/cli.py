@@ -59,7 +59,7 @@ def _add_tabular(sub) -> None:
     p.add_argument("--ref-policy", type=_floats, default=None, help="K comma-separated π_ref probabilities")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--taper", default=d.taper, help="agro: none | ref (negative records weighted by min(1, π/π_ref) "
-                   "when no sample is fresh)")
+                   "when no sample is fresh) | behavior (also by min(1, π/μ))")
     p.add_argument("--asymre-delta", type=float, default=d.asymre_delta, help="asymre: baseline shift δ below V̂^μ")
     p.add_argument("--out", type=Path, default=Path("runs/tabular"), help="output directory")
     p.set_defaults(func=_run_tabular)

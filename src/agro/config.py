@@ -70,8 +70,8 @@ class TrainConfig:
     prompts_per_step: int = _f(8, "prompts (groups) per optimizer step, over all processes")
     num_iterations: int = _f(1, "optimizer steps on each generation batch (TRL's num_iterations; steps count "
                              "optimizer steps): grpo clips the ratio to the log-probs before the batch's first "
-                             "update (epsilon, epsilon_high); other objectives see later iterations as off-policy "
-                             "data")
+                             "update (epsilon, epsilon_high), agro (taper clip) masks the tokens outside that range; "
+                             "the advantages use no ratio: later iterations are off-policy data")
     max_prompt_length: int = _f(512, "prompts longer than this (tokens) are bad records")
     max_completion_length: int = _f(256, "maximum generated tokens; longer offline completions are bad records")
     temperature: float = _f(1.0, "sampling temperature of on-policy generation")
@@ -143,20 +143,24 @@ POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_promp
             "num_iterations", "actor_threads")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
-                "eval_steps", "eval_max_problems", "num_threads", "epsilon", "asymre_delta", "max_staleness")
-UNIT_INTERVAL = {"top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]"}
+                "eval_steps", "eval_max_problems", "num_threads", "epsilon_high", "asymre_delta", "max_staleness")
+UNIT_INTERVAL = {"top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]", "epsilon": "[0, 1)"}
 
 
 def out_of_bounds(key: str, value) -> str | None:
     """Why `value` is not allowed for config key `key` ("must be > 0, got -1"), or None when it is."""
+    if value is None:  # an optional setting left unset (epsilon_high)
+        return None
     if key in CHOICES and value not in CHOICES[key]:
         return f"must be one of {', '.join(CHOICES[key])}, got {value!r}"
     if key in POSITIVE and not value > 0:
         return f"must be > 0, got {value}"
     if key in NON_NEGATIVE and value < 0:
         return f"must be ≥ 0, got {value}"
-    if key in UNIT_INTERVAL and not (0 <= value <= 1 and (value > 0 or UNIT_INTERVAL[key][0] == "[")):
-        return f"must be in {UNIT_INTERVAL[key]}, got {value}"
+    if key in UNIT_INTERVAL:
+        spec = UNIT_INTERVAL[key]
+        if not (0 <= value <= 1 and (value > 0 or spec[0] == "[") and (value < 1 or spec[-1] == "]")):
+            return f"must be in {spec}, got {value}"
     return None
 
 

@@ -150,8 +150,8 @@ def trust_region_mask(advantages: torch.Tensor, token_log_ratio: torch.Tensor, e
     [1 − ε, 1 + ε_high] to its sampler (A > 0 and π_t/μ_t > 1 + ε_high, or A < 0 and π_t/μ_t < 1 − ε), else 1:
     GRPO's clip as a mask, without GRPO's importance weight."""
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    r, a = token_log_ratio.detach(), advantages.detach().unsqueeze(-1)
-    out = ((a > 0) & (r > math.log1p(epsilon_high))) | ((a < 0) & (r < math.log1p(-epsilon)))
+    ratio, a = token_log_ratio.detach().exp(), advantages.detach().unsqueeze(-1)
+    out = ((a > 0) & (ratio > 1 + epsilon_high)) | ((a < 0) & (ratio < 1 - epsilon))
     return (~out).to(token_log_ratio.dtype)
 
 
@@ -215,7 +215,9 @@ def agro_loss(
     GRPO's clip range, as a mask on the tokens only (the advantage stays AGRO's, with no ratio), stops
     both sides once π_t/μ_t leaves [1 − ε, 1 + ε_high]. Replayed and offline records keep the
     sequence taper: μ there may be far from π, and a trust region around it would stop the learning
-    the data is for. On samples of the current policy m = 1, bit for bit.
+    the data is for (the trainer reads offline records' behaviour log-probs only for the objectives
+    that need them, so for AGRO an offline record's μ is π and its weight 1). On samples of the
+    current policy m = 1, bit for bit.
     Measured: docs/performance.md (asynchronous generation), docs/efficiency.md (`num_iterations`).
     """
     if baseline not in ("mean", "loo"):
@@ -230,6 +232,7 @@ def agro_loss(
     if taper != "none":
         scale = torch.where(groups_without_fresh(group_ids, fresh), negative_taper(advantages, log_ratio), scale)
     clipped = taper == "clip" and behavior_logprobs is not None and fresh is not None
+    fresh = None if fresh is None else fresh.bool()
     if taper in ("behavior", "clip") and behavior_logprobs is not None:
         stale = negative_taper(advantages, sampler_log_ratio(logprobs, behavior_logprobs, mask))
         scale = torch.minimum(scale, torch.where(fresh, torch.ones_like(stale), stale) if clipped else stale)
@@ -238,7 +241,7 @@ def agro_loss(
         kept = trust_region_mask(advantages, logprobs - behavior_logprobs, epsilon, epsilon_high)
         fresh_tokens = mask * fresh.unsqueeze(-1)
         seq_logprob = sequence_sum(logprobs, torch.where(fresh.unsqueeze(-1), mask * kept, mask))
-        metrics["clip_fraction"] = ((fresh_tokens * (1 - kept)).sum() / fresh_tokens.sum().clamp_min(1)).item()
+        metrics["clip_region_fraction"] = ((fresh_tokens * (1 - kept)).sum() / fresh_tokens.sum().clamp_min(1)).item()
     loss = -_weighted_mean(scale * advantages * seq_logprob, w)
     metrics.update(_common_metrics(rewards, log_ratio, advantages, mask))
     metrics["regularised_reward_mean"] = regularised.detach().float().mean().item()

@@ -25,6 +25,7 @@ from agro.errors import AgroError
 
 METHODS = ("agro", "kl_pg", "kl_pg_exact", "grpo", "is_pg", "topr", "asymre")
 DATA_REGIMES = ("on-policy", "reference", "mixed", "fixed")
+LAB_TAPERS = tuple(t for t in objectives.TAPERS if t != "clip")
 MODES = ("exact", "sampled")
 LR_DECAYS = ("none", "inverse_sqrt", "inverse")
 
@@ -68,8 +69,9 @@ class TabularConfig:
             raise AgroError(f"--steps must be at least 1, got {self.steps}")
         if not self.lr > 0:
             raise AgroError(f"--lr must be > 0, got {self.lr}")
-        if self.taper not in objectives.TAPERS:
-            raise AgroError(f"--taper must be one of {', '.join(objectives.TAPERS)}, got {self.taper!r}")
+        if self.taper not in LAB_TAPERS:
+            raise AgroError(f"--taper must be one of {', '.join(LAB_TAPERS)}, got {self.taper!r} (clip acts on a "
+                            "run's own samples of earlier versions; the lab samples the current π or a fixed μ)")
         if self.lr_decay not in LR_DECAYS:
             raise AgroError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         unknown = [m for m in self.methods if m not in METHODS]

@@ -213,21 +213,12 @@ def max_completion_tokens(settings: Settings) -> int:
     return (settings.num_numbers - 1) * (3 * digits + 3)  # "x*y=r" and ";" per step; the last ';' is EOS
 
 
-def _max_new_tokens(settings: Settings) -> int:
-    return max_completion_tokens(settings)
-
-
-# ----------------------------------------------------------------------------- tokenizer and model
+# ----------------------------------------------------------------------------- tokenizer and warm-up
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
     return builds.char_tokenizer(CHARS)
-
-
-def build_model(settings: Settings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    """A freshly initialised tiny Llama sized by the settings, with tied embeddings."""
-    return builds.tiny_llama(settings, tokenizer)
 
 
 def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) -> None:
@@ -246,14 +237,14 @@ def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) 
 def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256,
                     settings: Settings | None = None) -> float:
     """Greedy accuracy over problems."""
-    budget = _max_new_tokens(settings or Settings())
+    budget = max_completion_tokens(settings or Settings())
     return builds.greedy_accuracy(reward, model, tokenizer, problems, budget, batch_size)
 
 
 def sample_accuracy(model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0,
                     batch_size: int = 256, settings: Settings | None = None) -> tuple[float, float]:
     """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
-    budget = _max_new_tokens(settings or Settings())
+    budget = max_completion_tokens(settings or Settings())
     return builds.sampled_accuracy(reward, model, tokenizer, problems, num_samples, budget, temperature, batch_size)
 
 

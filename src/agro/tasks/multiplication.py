@@ -134,17 +134,12 @@ def max_completion_tokens(settings: Settings) -> int:
     return products + sums + 2 + total + 1  # "A=" answer EOS
 
 
-# ----------------------------------------------------------------------------- tokenizer, model, warm-up
+# ----------------------------------------------------------------------------- tokenizer and warm-up
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
     return builds.char_tokenizer(CHARS)
-
-
-def build_model(settings: Settings, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    """A freshly initialised tiny Llama sized by the settings, with tied embeddings."""
-    return builds.tiny_llama(settings, tokenizer)
 
 
 def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) -> None:

@@ -322,8 +322,8 @@ def grpo_loss(
     metrics["k3_kl_mean"] = (sequence_sum(k3.detach(), mask) / tokens.clamp_min(1)).mean().item()
     was_clipped = ((ratio.detach() - clipped.detach()).abs() > 0).float()
     metrics["clip_fraction"] = (sequence_sum(was_clipped, mask).sum() / tokens.sum().clamp_min(1)).item()
-    in_region = (((ratio.detach() < 1 - epsilon) & (adv < 0)) | ((ratio.detach() > 1 + epsilon_high) & (adv > 0)))
-    metrics["clip_region_fraction"] = (sequence_sum(in_region.float(), mask).sum() / tokens.sum().clamp_min(1)).item()
+    in_region = 1 - trust_region_mask(advantages, logprobs - old, epsilon, epsilon_high)
+    metrics["clip_region_fraction"] = (sequence_sum(in_region, mask).sum() / tokens.sum().clamp_min(1)).item()
     return LossOutput(loss, metrics)
 
 

@@ -128,7 +128,7 @@ def agro_settings(method: str, prep: dict, job: dict) -> list[str]:
               f"max_completion_length={prep['max_len']}", f"max_prompt_length={prep['max_prompt_len']}",
               f"max_steps={job['steps']}", f"prompts_per_step={job['prompts_per_step']}",
               f"learning_rate={job['learning_rate']}", f"beta={job['beta']}", "lr_scheduler_type=constant",
-              "max_grad_norm=1.0", "weight_decay=0.0", "temperature=1.0", "mini_batch_size=512",
+              f"max_grad_norm={job['max_grad_norm']}", "weight_decay=0.0", "temperature=1.0", "mini_batch_size=512",
               "generation_batch_size=512", "save_steps=0", "save_total_limit=1", "report_to=none", "logging_steps=1",
               f"num_threads={job['threads']}", f"seed={prep['seed']}", f"output_dir={job['run_dir']}"]
     if method == "grpo":
@@ -172,7 +172,9 @@ def reuse_diagnostics(rows: list[dict]) -> dict:
     """`batch_drift`: over generation batches trained on more than once, the mean of the change of
     `log_ratio_mean` (mean over the batch of Σ_t log π/π_ref) from the batch's first to its last iteration:
     the same samples, so it is the mean of Σ_t log π_last/π_first on them, an estimate of −KL(π_first‖π_last)
-    (None without reuse). `kl_end`: on-policy KL(π‖π_ref) (`kl`), mean of the last 5 generation batches."""
+    (None without reuse). `kl_end`: on-policy KL(π‖π_ref) (`kl`), mean of the last 5 generation batches.
+    `grad_norm_median`, `grad_norm_above_1`: the gradient norm before clipping, its median over the optimizer
+    steps and the share of steps where it exceeds 1 (where the default max_grad_norm = 1 rescales it)."""
     steps = [r for r in rows if r.get("iteration", 0) >= 1 and "log_ratio_mean" in r]
     drifts, first = [], None
     for i, r in enumerate(steps):
@@ -181,8 +183,11 @@ def reuse_diagnostics(rows: list[dict]) -> dict:
         elif first is not None and (i + 1 == len(steps) or steps[i + 1]["iteration"] == 1):  # a batch's last
             drifts.append(r["log_ratio_mean"] - first)
     kls = [r["kl"] for r in steps if r["iteration"] == 1 and "kl" in r][-5:]
+    norms = [r["grad_norm"] for r in steps if "grad_norm" in r]
     return {"batch_drift": statistics.mean(drifts) if drifts else None,
-            "kl_end": statistics.mean(kls) if kls else None}
+            "kl_end": statistics.mean(kls) if kls else None,
+            "grad_norm_median": statistics.median(norms) if norms else None,
+            "grad_norm_above_1": sum(n > 1.0 for n in norms) / len(norms) if norms else None}
 
 
 def _mean_of(rows: list[dict], key: str) -> float | None:
@@ -211,7 +216,7 @@ def run_trl(method: str, prep: dict, job: dict) -> dict:
         num_iterations=iterations, num_generations=g, max_completion_length=prep["max_len"],
         temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=job["learning_rate"], lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0,
-        max_grad_norm=1.0, beta=job["beta"], epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        max_grad_norm=job["max_grad_norm"], beta=job["beta"], epsilon=0.2, loss_type="grpo", scale_rewards="group",
         use_bias_correction_kl=False,  # agro's (and TRL's classic) k3 KL term, not ratio-weighted
         disable_dropout=True, model_init_kwargs={"dtype": "float32"},
         bf16=False, gradient_checkpointing=False,  # TRL's defaults (autocast, recompute) are not the same work
@@ -277,7 +282,7 @@ def run_job(job: dict) -> dict:
             "generations_trained": result["generations_trained"],
             **{k: prep[k] if method == "agro_offline_plus_one" else 0 for k in ("offline_records", "offline_distinct")},
             "reference_accuracy": prep["reference_accuracy"], "clip_fraction": result.get("clip_fraction"),
-            "batch_drift": result.get("batch_drift"), "kl_end": result.get("kl_end"),
+            **{k: result.get(k) for k in ("batch_drift", "kl_end", "grad_norm_median", "grad_norm_above_1")},
             "wall_seconds": time.perf_counter() - start, "threads": job["threads"], "settings": result["settings"]}
 
 
@@ -316,7 +321,8 @@ def summarise(runs: list[dict], target_fraction: float) -> dict:
             entry[f"{key}_reached_mean"], entry[f"{key}_std"] = mean, std
             entry[key] = mean if reached and len(reached) == len(rs) else None
         entry["lowest_after_target_reached_mean"] = statistics.mean(hit[2] for hit in reached) if reached else None
-        for key in ("kl_end", "batch_drift"):  # agro's diagnostics (None for TRL, or without reuse)
+        for key in ("kl_end", "batch_drift", "grad_norm_median", "grad_norm_above_1"):  # agro's diagnostics
+            # (None for TRL, without reuse, or in rows written before they were recorded)
             values = [r[key] for r in rs if r.get(key) is not None]
             entry[key] = statistics.mean(values) if values else None
         methods[method] = entry
@@ -415,9 +421,12 @@ def write_table(summary: dict, runs: list[dict], path: Path, command: str) -> No
         lines += ["", "agro's runs: KL(π‖π_ref) of the on-policy samples over the last 5 generation batches "
                   "(`kl`), and, with num_iterations > 1, the within-batch drift: the mean over batches of "
                   "Σ_t log π_last/π_first on the batch's own samples, from its first to its last iteration "
-                  "(an estimate of −KL(π_first‖π_last)).", "",
-                  "| method | KL to π_ref at the end | within-batch drift |", "|---|---|---|"]
-        lines += [f"| {k} | {e['kl_end']:.2f} | {_num(e['batch_drift'], 3)} |" for k, e in diagnosed.items()]
+                  "(an estimate of −KL(π_first‖π_last)); the gradient norm before clipping (median over the "
+                  "optimizer steps) and the share of steps where it is above 1, where max_grad_norm = 1 rescales it.",
+                  "", "| method | KL to π_ref at the end | within-batch drift | gradient norm | steps above 1 |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {e['kl_end']:.2f} | {_num(e['batch_drift'], 3)} | {_num(e.get('grad_norm_median'), 2)} | "
+                  f"{_num(e.get('grad_norm_above_1'), 2)} |" for k, e in diagnosed.items()]
     lines += ["", *goal_check(summary)]
     path.write_text("\n".join(lines) + "\n")
 
@@ -474,6 +483,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, help="held-out evaluation every N optimizer steps")
     p.add_argument("--staleness", type=int, help="agro_replay: replay samples at most this many steps old")
     p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm of every method (0: off)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--target-fraction", type=float, default=0.9)
     p.add_argument("--warmup-steps", type=int, help="π_ref's supervised warm-up steps (default: the task's)")
@@ -527,7 +537,7 @@ def main(argv=None) -> None:
         done = {(r["method"], r["seed"]) for r in runs}
         todo = {seed: [m for m in args.methods if (m, seed) not in done] for seed in args.seeds}
         shared = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "group_size", "eval_every", "staleness",
-                                                "learning_rate", "beta", "threads")}
+                                                "learning_rate", "beta", "max_grad_norm", "threads")}
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
                                  max_tasks_per_child=1) as pool:
             # each seed's preparation (π_ref, built once and cached, its problems, its offline records) runs in

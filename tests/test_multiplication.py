@@ -52,6 +52,23 @@ def test_solutions_write_decoys_where_asked_and_add_what_they_wrote():
     assert 0.55 < sum(f[1] for f in flags) / len(flags) < 0.65
 
 
+def test_fact_error_rates_spread_over_the_range_and_drive_the_warm_up():
+    facts = [(a, b) for a in range(2, 10) for b in range(2, 10)]
+    rates = {f: M.fact_error_rate(*f, 0.65, 0.25) for f in facts}
+    assert all(0.4 <= r <= 0.9 for r in rates.values()) and rates == {f: M.fact_error_rate(*f, 0.65, 0.25) for f in facts}
+    assert min(rates.values()) < 0.45 and max(rates.values()) > 0.85  # the whole range is used
+    assert abs(sum(rates.values()) / len(rates) - 0.65) < 0.05
+    assert {M.fact_error_rate(*f, 0.6) for f in facts} == {0.6}  # spread 0: one rate for all
+    assert M.fact_error_rate(2, 3, 0.9, 0.5) <= 1.0 and M.fact_error_rate(2, 3, 0.1, 0.5) >= 0.0
+    easy, hard = min(rates, key=rates.get), max(rates, key=rates.get)
+    rng = random.Random(0)
+    for fact in (easy, hard):  # a product step writes the decoy at its own fact's rate
+        p = M.Problem("", "", (fact, (2, 2)))
+        wrong = sum(M.warmup_solution(p, 0.65, rng, 0.25).split(";")[0] != M.solve(p).split(";")[0]
+                    for _ in range(4000)) / 4000
+        assert abs(wrong - rates[fact]) < 0.03
+
+
 @pytest.mark.parametrize("settings", [M.Settings(), M.Settings(num_products=3, factor_range=(2, 12))])
 def test_problems_deterministic_disjoint_and_bounded(settings):
     train = M.generate_problems(500, 0, "train", settings)

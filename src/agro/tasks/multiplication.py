@@ -7,11 +7,12 @@ equals the gold answer (the rule of `agro.tasks.arithmetic`).
 Every fact ``a*b`` (an ordered pair of factors in ``factor_range``) has one fixed **decoy**: a
 neighbouring entry of the table, ``a*(b±1)`` or ``(a±1)*b``, chosen by a hash of the fact. π_ref is a
 tiny Llama trained from scratch on worked solutions in which each product step writes its fact's
-decoy with probability ``error_rate`` (the later sums are then exact for the products written). So
+decoy with the fact's own probability, spread evenly (by a hash of the fact) over
+``error_rate ± error_rate_spread`` (the later sums are then exact for the products written). So
 π_ref writes the decoy of most facts greedily, while every correct fact keeps real mass at temperature
-1: RL has to correct each fact on its own, from the prompts that show it. With 64 facts, two per
-prompt, that takes many steps, and every fresh generation carries information about the facts it
-shows, which is what reuse should exploit (issue #17).
+1: RL has to correct each fact on its own, from the prompts that show it, the facts π_ref gets most
+often wrong last. With 64 facts, two per prompt, that takes many steps, and every fresh generation
+carries information about the facts it shows, which is what reuse should exploit (issue #17).
 
 Held-out problems are new combinations of the same facts (split by prompt hash, as in arithmetic).
 Measured figures, and the commands that produced them, are in docs/tasks.md.
@@ -49,7 +50,8 @@ class Settings(builds.ModelSettings):
     num_products: int = 2
     factor_range: tuple[int, int] = (2, 9)  # every factor ~ U[lo, hi]
     heldout_fraction: float = 0.2  # share of all problems reserved for held-out, by prompt hash (64² in all)
-    error_rate: float = 0.6  # P(a warm-up product step writes its fact's decoy)
+    error_rate: float = 0.65  # mean over the facts of P(a warm-up product step writes the fact's decoy)
+    error_rate_spread: float = 0.25  # a fact's own P is error_rate + spread·u, u ∈ [−1, 1] by a hash of the fact
     num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
 
     def settings_hash(self) -> str:
@@ -88,9 +90,16 @@ def solve(problem: Problem, wrong: list[bool] | None = None) -> str:
     return ";".join(steps) + f";A={total}"
 
 
-def warmup_solution(problem: Problem, error_rate: float, rng: random.Random) -> str:
-    """A warm-up solution: each product step writes its decoy with probability error_rate."""
-    return solve(problem, [rng.random() < error_rate for _ in problem.facts])
+def fact_error_rate(a: int, b: int, error_rate: float, spread: float = 0.0) -> float:
+    """The fact's own P(decoy) in the warm-up: error_rate + spread·(2h − 1), h = (first byte of a hash of the
+    fact) / 255 ∈ [0, 1], clipped to [0, 1]. Spread 0: error_rate for every fact."""
+    h = hashlib.sha256(f"{a}*{b}:rate".encode()).digest()[0] / 255
+    return min(1.0, max(0.0, error_rate + spread * (2 * h - 1)))
+
+
+def warmup_solution(problem: Problem, error_rate: float, rng: random.Random, spread: float = 0.0) -> str:
+    """A warm-up solution: each product step writes its decoy with its fact's `fact_error_rate`."""
+    return solve(problem, [rng.random() < fact_error_rate(a, b, error_rate, spread) for a, b in problem.facts])
 
 
 def reward(prompt: str, completion: str, answer: str | None) -> float:
@@ -147,7 +156,8 @@ def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) 
 
     def examples() -> tuple[list[str], list[str]]:
         batch = [sample_problem(rng, "train", settings) for _ in range(settings.batch_size)]
-        return [p.prompt for p in batch], [warmup_solution(p, settings.error_rate, rng) for p in batch]
+        solutions = [warmup_solution(p, settings.error_rate, rng, settings.error_rate_spread) for p in batch]
+        return [p.prompt for p in batch], solutions
 
     builds.warm_up(model, tokenizer, settings, examples, log_every)
 

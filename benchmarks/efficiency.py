@@ -146,6 +146,8 @@ def agro_settings(method: str, prep: dict, job: dict) -> list[str]:
                f"offline_per_group={g - 1}"]
     else:
         raise ValueError(f"unknown agro method {method!r}")
+    if "objective=agro" in own:
+        own.append(f"agro_loss_type={job['agro_loss_type']}")
     return shared + own
 
 
@@ -484,6 +486,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--staleness", type=int, help="agro_replay: replay samples at most this many steps old")
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm of every method (0: off)")
+    p.add_argument("--agro-loss-type", default="sum", choices=("sum", "dr_grpo"),
+                   help="agro_loss_type of the AGRO methods (dr_grpo: the loss ÷ max_completion_length)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--target-fraction", type=float, default=0.9)
     p.add_argument("--warmup-steps", type=int, help="π_ref's supervised warm-up steps (default: the task's)")
@@ -537,7 +541,8 @@ def main(argv=None) -> None:
         done = {(r["method"], r["seed"]) for r in runs}
         todo = {seed: [m for m in args.methods if (m, seed) not in done] for seed in args.seeds}
         shared = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "group_size", "eval_every", "staleness",
-                                                "learning_rate", "beta", "max_grad_norm", "threads")}
+                                                "learning_rate", "beta", "max_grad_norm", "agro_loss_type",
+                                                "threads")}
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
                                  max_tasks_per_child=1) as pool:
             # each seed's preparation (π_ref, built once and cached, its problems, its offline records) runs in

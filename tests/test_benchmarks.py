@@ -180,6 +180,8 @@ def test_efficiency_quick(tmp_path):
     # diagnostics: the within-batch drift needs a batch trained on twice; agro's runs report KL to π_ref
     assert rows["agro_num_iterations_2"]["batch_drift"] is not None and rows["agro"]["batch_drift"] is None
     assert all((rows[m]["kl_end"] is None) is m.startswith("trl") for m in rows)
+    assert all((rows[m]["grad_norm_median"] is None) is m.startswith("trl") for m in rows)
+    assert all(0 <= rows[m]["grad_norm_above_1"] <= 1 for m in rows if not m.startswith("trl"))
     assert abs(result["target"] - 0.9 * rows["grpo"]["final_accuracy"]) < 1e-12
     for name, m in methods.items():
         reached = [c for c in rows[name]["curve"] if c[3] >= result["target"]]
@@ -192,6 +194,18 @@ def test_efficiency_quick(tmp_path):
     again, result_again = efficiency_run(tmp_path)
     assert len((tmp_path / "out" / "runs.jsonl").read_text().splitlines()) == len(expected)
     assert result_again["methods"] == methods
+
+
+def test_efficiency_agro_settings_carry_the_shared_clip_and_agros_loss_type():
+    eff = load_efficiency()
+    prep = {"ref_path": "m", "train": "t", "heldout": "h", "reward": "r", "max_len": 9, "max_prompt_len": 4,
+            "seed": 0, "offline": "o"}
+    job = {"group_size": 8, "eval_every": 1, "steps": 2, "prompts_per_step": 4, "learning_rate": 1e-3, "beta": 0.1,
+           "max_grad_norm": 0.0, "agro_loss_type": "dr_grpo", "threads": 1, "run_dir": "d", "staleness": 8}
+    for method in ("grpo", "agro", "agro_num_iterations_4", "agro_replay", "agro_offline_plus_one"):
+        settings = eff.agro_settings(method, prep, job)
+        assert "max_grad_norm=0.0" in settings
+        assert ("agro_loss_type=dr_grpo" in settings) is (method != "grpo")
 
 
 def test_efficiency_without_trl(tmp_path):

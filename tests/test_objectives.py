@@ -86,6 +86,28 @@ def test_agro_gradient_matches_formula(baseline, use_weights):
     torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, adv))
 
 
+def test_agro_dr_grpo_loss_type_is_the_sum_over_a_constant():
+    """loss_type dr_grpo: the gradient of the hand formula divided by L = max_completion_length, for every token
+    (a constant, not each sequence's length: that would change the fixed point); reached through the registry."""
+    batch = make_batch(seed=3)
+    args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
+    groups = batch["group_ids"].tolist()
+    delta = [a - b for a, b in zip(seq_sums(batch["logprobs"].detach(), batch["mask"]),
+                                   seq_sums(batch["ref_logprobs"], batch["mask"]))]
+    reg = [r - BETA * d for r, d in zip(batch["rewards"].tolist(), delta)]
+    adv = [reg[i] - ref_mean(reg, groups, [1.0] * len(reg), i) for i in range(len(reg))]
+    out = objectives.agro_loss(*args, beta=BETA, loss_type="dr_grpo", max_completion_length=7)
+    torch.testing.assert_close(grad_of(out, batch), expected_seq_grad(batch, adv) / 7)
+    summed = objectives.agro_loss(*args, beta=BETA)
+    torch.testing.assert_close(out.loss, summed.loss / 7)
+    assert out.metrics == summed.metrics
+    from types import SimpleNamespace
+    tensors = {k: batch[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids")}
+    config = SimpleNamespace(beta=BETA, baseline="mean", taper="none", agro_loss_type="dr_grpo",
+                             max_completion_length=5)
+    torch.testing.assert_close(objectives.compute_loss("agro", tensors, config).loss, summed.loss / 5)
+
+
 def test_rloo_equals_agro_leave_one_out():
     batch = make_batch(seed=1)
     args = (batch["logprobs"], batch["ref_logprobs"], batch["mask"], batch["rewards"], batch["group_ids"])
@@ -264,6 +286,10 @@ def test_bad_options_raise():
         objectives.grpo_loss(*args, beta=BETA, loss_type="ppo")
     with pytest.raises(ValueError, match="dr_grpo' needs max_completion_length"):
         objectives.grpo_loss(*args, beta=BETA, loss_type="dr_grpo")
+    with pytest.raises(ValueError, match="loss_type"):
+        objectives.agro_loss(*args, beta=BETA, loss_type="grpo")  # a per-sequence mean would move the fixed point
+    with pytest.raises(ValueError, match="dr_grpo' needs max_completion_length"):
+        objectives.agro_loss(*args, beta=BETA, loss_type="dr_grpo")
 
 
 class _TRLStub:

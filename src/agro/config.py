@@ -47,6 +47,10 @@ class TrainConfig:
                     "behavior, except that the run's own samples of an earlier version (the async actor's, a "
                     "batch's later iterations) get a token trust region instead: no gradient on the tokens whose "
                     "π_t/μ_t is outside [1 − epsilon, 1 + epsilon_high] in the direction of their advantage")
+    agro_loss_type: str = _f("sum", "agro: sum: Σ_i A_i Σ_t log π / N, the estimator as written | dr_grpo: the same "
+                             "÷ max_completion_length (Dr. GRPO's constant): the same update direction and fixed "
+                             "point at GRPO's gradient scale, so max_grad_norm binds as rarely as it does for grpo "
+                             "(with sum it binds on most steps; docs/efficiency.md)")
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
     epsilon: float = _f(0.2, "grpo, and agro with taper clip: lower clip range of the ratio to the sampler (a ratio "
                              "≠ 1 needs num_iterations > 1 or async_generation)")
@@ -128,6 +132,7 @@ CHOICES = {
     "objective": ("agro", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre"),  # agro.objectives.OBJECTIVES' keys
     "baseline": ("mean", "loo"),
     "taper": ("none", "ref", "behavior", "clip"),
+    "agro_loss_type": ("sum", "dr_grpo"),
     "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),

@@ -27,6 +27,7 @@ import torch
 from agro.config import CHOICES
 
 TAPERS = CHOICES["taper"]
+AGRO_LOSS_TYPES = CHOICES["agro_loss_type"]
 
 
 @dataclass
@@ -177,6 +178,8 @@ def agro_loss(
     behavior_logprobs: torch.Tensor | None = None,
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
+    loss_type: str = "sum",
+    max_completion_length: int | None = None,
 ) -> LossOutput:
     """Any-Generation Reward Optimization, for generations from any sampling distribution μ.
 
@@ -189,7 +192,8 @@ def agro_loss(
                with taper "clip", the same except on fresh samples, which get m instead
         m_i,t = 1, or with taper "clip" on a fresh sample: 0 where A_i pushes π_t/μ_t further out of
                [1 − ε, 1 + ε_high] (`trust_region_mask`)
-        loss = −Σ_i w_i ρ_i A_i · Σ_t mask·m·log π  /  Σ_i w_i
+        loss = −Σ_i w_i ρ_i A_i · Σ_t mask·m·log π  /  Σ_i w_i          (loss_type "sum")
+               the same / max_completion_length                       (loss_type "dr_grpo")
 
     Its expected gradient E_μ[ρ(R̃ − V_μ) ∇log π] vanishes only where R̃ is constant over the
     support of μ, i.e. at π* = π_ref·exp(r/β)/Z (generation consistency); on-policy (untapered)
@@ -219,9 +223,19 @@ def agro_loss(
     that need them, so for AGRO an offline record's μ is π and its weight 1). On samples of the
     current policy m = 1, bit for bit.
     Measured: docs/performance.md (asynchronous generation), docs/efficiency.md (`num_iterations`).
+
+    The loss scale (loss_type): the sum over tokens makes the gradient norm grow with the completions'
+    length, so a max_grad_norm tuned for token-mean losses (GRPO's) rescales most of AGRO's steps, and with
+    Adam that equalises the steps a batch's later iterations would otherwise take smaller. "dr_grpo"
+    divides by the constant L = max_completion_length, as Dr. GRPO does (Liu et al. 2025, arXiv 2503.20783):
+    a constant keeps the direction and the fixed point (a per-sequence length would not).
     """
     if baseline not in ("mean", "loo"):
         raise ValueError(f"baseline must be 'mean' or 'loo', got {baseline!r}")
+    if loss_type not in AGRO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {', '.join(AGRO_LOSS_TYPES)}, got {loss_type!r}")
+    if loss_type == "dr_grpo" and not (max_completion_length and max_completion_length > 0):
+        raise ValueError(f"loss_type 'dr_grpo' needs max_completion_length > 0, got {max_completion_length!r}")
     if taper not in TAPERS:
         raise ValueError(f"taper must be one of {', '.join(TAPERS)}, got {taper!r}")
     w = _weights_like(rewards, weights)
@@ -243,6 +257,8 @@ def agro_loss(
         seq_logprob = sequence_sum(logprobs, torch.where(fresh.unsqueeze(-1), mask * kept, mask))
         metrics["clip_region_fraction"] = ((fresh_tokens * (1 - kept)).sum() / fresh_tokens.sum().clamp_min(1)).item()
     loss = -_weighted_mean(scale * advantages * seq_logprob, w)
+    if loss_type == "dr_grpo":
+        loss = loss / max_completion_length
     metrics.update(_common_metrics(rewards, log_ratio, advantages, mask))
     metrics["regularised_reward_mean"] = regularised.detach().float().mean().item()
     metrics["taper_mean"] = scale.float().mean().item()
@@ -496,7 +512,9 @@ class Objective:
 
 OBJECTIVES: dict[str, Objective] = {  # the names are config.CHOICES["objective"] (tests check they agree)
     "agro": Objective(agro_loss, ("fresh", "behavior_logprobs"), {"beta": "beta", "baseline": "baseline", "taper": "taper",
-                                                               "epsilon": "epsilon", "epsilon_high": "epsilon_high"}),
+                                                               "epsilon": "epsilon", "epsilon_high": "epsilon_high",
+                                                               "loss_type": "agro_loss_type",
+                                                               "max_completion_length": "max_completion_length"}),
     "grpo": Objective(grpo_loss, ("old_logprobs",), {"beta": "beta", "epsilon": "epsilon", "epsilon_high": "epsilon_high",
                                                      "loss_type": "loss_type",
                                                      "max_completion_length": "max_completion_length"}),

@@ -9,7 +9,7 @@ against on-policy GRPO (agro's and TRL's GRPOTrainer).
 Every run starts from the same π_ref (the task's reference policy of the seed, built once into
 `--cache-dir` and reused, each seed's preparation running in the worker pool), trains on the
 same prompts with the same reward and the same shared hyper-parameters (`--prompts-per-step` groups of
-`--group-size`, learning rate, β, AdamW, constant schedule, clip 1.0) for `--steps` optimizer steps,
+`--group-size`, learning rate, β, AdamW, constant schedule, `--max-grad-norm` 1.0) for `--steps` optimizer steps,
 and is scored by greedy accuracy on the same held-out problems every `--eval-every` steps. Methods:
 
     grpo                        agro `objective: grpo`, `--group-size` fresh samples per prompt, one step per batch
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -55,6 +56,7 @@ from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
+from agro.config import CHOICES  # imports no torch
 from agro.tasks import TASK_NAMES  # imports no task (nor torch)
 
 # agro's reward workers are spawned processes, and so are this script's run workers: both re-import this
@@ -64,13 +66,17 @@ METHODS = ("grpo", "trl_grpo_num_iterations_1", "trl_grpo_num_iterations_4", "ag
            "agro_num_iterations_4", "agro_replay", "agro_offline_plus_one")
 TRL_ITERATIONS = {"trl_grpo_num_iterations_1": 1, "trl_grpo_num_iterations_4": 4}
 REUSE = ("agro_num_iterations_2", "agro_num_iterations_4", "agro_replay", "agro_offline_plus_one")
+SHARED = ("steps", "prompts_per_step", "group_size", "eval_every", "staleness", "learning_rate", "beta",
+          "max_grad_norm", "agro_loss_type", "threads")  # the settings every run of one --out shares
 # the default budget (the study's settings: 16 prompts × 8 per step, 128 training prompts, 300 held-out), and
 # per task the steps that bring GRPO near its plateau, with evaluations frequent enough to place the target
 FULL = dict(steps=100, seeds=[0, 1, 2], prompts_per_step=16, group_size=8, train_problems=128, heldout=300,
             eval_every=5, staleness=8)
 TASK_DEFAULTS = {"arithmetic": dict(steps=40, eval_every=1),  # GRPO: ≥ 0.9 within 10 steps (docs/results.md)
                  "countdown": dict(steps=150, eval_every=10),  # GRPO: 0.20 → 0.27-0.28 by step 150 (docs/tasks.md)
-                 "multiplication": dict(steps=150, eval_every=10)}  # GRPO: 0.05 → its plateau ≈ 0.8 by step 50-120 (docs/tasks.md)
+                 # GRPO: 0.10 → 0.6-0.75 by step 150, its plateau (0.67-0.80) by 150-250 (docs/tasks.md); 150 steps
+                 # fit the 45-minute budget, so the target is 0.9 × an accuracy still rising slowly
+                 "multiplication": dict(steps=150, eval_every=10)}
 QUICK = dict(steps=2, seeds=[0], prompts_per_step=4, group_size=4, train_problems=4, heldout=20, eval_every=1,
              staleness=1, warmup_steps=40)  # a smoke test: a π_ref of 40 warm-up steps (built in seconds)
 
@@ -176,7 +182,7 @@ def reuse_diagnostics(rows: list[dict]) -> dict:
     the same samples, so it is the mean of Σ_t log π_last/π_first on them, an estimate of −KL(π_first‖π_last)
     (None without reuse). `kl_end`: on-policy KL(π‖π_ref) (`kl`), mean of the last 5 generation batches.
     `grad_norm_median`, `grad_norm_above_1`: the gradient norm before clipping, its median over the optimizer
-    steps and the share of steps where it exceeds 1 (where the default max_grad_norm = 1 rescales it)."""
+    steps and the share of steps where it exceeds 1 (those the default `--max-grad-norm` 1 rescales)."""
     steps = [r for r in rows if r.get("iteration", 0) >= 1 and "log_ratio_mean" in r]
     drifts, first = [], None
     for i, r in enumerate(steps):
@@ -185,7 +191,7 @@ def reuse_diagnostics(rows: list[dict]) -> dict:
         elif first is not None and (i + 1 == len(steps) or steps[i + 1]["iteration"] == 1):  # a batch's last
             drifts.append(r["log_ratio_mean"] - first)
     kls = [r["kl"] for r in steps if r["iteration"] == 1 and "kl" in r][-5:]
-    norms = [r["grad_norm"] for r in steps if "grad_norm" in r]
+    norms = [r["grad_norm"] for r in steps if math.isfinite(r.get("grad_norm", math.nan))]  # NaN: skipped step
     return {"batch_drift": statistics.mean(drifts) if drifts else None,
             "kl_end": statistics.mean(kls) if kls else None,
             "grad_norm_median": statistics.median(norms) if norms else None,
@@ -285,7 +291,28 @@ def run_job(job: dict) -> dict:
             **{k: prep[k] if method == "agro_offline_plus_one" else 0 for k in ("offline_records", "offline_distinct")},
             "reference_accuracy": prep["reference_accuracy"], "clip_fraction": result.get("clip_fraction"),
             **{k: result.get(k) for k in ("batch_drift", "kl_end", "grad_norm_median", "grad_norm_above_1")},
-            "wall_seconds": time.perf_counter() - start, "threads": job["threads"], "settings": result["settings"]}
+            "wall_seconds": time.perf_counter() - start, "threads": job["threads"], "settings": result["settings"],
+            "shared": relevant_shared(method, job["shared"])}
+
+
+def relevant_shared(method: str, shared: dict) -> dict:
+    """The shared settings that act on `method`'s run (`agro_loss_type` only on the AGRO methods)."""
+    return {k: v for k, v in shared.items() if k != "agro_loss_type" or method.startswith("agro")}
+
+
+def check_resumable(runs: list[dict], shared: dict, log: Path) -> None:
+    """Exit (code 2, one line) when a row of `log` was made with other shared settings than these: resuming
+    would average runs of different settings into one table. Rows written before rows recorded them pass."""
+    for i, r in enumerate(runs, 1):
+        if "shared" not in r:
+            continue
+        want = relevant_shared(r["method"], shared)
+        differ = sorted(k for k in want if k != "threads" and k in r["shared"] and r["shared"][k] != want[k])
+        if differ:
+            print(f"{log}:{i}: {r['method']} seed {r['seed']} was run with "
+                  + ", ".join(f"{k}={r['shared'][k]}" for k in differ) + " but this command has "
+                  + ", ".join(f"{k}={want[k]}" for k in differ) + ": use another --out", file=sys.stderr)
+            raise SystemExit(2)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -424,7 +451,7 @@ def write_table(summary: dict, runs: list[dict], path: Path, command: str) -> No
                   "(`kl`), and, with num_iterations > 1, the within-batch drift: the mean over batches of "
                   "Σ_t log π_last/π_first on the batch's own samples, from its first to its last iteration "
                   "(an estimate of −KL(π_first‖π_last)); the gradient norm before clipping (median over the "
-                  "optimizer steps) and the share of steps where it is above 1, where max_grad_norm = 1 rescales it.",
+                  "optimizer steps) and the share of steps where it is above 1 (those `--max-grad-norm` 1 rescales).",
                   "", "| method | KL to π_ref at the end | within-batch drift | gradient norm | steps above 1 |",
                   "|---|---|---|---|---|"]
         lines += [f"| {k} | {e['kl_end']:.2f} | {_num(e['batch_drift'], 3)} | {_num(e.get('grad_norm_median'), 2)} | "
@@ -486,7 +513,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--staleness", type=int, help="agro_replay: replay samples at most this many steps old")
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm of every method (0: off)")
-    p.add_argument("--agro-loss-type", default="sum", choices=("sum", "dr_grpo"),
+    p.add_argument("--agro-loss-type", default="sum", choices=CHOICES["agro_loss_type"],
                    help="agro_loss_type of the AGRO methods (dr_grpo: the loss ÷ max_completion_length)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--target-fraction", type=float, default=0.9)
@@ -538,11 +565,10 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+        shared = {k: getattr(args, k) for k in SHARED}
+        check_resumable(runs, shared, log)
         done = {(r["method"], r["seed"]) for r in runs}
         todo = {seed: [m for m in args.methods if (m, seed) not in done] for seed in args.seeds}
-        shared = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "group_size", "eval_every", "staleness",
-                                                "learning_rate", "beta", "max_grad_norm", "agro_loss_type",
-                                                "threads")}
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
                                  max_tasks_per_child=1) as pool:
             # each seed's preparation (π_ref, built once and cached, its problems, its offline records) runs in
@@ -568,7 +594,7 @@ def main(argv=None) -> None:
                         print(json.dumps({k: result[k] for k in ("seed", "reference_accuracy", "offline_records",
                                                                  "offline_distinct")}), flush=True)
                         for method in sorted(todo[job], key=METHODS.index):
-                            run = {"method": method, "prep": result, **shared,
+                            run = {"method": method, "prep": result, "shared": shared, **shared,
                                    "run_dir": str(args.out / "runs" / f"{method}-seed{job}")}
                             pending[pool.submit(run_job, run)] = ("run", run)
                         continue

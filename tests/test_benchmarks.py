@@ -208,6 +208,35 @@ def test_efficiency_agro_settings_carry_the_shared_clip_and_agros_loss_type():
         assert ("agro_loss_type=dr_grpo" in settings) is (method != "grpo")
 
 
+def test_efficiency_reuse_diagnostics_on_hand_rows():
+    eff = load_efficiency()
+    rows = [{"step": 0, "iteration": 0},  # the evaluation at step 0: no update
+            {"iteration": 1, "log_ratio_mean": 0.5, "kl": 1.0, "grad_norm": 3.0},
+            {"iteration": 2, "log_ratio_mean": 0.2, "grad_norm": 0.5},
+            {"iteration": 1, "log_ratio_mean": 0.1, "kl": 2.0, "grad_norm": float("nan")},  # a skipped update
+            {"iteration": 2, "log_ratio_mean": 0.4, "grad_norm": 2.0}]
+    d = eff.reuse_diagnostics(rows)
+    assert d["batch_drift"] == pytest.approx(((0.2 - 0.5) + (0.4 - 0.1)) / 2)
+    assert d["kl_end"] == pytest.approx(1.5)
+    assert d["grad_norm_median"] == 2.0 and d["grad_norm_above_1"] == pytest.approx(2 / 3)
+
+
+def test_efficiency_refuses_to_resume_with_other_settings(tmp_path, capsys):
+    eff = load_efficiency()
+    shared = {"steps": 2, "beta": 0.1, "max_grad_norm": 1.0, "agro_loss_type": "sum", "threads": 1}
+    log = tmp_path / "runs.jsonl"
+    rows = [{"method": "grpo", "seed": 0, "shared": eff.relevant_shared("grpo", shared)},
+            {"method": "agro", "seed": 0, "shared": eff.relevant_shared("agro", shared)},
+            {"method": "agro_replay", "seed": 1}]  # written before rows recorded their settings
+    eff.check_resumable(rows, {**shared, "threads": 2}, log)  # the thread count does not change a run's settings
+    eff.check_resumable(rows[:1], {**shared, "agro_loss_type": "dr_grpo"}, log)  # grpo's loss has no agro_loss_type
+    with pytest.raises(SystemExit) as err:
+        eff.check_resumable(rows, {**shared, "agro_loss_type": "dr_grpo"}, log)
+    assert err.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"{log}:2: agro seed 0 was run with agro_loss_type=sum but this command "
+                                               "has agro_loss_type=dr_grpo: use another --out")
+
+
 def test_efficiency_without_trl(tmp_path):
     """Without trl (CI installs only .[dev]) TRL's methods are skipped with a message, and the JSON says so."""
     proc, result = efficiency_run(tmp_path, "--methods", "grpo", "trl_grpo_num_iterations_4", hide_trl=True)

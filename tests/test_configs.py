@@ -73,7 +73,7 @@ def test_broken_copy_fails_naming_the_key(tmp_path, line, broken, message):
 def test_config_choices_are_the_objective_registry():
     """config.py holds the choices (it does not import torch); the registry implements each objective named."""
     from agro.config import CHOICES
-    from agro.objectives import OBJECTIVES, TAPERS
+    from agro.objectives import AGRO_LOSS_TYPES, OBJECTIVES, TAPERS
 
     assert tuple(OBJECTIVES) == CHOICES["objective"]
-    assert TAPERS is CHOICES["taper"]
+    assert TAPERS is CHOICES["taper"] and AGRO_LOSS_TYPES is CHOICES["agro_loss_type"]

@@ -69,6 +69,19 @@ def test_fact_error_rates_spread_over_the_range_and_drive_the_warm_up():
         assert abs(wrong - rates[fact]) < 0.03
 
 
+def test_a_build_from_before_the_spread_loads_with_none(tmp_path):
+    import dataclasses
+    import json
+
+    task = dataclasses.asdict(M.Settings(error_rate=0.6))
+    del task["error_rate_spread"]
+    (tmp_path / "task.json").write_text(json.dumps({"task": task}))
+    assert M.load_task(tmp_path)[0] == M.Settings(error_rate=0.6, error_rate_spread=0.0)
+    task["error_rate_spread"] = 0.25
+    (tmp_path / "task.json").write_text(json.dumps({"task": task}))
+    assert M.load_task(tmp_path)[0] == M.Settings(error_rate=0.6, error_rate_spread=0.25)
+
+
 @pytest.mark.parametrize("settings", [M.Settings(), M.Settings(num_products=3, factor_range=(2, 12))])
 def test_problems_deterministic_disjoint_and_bounded(settings):
     train = M.generate_problems(500, 0, "train", settings)

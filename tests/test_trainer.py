@@ -167,6 +167,10 @@ def run_cli(args, capsys):
         ("epsilon: 1.0\n", "cfg.yaml:4: key 'epsilon': must be in [0, 1), got 1.0"),  # 1 − ε must stay > 0
         ("epsilon_high: -0.5\n", "cfg.yaml:4: key 'epsilon_high': must be ≥ 0"),
         ("objective: asymre\nasymre_delta: -0.1\n", "cfg.yaml:5: key 'asymre_delta': must be ≥ 0"),
+        ("agro_loss_type: mean\n", "cfg.yaml:4: key 'agro_loss_type': must be one of sum, dr_grpo"),
+        ("objective: rloo\nagro_loss_type: dr_grpo\n", "cfg.yaml:5: key 'agro_loss_type': applies to objective agro"),
+        ("loss_type: dr_grpo\n", "cfg.yaml:4: key 'loss_type': applies to objective grpo only (objective is 'agro'; "
+                                  "AGRO's loss scale is agro_loss_type)"),
         ("beta: [1\n", "cfg.yaml:5: invalid YAML"),
         ("reward_function: nothere.py:fn\n", "cfg.yaml:4: key 'reward_function': reward file not found for "
                                              "'nothere.py:fn'"),

@@ -47,10 +47,10 @@ class TrainConfig:
                     "behavior, except that the run's own samples of an earlier version (the async actor's, a "
                     "batch's later iterations) get a token trust region instead: no gradient on the tokens whose "
                     "π_t/μ_t is outside [1 − epsilon, 1 + epsilon_high] in the direction of their advantage")
-    agro_loss_type: str = _f("sum", "agro: sum: Σ_i A_i Σ_t log π / N, the estimator as written | dr_grpo: the same "
-                             "÷ max_completion_length (Dr. GRPO's constant): the same update direction and fixed "
-                             "point at GRPO's gradient scale, so max_grad_norm binds as rarely as it does for grpo "
-                             "(with sum it binds on most steps; docs/efficiency.md)")
+    agro_loss_type: str = _f("sum", "agro: sum: −(1/N) Σ_i ρ_i A_i Σ_t log π, the estimator as written | dr_grpo: "
+                             "the same ÷ max_completion_length (Dr. GRPO's constant): the same direction and fixed "
+                             "point at a token-mean scale, so max_grad_norm rescales few steps, as for grpo (under "
+                             "AdamW it equals sum with max_grad_norm × max_completion_length; docs/efficiency.md)")
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
     epsilon: float = _f(0.2, "grpo, and agro with taper clip: lower clip range of the ratio to the sampler (a ratio "
                              "≠ 1 needs num_iterations > 1 or async_generation)")
@@ -244,6 +244,11 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("async_generation", "has nothing to generate: num_generations is 0")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
+    if config.objective == "rloo" and config.agro_loss_type != "sum":
+        fail("agro_loss_type", "applies to objective agro only")
+    if config.objective != "grpo" and config.loss_type != "grpo":
+        fail("loss_type", f"applies to objective grpo only (objective is '{config.objective}'; AGRO's loss scale is "
+                          "agro_loss_type)")
     from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
 
     try:

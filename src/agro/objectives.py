@@ -228,7 +228,9 @@ def agro_loss(
     length, so a max_grad_norm tuned for token-mean losses (GRPO's) rescales most of AGRO's steps, and with
     Adam that equalises the steps a batch's later iterations would otherwise take smaller. "dr_grpo"
     divides by the constant L = max_completion_length, as Dr. GRPO does (Liu et al. 2025, arXiv 2503.20783):
-    a constant keeps the direction and the fixed point (a per-sequence length would not).
+    a constant keeps the direction and the fixed point (a per-sequence length would not). Under AdamW a
+    constant factor only moves where clipping starts (and Adam's ε): dr_grpo with max_grad_norm c is sum
+    with c·L. GRPO's scale differs further by its division of the advantages by the group's std.
     """
     if baseline not in ("mean", "loo"):
         raise ValueError(f"baseline must be 'mean' or 'loo', got {baseline!r}")

@@ -7,8 +7,8 @@ equals the gold answer (the rule of `agro.tasks.arithmetic`).
 Every fact ``a*b`` (an ordered pair of factors in ``factor_range``) has one fixed **decoy**: a
 neighbouring entry of the table, ``a*(b±1)`` or ``(a±1)*b``, chosen by a hash of the fact. π_ref is a
 tiny Llama trained from scratch on worked solutions in which each product step writes its fact's
-decoy with the fact's own probability, spread evenly (by a hash of the fact) over
-``error_rate ± error_rate_spread`` (the later sums are then exact for the products written). So
+decoy with the fact's own probability, spread over ``error_rate ± error_rate_spread`` by a hash of
+the fact (about uniformly) (the later sums are then exact for the products written). So
 π_ref writes the decoy of most facts greedily, while every correct fact keeps real mass at temperature
 1: RL has to correct each fact on its own, from the prompts that show it, the facts π_ref gets most
 often wrong last. With 64 facts, two per prompt, that takes many steps, and every fresh generation
@@ -38,7 +38,7 @@ from agro.tasks.arithmetic import parse_answer
 NAME = "multiplication"
 REWARD = "agro.tasks.multiplication:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+*=;A"
-STRONG_ERROR_RATE = 0.3  # error_rate of the study's stronger data policy
+STRONG_ERROR_RATE = 0.3  # error_rate of the study's stronger data policy (with the spread: 0.06-0.55 per fact)
 BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
 
 
@@ -50,7 +50,7 @@ class Settings(builds.ModelSettings):
     num_products: int = 2
     factor_range: tuple[int, int] = (2, 9)  # every factor ~ U[lo, hi]
     heldout_fraction: float = 0.2  # share of all problems reserved for held-out, by prompt hash (64² in all)
-    error_rate: float = 0.65  # mean over the facts of P(a warm-up product step writes the fact's decoy)
+    error_rate: float = 0.65  # centre of the facts' P(a warm-up product step writes the fact's decoy)
     error_rate_spread: float = 0.25  # a fact's own P is error_rate + spread·u, u ∈ [−1, 1] by a hash of the fact
     num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
 
@@ -193,8 +193,11 @@ def build_reference_policy(out_dir: str | Path, seed: int = 0, settings: Setting
 
 
 def load_task(path: str | Path) -> tuple[Settings, dict]:
-    """(settings, full task.json) of a π_ref build."""
-    return builds.load_task(path, Settings)
+    """(settings, full task.json) of a π_ref build; a build made before the spread existed had none (0)."""
+    settings, meta = builds.load_task(path, Settings)
+    if "error_rate_spread" not in meta["task"]:
+        settings = dataclasses.replace(settings, error_rate_spread=0.0)
+    return settings, meta
 
 
 def load_or_build_reference_policy(cache_dir: str | Path, seed: int = 0, settings: Settings | None = None,

@@ -7,8 +7,8 @@ equals the gold answer (the rule of `agro.tasks.arithmetic`).
 Every fact ``a*b`` (an ordered pair of factors in ``factor_range``) has one fixed **decoy**: a
 neighbouring entry of the table, ``a*(b±1)`` or ``(a±1)*b``, chosen by a hash of the fact. π_ref is a
 tiny Llama trained from scratch on worked solutions in which each product step writes its fact's
-decoy with the fact's own probability, spread over ``error_rate ± error_rate_spread`` by a hash of
-the fact (about uniformly) (the later sums are then exact for the products written). So
+decoy with the fact's own probability, spread about uniformly over ``error_rate ± error_rate_spread``
+by a hash of the fact; the later sums are then exact for the products written. So
 π_ref writes the decoy of most facts greedily, while every correct fact keeps real mass at temperature
 1: RL has to correct each fact on its own, from the prompts that show it, the facts π_ref gets most
 often wrong last. With 64 facts, two per prompt, that takes many steps, and every fresh generation

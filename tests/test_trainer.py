@@ -321,6 +321,18 @@ def test_gradient_checkpointing_gives_the_same_step(assets, tmp_path):
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-6)
 
 
+def test_agro_loss_type_dr_grpo_reaches_the_trainer_as_the_sum_over_max_completion_length(assets, tmp_path):
+    """The first step sees the same samples either way: its loss and gradient norm are the sum's ÷ 32."""
+    rows = {}
+    for kind in ("sum", "dr_grpo"):
+        out = tmp_path / kind
+        Trainer(load_config(None, overrides(assets, out, max_steps=1, agro_loss_type=kind))).train()
+        rows[kind] = [r for r in read_metrics(out) if "loss" in r][0]
+    assert rows["sum"]["loss"] != 0
+    assert rows["dr_grpo"]["loss"] == pytest.approx(rows["sum"]["loss"] / 32, rel=1e-5)
+    assert rows["dr_grpo"]["grad_norm"] == pytest.approx(rows["sum"]["grad_norm"] / 32, rel=1e-5)
+
+
 def test_static_cache_generates_what_the_dynamic_cache_does(assets):
     """cache_implementation=static: a cache of max_prompt_length + max_completion_length tokens for every
     generate call; greedy completions of prompts of several widths equal the dynamic cache's, and a step trains."""

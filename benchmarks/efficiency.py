@@ -68,6 +68,7 @@ TRL_ITERATIONS = {"trl_grpo_num_iterations_1": 1, "trl_grpo_num_iterations_4": 4
 REUSE = ("agro_num_iterations_2", "agro_num_iterations_4", "agro_replay", "agro_offline_plus_one")
 SHARED = ("steps", "prompts_per_step", "group_size", "eval_every", "staleness", "learning_rate", "beta",
           "max_grad_norm", "agro_loss_type", "threads")  # the settings every run of one --out shares
+DIAGNOSTICS = ("batch_drift", "kl_end", "grad_norm_median", "grad_norm_above_1")  # reuse_diagnostics' keys
 # the default budget (the study's settings: 16 prompts × 8 per step, 128 training prompts, 300 held-out), and
 # per task the steps that bring GRPO near its plateau, with evaluations frequent enough to place the target
 FULL = dict(steps=100, seeds=[0, 1, 2], prompts_per_step=16, group_size=8, train_problems=128, heldout=300,
@@ -290,9 +291,9 @@ def run_job(job: dict) -> dict:
             "generations_trained": result["generations_trained"],
             **{k: prep[k] if method == "agro_offline_plus_one" else 0 for k in ("offline_records", "offline_distinct")},
             "reference_accuracy": prep["reference_accuracy"], "clip_fraction": result.get("clip_fraction"),
-            **{k: result.get(k) for k in ("batch_drift", "kl_end", "grad_norm_median", "grad_norm_above_1")},
+            **{k: result.get(k) for k in DIAGNOSTICS},
             "wall_seconds": time.perf_counter() - start, "threads": job["threads"], "settings": result["settings"],
-            "shared": relevant_shared(method, job["shared"])}
+            "shared": relevant_shared(method, {k: job[k] for k in SHARED})}
 
 
 def relevant_shared(method: str, shared: dict) -> dict:
@@ -350,7 +351,7 @@ def summarise(runs: list[dict], target_fraction: float) -> dict:
             entry[f"{key}_reached_mean"], entry[f"{key}_std"] = mean, std
             entry[key] = mean if reached and len(reached) == len(rs) else None
         entry["lowest_after_target_reached_mean"] = statistics.mean(hit[2] for hit in reached) if reached else None
-        for key in ("kl_end", "batch_drift", "grad_norm_median", "grad_norm_above_1"):  # agro's diagnostics
+        for key in DIAGNOSTICS:  # agro's diagnostics
             # (None for TRL, without reuse, or in rows written before they were recorded)
             values = [r[key] for r in rs if r.get(key) is not None]
             entry[key] = statistics.mean(values) if values else None
@@ -594,7 +595,7 @@ def main(argv=None) -> None:
                         print(json.dumps({k: result[k] for k in ("seed", "reference_accuracy", "offline_records",
                                                                  "offline_distinct")}), flush=True)
                         for method in sorted(todo[job], key=METHODS.index):
-                            run = {"method": method, "prep": result, "shared": shared, **shared,
+                            run = {"method": method, "prep": result, **shared,
                                    "run_dir": str(args.out / "runs" / f"{method}-seed{job}")}
                             pending[pool.submit(run_job, run)] = ("run", run)
                         continue

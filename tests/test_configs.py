@@ -10,7 +10,7 @@ from agro.errors import AgroError
 from agro.tasks import arithmetic
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GPU_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml")
+GPU_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml" and "-cpu" not in p.name)
 
 
 def test_the_gpu_configs_exist():
@@ -31,6 +31,14 @@ def test_gpu_config_validates_and_documents_itself(path):
     assert f"accelerate launch --num_processes 1 -m agro.cli train configs/{path.name}" in header
     assert "ESTIMATE" in header and re.search(r"peak ≈ .* ≈ \d+ GB", header)
     assert "://" not in text and "huggingface.co" not in text
+
+
+def test_smollm2_cpu_config_trains_the_built_in_model_on_a_reasoning_gym_task():
+    config = load_config(CONFIGS / "smollm2-135m-cpu.yaml")
+    assert config.model_name_or_path == "smollm2-135m-instruct"
+    assert config.train_data == config.eval_data and config.train_data.startswith("reasoning_gym:")
+    assert config.reward_function == "reasoning_gym" and config.truncated_completions == "zero"
+    assert config.eval_steps and config.max_steps >= 20
 
 
 def test_llama_config_mixes_on_policy_and_offline_data():

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from agro.answers import extract_answer
 from agro.rewards import (
     RewardResult,
     RewardScorer,
     ScoringInterrupted,
     exact_answer_reward,
     exact_numeric_equal,
-    extract_answer,
     load_reward_function,
     math_equal,
     math_reward,
@@ -263,7 +263,9 @@ def test_builtin_rewards(reward_fn):
     assert reward_fn("p", "The answer is 0.5.", "Half of it...\n#### 0.5") == 1.0
     assert reward_fn("p", "#### 12", "so it is $\\boxed{12}$") == 1.0
     assert reward_fn("p", "\\boxed{12}", "\\boxed{13}") == 0.0
-    assert reward_fn("p", "I think it is 12", "12") == 0.0  # no stated final answer
+    assert reward_fn("p", "I think it is 12", "12") == 1.0  # no stated answer: the last number counts
+    assert reward_fn("p", "12 is not it, 13", "12") == 0.0
+    assert reward_fn("p", "I do not know", "12") == 0.0  # no answer at all
     assert reward_fn("p", "\\boxed{12}", None) == 0.0
 
 

@@ -139,18 +139,24 @@ def _add_eval(sub) -> None:
         description="Evaluate a model on problems (MATH-, GSM8K-style or generic prompt/answer records). "
         "Writes JSON with overall and per-category accuracy and every completion.",
     )
-    p.add_argument("--model", required=True, help="model directory or hub id")
-    p.add_argument("--data", required=True, help="problem set (jsonl/json/parquet or datasets name)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--data", required=True, help="problem set (jsonl/json/parquet, datasets name, or "
+                   "reasoning_gym:NAME: its held-out split)")
+    p.add_argument("--data-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="reasoning_gym:NAME: create_dataset's arguments, e.g. '{\"size\": 200, \"seed\": 1}'")
     p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
     p.add_argument("--split", default="test", help="split, for datasets hub names")
-    p.add_argument("--prompt-template", default=None, help="plain | chat | raw (default: " + TRAINED_DEFAULT + "plain)")
-    p.add_argument("--reward", default=None, help="exact | math | module:function | file.py:function "
-                   "(default: " + TRAINED_DEFAULT + "math)")
+    _add_prompt_flags(p)
+    p.add_argument("--reward", default=None, help="exact | math | reasoning_gym | module:function | file.py:function "
+                   "(default: " + TRAINED_DEFAULT + "reasoning_gym for reasoning_gym: data, else math)")
     p.add_argument("--num-samples", type=int, default=1, help="k samples per problem (k > 1: pass@k with sampling)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (k > 1)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (k > 1)")
     p.add_argument("--max-completion-length", type=int, default=None,
                    help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
+    p.add_argument("--truncated-completions", default=None, choices=CHOICES["truncated_completions"],
+                   help="keep: score a completion cut at the length limit as it is; zero, mask: it scores 0 "
+                   "(default: " + TRAINED_DEFAULT + "zero)")
     p.add_argument("--max-problems", type=int, default=0, help="evaluate the first N problems (0: all)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     p.add_argument("--backend", default="hf", choices=CHOICES["generation_backend"], help="hf | vllm")
@@ -165,9 +171,31 @@ def _add_eval(sub) -> None:
 
 
 TRAINED_DEFAULT = "what the model was trained with, from MODEL/agro.json, else "
-DEFAULTS = {"prompt_template": "plain", "reward": "math", "max_completion_length": 512, "reward_timeout": 10.0}
-FROM_TRAINING = {"prompt_template": "prompt_template", "reward": "reward_function",
-                 "max_completion_length": "max_completion_length", "reward_timeout": "reward_timeout"}
+MODEL_HELP = "smollm2-135m-instruct (built in), a .gguf file, a model directory or a hub id"
+DEFAULTS = {"prompt_template": "plain", "instruction": None, "system_prompt": None, "reward": None,
+            "max_completion_length": 512, "truncated_completions": "zero", "reward_timeout": 10.0}
+FROM_TRAINING = {"prompt_template": "prompt_template", "instruction": "instruction", "system_prompt": "system_prompt",
+                 "reward": "reward_function", "max_completion_length": "max_completion_length",
+                 "truncated_completions": "truncated_completions", "reward_timeout": "reward_timeout"}
+PROMPT_KEYS = ("prompt_template", "instruction", "system_prompt")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _add_prompt_flags(p) -> None:
+    p.add_argument("--prompt-template", default=None, help="plain | chat | raw (default: " + TRAINED_DEFAULT + "plain)")
+    p.add_argument("--instruction", default=None, help="plain, chat: the line after each problem ('' for none; "
+                   "default: " + TRAINED_DEFAULT + "the \\boxed{} instruction)")
+    p.add_argument("--system-prompt", default=None, help="chat: a system message (default: " + TRAINED_DEFAULT
+                   + "the model's own)")
 
 
 def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> None:
@@ -207,13 +235,20 @@ def _load_eval_problems(args):
         problem = out_of_bounds(key, getattr(args, flag))
         if problem:
             raise AgroError(f"--{flag.replace('_', '-')} {problem}")
+    if args.system_prompt is not None and args.prompt_template != "chat":
+        raise AgroError(f"--system-prompt applies to --prompt-template chat only, got {args.prompt_template}")
     problems, _ = data.load_problems(args.data, format=args.format, template=args.prompt_template,
-                                     require_answer=True, split=args.split)
+                                     require_answer=True, split=args.split, kwargs=args.data_kwargs,
+                                     instruction=args.instruction, system_prompt=args.system_prompt)
     return problems[: args.max_problems] if args.max_problems else problems
 
 
 def _run_eval(args) -> int:
-    _trained_defaults(args, ("prompt_template", "reward", "max_completion_length", "reward_timeout"))
+    from agro.config import default_reward
+
+    _trained_defaults(args, (*PROMPT_KEYS, "reward", "max_completion_length", "truncated_completions",
+                             "reward_timeout"))
+    args.reward = args.reward or default_reward(args.data)
     problems = _load_eval_problems(args)  # before the heavy imports: a bad flag or record is reported at once
     import torch
     from rich.console import Console
@@ -230,7 +265,8 @@ def _run_eval(args) -> int:
         generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature,
                                    args.top_p, args.batch_size, model_name_or_path=args.model)
         result = evaluate(model, tokenizer, problems, scorer, args.max_completion_length,
-                          num_samples=args.num_samples, generator=generator, progress=True)
+                          num_samples=args.num_samples, generator=generator, progress=True,
+                          truncated_completions=args.truncated_completions)
     result["model"], result["data"] = args.model, args.data
     result["args"] = {k: v for k, v in vars(args).items() if k not in ("func", "out", "command")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,19 +293,21 @@ def _add_generate(sub) -> None:
         description="Sample completions of any model for a problem set and write offline records "
         "(prompt, completion, answer, reward, source, behavior_logprobs) to train on later.",
     )
-    p.add_argument("--model", required=True, help="model directory or hub id")
-    p.add_argument("--data", required=True, help="problem set")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--data", required=True, help="problem set (reasoning_gym:NAME: its training split)")
+    p.add_argument("--data-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="reasoning_gym:NAME: create_dataset's arguments")
     p.add_argument("--out", type=Path, required=True, help="output JSONL (must not exist)")
     p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
     p.add_argument("--split", default="train", help="split, for datasets hub names")
-    p.add_argument("--prompt-template", default=None, help="plain | chat | raw (default: " + TRAINED_DEFAULT + "plain)")
+    _add_prompt_flags(p)
     p.add_argument("--num-generations", type=int, default=4, help="completions per problem")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     p.add_argument("--max-completion-length", type=int, default=None,
                    help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
     p.add_argument("--max-problems", type=int, default=0, help="use the first N problems (0: all)")
-    p.add_argument("--reward", default=None, help="also score with exact | math | module:function "
+    p.add_argument("--reward", default=None, help="also score with exact | math | reasoning_gym | module:function "
                    "(default: the reward the model was trained with, from MODEL/agro.json, else none)")
     p.add_argument("--no-reward", action="store_true", help="do not score, even with the trained reward")
     p.add_argument("--reward-timeout", type=float, default=None,
@@ -290,8 +328,8 @@ def _run_generate(args) -> int:
         raise AgroError(f"{args.out}: already exists; choose another --out (nothing is overwritten)")
     if args.no_reward and args.reward:
         raise AgroError("--reward and --no-reward: choose one")
-    keys = ("prompt_template", "max_completion_length", "reward_timeout") + (() if args.no_reward else ("reward",))
-    _trained_defaults(args, keys, {**DEFAULTS, "reward": None})  # without a trained reward: no scoring
+    keys = (*PROMPT_KEYS, "max_completion_length", "reward_timeout") + (() if args.no_reward else ("reward",))
+    _trained_defaults(args, keys)  # without a trained reward: no scoring
     problems = _load_eval_problems(args)
     count = write_generations(args, problems)
     print(f"agro: wrote {count} records to {args.out}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from agro.errors import AgroError
+from agro.gym import is_gym_source
 
 
 def _f(default, help: str, **kw):
@@ -28,7 +29,8 @@ def _f(default, help: str, **kw):
 @dataclass
 class TrainConfig:
     # model
-    model_name_or_path: str = _f("", "local directory or hub id of an AutoModelForCausalLM (required)")
+    model_name_or_path: str = _f("", "smollm2-135m-instruct (built in), a .gguf file, or the local directory or hub "
+                                 "id of an AutoModelForCausalLM (required)")
     tokenizer_name_or_path: str | None = _f(None, "tokenizer location; default: model_name_or_path")
     trust_remote_code: bool = _f(False, "allow custom model code from the model repository")
     torch_dtype: str = _f("float32", "float32 | bfloat16 | float16: dtype of policy and reference")
@@ -58,10 +60,16 @@ class TrainConfig:
     loss_type: str = _f("grpo", "grpo: token aggregation, grpo | dapo | bnpo | dr_grpo (TRL's meanings)")
     max_importance_weight: float = _f(2.0, "is_pg: truncation c of the sequence importance weight π/μ")
     # data
-    train_data: str | None = _f(None, "problem set for on-policy prompts (jsonl/json/parquet or datasets name)")
+    train_data: str | None = _f(None, "problem set for on-policy prompts (jsonl/json/parquet, a datasets name, or "
+                                "reasoning_gym:NAME)")
+    train_data_kwargs: dict = _f({}, "reasoning_gym: data: create_dataset's arguments (size, seed and the task's own)")
     train_data_format: str = _f("auto", "auto | math | gsm8k | generic")
     dataset_split: str = _f("train", "split used when a data path is a datasets hub name")
     prompt_template: str = _f("plain", "plain | chat | raw: how problems become prompts")
+    instruction: str | None = _f(None, "plain and chat templates: the line after each problem (default: reason step "
+                                 "by step and put the final answer in \\boxed{}; '' for none)")
+    system_prompt: str | None = _f(None, "chat template: a system message before each problem (default: the "
+                                   "model's own)")
     offline_data: str | None = _f(None, "offline records: prompt, completion, [reward, answer, source, behavior_logprobs]")
     offline_per_group: int = _f(4, "offline records that join each prompt's group (0: none)")
     offline_weight: float = _f(1.0, "loss weight of offline generations")
@@ -92,7 +100,11 @@ class TrainConfig:
     actor_threads: int = _f(1, "async_generation: torch CPU threads of the actor process")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm: fraction of GPU memory for the colocated engine")
     # reward
-    reward_function: str = _f("math", "exact | math | module:function | path/file.py:function")
+    reward_function: str = _f("auto", "auto (reasoning_gym for reasoning_gym: data, else math) | math | exact | "
+                              "reasoning_gym | module:function | path/file.py:function; math and exact score the "
+                              "stated answer, else the completion's last number (agro.answers)")
+    truncated_completions: str = _f("zero", "a completion cut at max_completion_length: zero (reward 0) | mask (out "
+                                    "of its group and the loss) | keep (scored as it is); docs/real_model.md")
     reward_timeout: float = _f(10.0, "seconds per reward call before it counts as failed (reward 0)")
     reward_workers: int = _f(1, "worker processes for reward calls")
     max_reward_failure_fraction: float = _f(0.5, "abort when more than this fraction of a step's rewards fail")
@@ -116,14 +128,25 @@ class TrainConfig:
     report_to: list[str] = _f(["tensorboard"], "tensorboard and/or wandb (when installed)")
     save_steps: int = _f(50, "checkpoint every N steps (0: only at the end)")
     save_total_limit: int = _f(2, "keep this many latest checkpoints")
-    eval_data: str | None = _f(None, "held-out problem set for periodic evaluation")
+    eval_data: str | None = _f(None, "held-out problem set for periodic evaluation (reasoning_gym:NAME: the held-out "
+                               "split, never a training question)")
+    eval_data_kwargs: dict = _f({}, "reasoning_gym: eval data: create_dataset's arguments (default seed 1, size 200)")
     eval_split: str = _f("test", "split used when eval_data is a datasets hub name")
     eval_steps: int = _f(0, "evaluate every N steps (0: only at start and end when eval_data is set)")
     eval_max_problems: int = _f(0, "evaluate on at most this many problems (0: all)")
     num_threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
 
+    def __post_init__(self):
+        if self.reward_function == "auto":
+            self.reward_function = default_reward(self.train_data or self.eval_data)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def default_reward(data: str | None) -> str:
+    """reasoning_gym for reasoning_gym:NAME data (the task's own verifier), else math."""
+    return "reasoning_gym" if is_gym_source(data) else "math"
 
 
 # The one list of every choice and bound: objectives.py, data.py and cli.py read them from here (this module
@@ -137,6 +160,7 @@ CHOICES = {
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),
     "prompt_template": ("plain", "chat", "raw"),
+    "truncated_completions": ("zero", "mask", "keep"),
     "on_bad_record": ("error", "skip"),
     "generation_backend": ("hf", "vllm"),
     "cache_implementation": ("dynamic", "static"),
@@ -199,12 +223,16 @@ def _coerce(name: str, value, where: str):
     elif base is str:
         if isinstance(value, str):
             return value
+    elif base is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return value
     elif typing.get_origin(base) is list:
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
-    expected = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(base, "a list of strings")
+    expected = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+                dict: "a mapping of key: value"}.get(base, "a list of strings")
     raise AgroError(f"{where}: key '{name}': expected {expected}, got {value!r}")
 
 
@@ -242,6 +270,11 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("async_generation", "runs the hf backend in its actor process; vllm is not supported with it")
     if config.async_generation and config.num_generations == 0:
         fail("async_generation", "has nothing to generate: num_generations is 0")
+    if config.system_prompt is not None and config.prompt_template != "chat":
+        fail("system_prompt", f"applies to prompt_template chat only (prompt_template is '{config.prompt_template}')")
+    for key, source in (("train_data_kwargs", config.train_data), ("eval_data_kwargs", config.eval_data)):
+        if getattr(config, key) and not is_gym_source(source):
+            fail(key, f"applies to reasoning_gym:NAME data only ({key.removesuffix('_kwargs')} is {source!r})")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
     if config.objective == "rloo" and config.agro_loss_type != "sum":

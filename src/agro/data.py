@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from agro import gym
+from agro.answers import extract_answer
 from agro.config import CHOICES
 from agro.errors import AgroError
-from agro.rewards import extract_answer
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 TEMPLATES = CHOICES["prompt_template"]
@@ -118,12 +119,17 @@ def prompt_key(prompt: Prompt) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
-def format_prompt(problem_text: str, template: str = "plain") -> Prompt:
-    """plain: text + INSTRUCTION; chat: one user message with the same; raw: the text as is."""
+def format_prompt(problem_text: str, template: str = "plain", instruction: str | None = None,
+                  system_prompt: str | None = None) -> Prompt:
+    """plain: the text, then the instruction line (None: INSTRUCTION; "": none); chat: the same as one user
+    message, after a system message when `system_prompt` is set; raw: the text as is."""
+    line = INSTRUCTION if instruction is None else instruction
+    body = f"{problem_text}\n{line}" if line else problem_text
     if template == "plain":
-        return f"{problem_text}\n{INSTRUCTION}\n"
+        return f"{body}\n"
     if template == "chat":
-        return [{"role": "user", "content": f"{problem_text}\n{INSTRUCTION}"}]
+        system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+        return [*system, {"role": "user", "content": body}]
     if template == "raw":
         return problem_text
     raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
@@ -404,7 +410,7 @@ def _category(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
 
 
 def _parse_problem(obj: Any, fmt: str, template: str, require_answer: bool, file: str, line: int,
-                   unit: str, id_prefix: str) -> Problem:
+                   unit: str, id_prefix: str, instruction: str | None, system_prompt: str | None) -> Problem:
     def bad(name: str | None) -> Callable[[str], DataError]:
         return lambda reason: DataError(file, line, name, reason, unit)
 
@@ -440,8 +446,19 @@ def _parse_problem(obj: Any, fmt: str, template: str, require_answer: bool, file
             answer = _check_answer(raw, bad("answer"))
         category = _category(obj, ("category",))
     if isinstance(prompt, str):
-        prompt = format_prompt(prompt, template)
+        prompt = format_prompt(prompt, template, instruction, system_prompt)
     return Problem(prompt=prompt, answer=answer, category=category, id=f"{id_prefix}:{line}")
+
+
+def _gym_problems(source: str, kwargs: dict | None, split: str, template: str, instruction: str | None,
+                  system_prompt: str | None) -> tuple[list[Problem], DataReport]:
+    """reasoning_gym:NAME problems (`agro.gym`): split "train" takes the training questions, any other split
+    the held-out ones."""
+    entries = gym.load_entries(source, kwargs, "train" if split == "train" else "heldout")
+    problems = [Problem(prompt=format_prompt(e["question"], template, instruction, system_prompt),
+                        answer=gym.encode_answer(e), category=e["metadata"]["source_dataset"], id=f"{source}:{i}")
+                for i, e in enumerate(entries)]
+    return problems, DataReport(source, loaded=len(problems))
 
 
 def load_problems(
@@ -452,8 +469,12 @@ def load_problems(
     on_bad_record: str = "error",
     split: str = "train",
     subset: str | None = None,
+    kwargs: dict | None = None,
+    instruction: str | None = None,
+    system_prompt: str | None = None,
 ) -> tuple[list[Problem], DataReport]:
-    """Read a problem set; string problems are wrapped with `format_prompt(text, template)`.
+    """Read a problem set; string problems are wrapped with `format_prompt(text, template, instruction,
+    system_prompt)`. `reasoning_gym:NAME` generates the task's problems with `kwargs` (`agro.gym`).
 
     format="auto" picks math/gsm8k/generic from the keys of the first record that is an object.
     With require_answer, a problem without a gold answer is a bad record.
@@ -462,6 +483,10 @@ def load_problems(
         raise ValueError(f"format must be one of {PROBLEM_FORMATS}, got {format!r}")
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+    if gym.is_gym_source(source):
+        return _gym_problems(source, kwargs, split, template, instruction, system_prompt)
+    if kwargs:
+        raise AgroError(f"{source}: data arguments apply to reasoning_gym:NAME data only, got {kwargs}")
     opened = _open(source, split, subset)
     fmt = None if format == "auto" else format
 
@@ -474,6 +499,6 @@ def load_problems(
                 raise DataError(opened.name, line, None, f"cannot detect the problem format from keys {keys}; "
                                 "expected 'problem' (MATH), 'question' (GSM8K) or 'prompt' (generic)", opened.unit)
         return _parse_problem(value, fmt or "generic", template, require_answer, opened.name, line,
-                              opened.unit, opened.id_prefix)
+                              opened.unit, opened.id_prefix, instruction, system_prompt)
 
     return _load(opened, parse, on_bad_record)

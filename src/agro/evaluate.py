@@ -5,7 +5,8 @@
     accuracy = greedy accuracy (k = 1), mean@k otherwise
     by_category: per category, greedy accuracy (k = 1) or pass@k
 
-A sample is correct when its reward is above 0.5 (the built-in rewards are 0 or 1).
+A sample is correct when its reward is above 0.5 (the built-in rewards are 0 or 1). A completion cut at
+the length limit scores 0 unless truncated_completions is "keep", as in training (`agro.answers`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from collections import defaultdict
 from tqdm.auto import tqdm
 
 from agro import data
+from agro.answers import is_truncated
 from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
 from agro.rewards import RewardScorer
 from agro.rollout import HFGenerator, generate_with_progress
-from agro.tokens import encode_prompt, prompt_text
+from agro.tokens import encode_prompt, eos_token_ids, prompt_text
 
 UNCATEGORIZED = "uncategorized"
 
 
 def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, greedy: bool | None = None,
-             batch_size: int = 64, generator=None, progress: bool = False) -> dict:
+             batch_size: int = 64, generator=None, progress: bool = False,
+             truncated_completions: str = "zero") -> dict:
     """Score `num_samples` completions per problem; greedy (one completion) by default when num_samples is 1.
     `progress`: progress bars (tqdm, stderr) over generation and scoring."""
     greedy = num_samples == 1 if greedy is None else greedy
@@ -40,11 +43,17 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, ma
     else:
         completions = generator.generate(model, prompts, k, do_sample=not greedy)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+    eos = eos_token_ids(tokenizer, model)
+    cut = [is_truncated(c, eos) for c in completions]
+    todo = [i for i in range(len(texts)) if truncated_completions == "keep" or not cut[i]]
     shown = [prompt_text(tokenizer, p.prompt) for p in problems]
-    with tqdm(total=len(texts), desc="score", unit="completion", dynamic_ncols=True, disable=not progress) as bar:
-        result = scorer.score([s for s in shown for _ in range(k)], texts,
-                              [p.answer for p in problems for _ in range(k)], on_result=lambda *_: bar.update(1))
-    per_problem = [result.rewards[i * k : (i + 1) * k] for i in range(len(problems))]
+    with tqdm(total=len(todo), desc="score", unit="completion", dynamic_ncols=True, disable=not progress) as bar:
+        result = scorer.score([shown[i // k] for i in todo], [texts[i] for i in todo],
+                              [problems[i // k].answer for i in todo], on_result=lambda *_: bar.update(1))
+    rewards = [0.0] * len(texts)
+    for i, r in zip(todo, result.rewards):
+        rewards[i] = r
+    per_problem = [rewards[i * k : (i + 1) * k] for i in range(len(problems))]
     correct = [[r > 0.5 for r in rs] for rs in per_problem]
     by_category: dict[str, list[bool]] = defaultdict(list)
     for p, c in zip(problems, correct):
@@ -59,10 +68,11 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, ma
         f"pass@{k}": sum(any(c) for c in correct) / n,
         f"mean@{k}": mean_at_k,
         "reward_failures": result.failures,
+        "truncated": sum(cut) / max(1, len(cut)),
         "by_category": {cat: sum(v) / len(v) for cat, v in sorted(by_category.items())},
         "samples": [
             {"id": p.id, "key": prompt_key(p.prompt), "category": p.category, "answer": p.answer,
-             "completions": texts[i * k : (i + 1) * k], "rewards": per_problem[i]}
+             "completions": texts[i * k : (i + 1) * k], "rewards": per_problem[i], "truncated": cut[i * k : (i + 1) * k]}
             for i, p in enumerate(problems)
         ],
     }
@@ -74,7 +84,9 @@ def load_eval_problems(config: TrainConfig) -> list[Problem]:
     if not c.eval_data:
         return []
     problems, _ = data.load_problems(c.eval_data, format=c.train_data_format, template=c.prompt_template,
-                                     require_answer=True, on_bad_record=c.on_bad_record, split=c.eval_split)
+                                     require_answer=True, on_bad_record=c.on_bad_record, split=c.eval_split,
+                                     kwargs=c.eval_data_kwargs, instruction=c.instruction,
+                                     system_prompt=c.system_prompt)
     if c.eval_max_problems:
         problems = problems[: c.eval_max_problems]
     return problems

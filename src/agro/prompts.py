@@ -40,7 +40,9 @@ class PromptPool:
         if c.train_data:
             problems, report = data.load_problems(c.train_data, format=c.train_data_format,
                                                   template=c.prompt_template, require_answer=False,
-                                                  on_bad_record=c.on_bad_record, split=c.dataset_split)
+                                                  on_bad_record=c.on_bad_record, split=c.dataset_split,
+                                                  kwargs=c.train_data_kwargs, instruction=c.instruction,
+                                                  system_prompt=c.system_prompt)
             self.data_reports.append(report)
         self.prompt_ids: dict[str, list[int]] = {}
         self.prompt_texts: dict[str, str] = {}

@@ -1,20 +1,22 @@
-"""Rewards for math-style completions: answer extraction, answer equivalence, and a scorer that
-runs reward functions with a hard per-call time limit.
+"""Rewards for math-style completions: answer equivalence, the built-in reward functions, and a scorer
+that runs reward functions with a hard per-call time limit. What a completion answers is `agro.answers`.
 
 A reward function has the signature ``fn(prompt, completion, answer) -> float`` where ``answer`` is
 the gold answer of the prompt (a bare answer or a full solution) or None. Built-ins:
 
-* ``exact``: the extracted answer equals the gold answer as an exact rational number
-  (ints, decimals, ``a/b``, ``\\frac{a}{b}``, ``1,000``, percentages); cheap, cannot hang.
-* ``math``: the extracted answer is mathematically equivalent to the gold answer according to
+* ``exact``: the final answer (`agro.answers.final_answer`: the stated one, else the last number)
+  equals the gold answer as an exact rational number (ints, decimals, ``a/b``, ``\\frac{a}{b}``, ``1,000``, percentages); cheap, cannot hang.
+* ``math``: the final answer is mathematically equivalent to the gold answer according to
   ``math_verify`` (fractions, LaTeX, intervals, sets, equations, units...).
+* ``reasoning_gym``: the task's own verifier on the final answer, for ``reasoning_gym:`` data (`agro.gym`).
 
 Percentages: ``50\\%`` equals ``50%``, ``0.5`` and ``50`` (in both directions), because gold answers
 often drop the percent sign the question asked for; ``50\\%`` does not equal ``5000\\%``.
 This is ``math_verify``'s own rule, and ``exact_numeric_equal`` follows it.
 
 Why agro extracts answers and compares numbers itself instead of calling math_verify for everything:
-equivalence (``math``) is math_verify's; agro keeps two small parts of its own. `extract_answer` finds
+equivalence (``math``) is math_verify's; agro keeps two small parts of its own. `extract_answer` (in
+`agro.answers`) finds
 the *stated* answer of a completion or gold solution (last balanced box, GSM8K ``####``, "the answer
 is") in linear time on any text, where math_verify's extraction scans every LaTeX or expression it can
 parse and picks by its own priorities (a different answer on many completions, and sympy's cost on
@@ -45,93 +47,20 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from agro import gym
+from agro.answers import extract_answer, final_answer, strip_math_delimiters
 from agro.errors import AgroError
 
 RewardFn = Callable[[str, str, str | None], float]
 
 # ---------------------------------------------------------------------------------------------
-# Answer extraction
+# Gold answers (what a completion answers: agro.answers)
 # ---------------------------------------------------------------------------------------------
-
-_BOX_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-# Structural braces, skipping escaped characters so that `\{`, `\}` (LaTeX set braces) and
-# `\\` (line break) never count; scanning pairs keeps backslash parity right.
-_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
-_ANSWER_IS_RE = re.compile(r"\banswer(?:\s+is\b|\s*:)", re.IGNORECASE)
-_SENTENCE_END_RE = re.compile(r"\.\s")
-
-
-def extract_answer(text: str) -> str | None:
-    """Final answer of a completion or gold solution, or None when it states none.
-
-    Priority: the last non-empty ``\\boxed{...}``/``\\fbox{...}`` with balanced braces; else the
-    line after the last ``####`` (GSM8K); else the last "the answer is X" / "Answer: X" (up to
-    the end of the line or sentence, trailing period, ``**`` and ``$...$`` removed).
-    Runs in linear time on any input.
-    """
-    if not isinstance(text, str):
-        return None
-    for extract in (_last_boxed, _after_last_hashes, _after_last_answer_is):
-        answer = extract(text)
-        if answer:
-            return answer
-    return None
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last balanced, non-empty box; one pass matches every brace (no rescans)."""
-    box_brace_positions = [match.end() - 1 for match in _BOX_OPEN_RE.finditer(text)]
-    if not box_brace_positions:
-        return None
-    closing_of: dict[int, int] = {}
-    open_stack: list[int] = []
-    for token in _BRACE_TOKEN_RE.finditer(text, box_brace_positions[0]):
-        symbol = token.group()
-        if symbol == "{":
-            open_stack.append(token.start())
-        elif symbol == "}" and open_stack:
-            closing_of[open_stack.pop()] = token.start()
-    for brace in reversed(box_brace_positions):
-        if brace in closing_of:
-            content = text[brace + 1 : closing_of[brace]].strip()
-            if content:
-                return content
-    return None
-
-
-def _after_last_hashes(text: str) -> str | None:
-    position = text.rfind("####")
-    if position < 0:
-        return None
-    line = text[position + 4 :].strip().split("\n", 1)[0]
-    return _clean_inline_answer(line)
-
-
-def _after_last_answer_is(text: str) -> str | None:
-    for match in reversed(list(_ANSWER_IS_RE.finditer(text))):
-        line_end = text.find("\n", match.end())
-        line = text[match.end() : line_end if line_end >= 0 else len(text)]
-        answer = _clean_inline_answer(_SENTENCE_END_RE.split(line.lstrip(" \t:*"), maxsplit=1)[0])
-        if answer:
-            return answer
-    return None
-
-
-def _clean_inline_answer(answer: str) -> str:
-    answer = answer.strip().rstrip(".").strip().strip("*").strip()
-    return _strip_math_delimiters(answer).rstrip(".").strip()
-
-
-def _strip_math_delimiters(text: str) -> str:
-    """`$x$`, `$$x$$`, `\\(x\\)`, `\\[x\\]` -> `x` (one level)."""
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
-            return text[len(left) : len(text) - len(right)].strip()
-    return text
-
-
 def _reference_answer(answer: str) -> str:
-    """Gold answer as a bare answer: extracted when it is a full solution (boxed or ####)."""
+    """Gold answer as a bare answer: extracted when it is a full solution (boxed or ####), the entry's answer
+    when it is a reasoning-gym entry (`agro.gym`)."""
+    if (entry := gym.decode_answer(answer)) is not None:
+        return str(entry["answer"])
     if "\\boxed" in answer or "\\fbox" in answer or "####" in answer:
         return extract_answer(answer) or answer
     return answer
@@ -161,7 +90,7 @@ def _remove_thousands_separators(text: str) -> str:
 
 def _parse_number(text: str) -> tuple[Fraction, bool] | None:
     """(exact value, has percent sign) of a plain numeric answer, or None if it is not one."""
-    text = _strip_math_delimiters(text.strip())
+    text = strip_math_delimiters(text.strip())
     if len(text) > _MAX_NUMBER_CHARS:
         return None
     is_percent = text.endswith("%")
@@ -214,7 +143,7 @@ def math_equal(gold: str, prediction: str, timeout: float = 5.0) -> bool:
 
     try:
         gold_text, prediction_text = (
-            _remove_thousands_separators(_strip_math_delimiters(answer.strip()))
+            _remove_thousands_separators(strip_math_delimiters(answer.strip()))
             for answer in (gold, prediction)
         )
         if not gold_text or not prediction_text:
@@ -239,22 +168,23 @@ def math_equal(gold: str, prediction: str, timeout: float = 5.0) -> bool:
 
 
 def exact_answer_reward(prompt: str, completion: str, answer: str | None) -> float:
-    """1.0 when the completion's extracted answer exactly equals the gold number, else 0.0."""
+    """1.0 when the completion's final answer (`final_answer`) exactly equals the gold number, else 0.0."""
     if answer is None:
         return 0.0
-    prediction = extract_answer(completion)
+    prediction = final_answer(completion)
     return float(prediction is not None and exact_numeric_equal(_reference_answer(answer), prediction))
 
 
 def math_reward(prompt: str, completion: str, answer: str | None) -> float:
-    """1.0 when the completion's extracted answer is math-equivalent to the gold answer, else 0.0."""
+    """1.0 when the completion's final answer (`final_answer`) is math-equivalent to the gold answer, else 0.0."""
     if answer is None:
         return 0.0
-    prediction = extract_answer(completion)
+    prediction = final_answer(completion)
     return float(prediction is not None and math_equal(_reference_answer(answer), prediction))
 
 
-BUILTIN_REWARDS: dict[str, RewardFn] = {"exact": exact_answer_reward, "math": math_reward}
+BUILTIN_REWARDS: dict[str, RewardFn] = {"exact": exact_answer_reward, "math": math_reward,
+                                        "reasoning_gym": gym.reward}
 
 
 def load_reward_function(spec: str) -> RewardFn:

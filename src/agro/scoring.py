@@ -1,4 +1,5 @@
-"""Scoring a batch: the rewards of generations that have none, with a step's failure accounting.
+"""Scoring a batch: the rewards of generations that have none, with a step's failure accounting, and
+what a completion cut at the length limit counts for (`truncated_completions`, `agro.answers`).
 
 A failed reward call (error, timeout, non-finite or |r| > data.MAX_ABS_REWARD) scores 0 and is counted;
 more than `max_reward_failure_fraction` of a step's calls failing stops the run. The calls themselves
@@ -10,15 +11,26 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 from agro import data
+from agro.answers import is_truncated
 from agro.batch import with_values
 from agro.buffer import Generation
 from agro.errors import AgroError
 from agro.rewards import RewardResult, RewardScorer
 
 
-def score(scorer: RewardScorer, gens: list[Generation], step: int,
-          max_failure_fraction: float) -> tuple[list[Generation], dict[str, float]]:
-    """(`gens` with rewards, failure counts): the same keys every step. `step`: the steps already taken."""
+def score(scorer: RewardScorer, gens: list[Generation], step: int, max_failure_fraction: float,
+          eos_ids: set[int], truncated_completions: str = "keep") -> tuple[list[Generation], dict[str, float]]:
+    """(`gens` with rewards, failure counts): the same keys every step. `step`: the steps already taken.
+
+    A cut completion (no EOS at its end) without a reward of its own scores 0 with no call under
+    truncated_completions "zero"; under "mask" it is scored, and its weight is 0.
+    """
+    cut = [i for i, g in enumerate(gens) if is_truncated(g.completion_ids, eos_ids)]
+    if truncated_completions == "zero":
+        unscored = [i for i in cut if gens[i].reward is None]
+        gens = with_values(gens, "reward", unscored, [0.0] * len(unscored))
+    elif truncated_completions == "mask":
+        gens = with_values(gens, "weight", cut, [0.0] * len(cut))
     todo = [i for i, g in enumerate(gens) if g.reward is None]
     result = RewardResult(rewards=[])
 
@@ -45,3 +57,16 @@ def score(scorer: RewardScorer, gens: list[Generation], step: int,
                         f"first: {result.first_failure}")
     return gens, {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
                   "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
+
+
+def completion_metrics(gens: list[Generation], eos_ids: set[int]) -> dict[str, float]:
+    """TRL's names: the share of on-policy completions cut at the length limit, and of groups whose rewards
+    are all equal (no signal for a group baseline)."""
+    fresh = [g for g in gens if g.source == "on_policy"]
+    groups: dict[str, set[float]] = {}
+    for g in gens:
+        groups.setdefault(g.group, set()).add(g.reward)
+    metrics = {"frac_reward_zero_std": sum(len(r) == 1 for r in groups.values()) / len(groups)}
+    if fresh:
+        metrics["completions/clipped_ratio"] = sum(is_truncated(g.completion_ids, eos_ids) for g in fresh) / len(fresh)
+    return metrics

@@ -37,6 +37,7 @@ from agro.models import load_tokenizer, merged_copy
 from agro.prompts import PromptPool
 from agro.rewards import RewardScorer, ScoringInterrupted
 from agro.rollout import make_generator
+from agro.tokens import eos_token_ids
 
 
 class Trainer:
@@ -56,6 +57,7 @@ class Trainer:
         self.prompts = PromptPool(c, self.tokenizer)
         saved = checkpoint.list_checkpoints(self.output_dir) if resume else []
         self.learner = Learner(c, self.accelerator, self.tokenizer.pad_token_id, saved[-1] if saved else None)
+        self.eos_ids = eos_token_ids(self.tokenizer, self.policy)  # a completion without one at its end was cut
         generator = make_generator(c.generation_backend, self.tokenizer, c.max_completion_length, c.temperature,
                                    c.top_p, c.generation_batch_size, c.vllm_gpu_memory_utilization,
                                    c.model_name_or_path, c.max_prompt_length + c.max_completion_length,
@@ -111,7 +113,8 @@ class Trainer:
         keys, gens = self.batch.keys, self.batch.generations
         self.iteration += 1
         t1 = self._clock()
-        gens, reward_metrics = scoring.score(self.scorer, gens, self.step, c.max_reward_failure_fraction)
+        gens, reward_metrics = scoring.score(self.scorer, gens, self.step, c.max_reward_failure_fraction,
+                                             self.eos_ids, c.truncated_completions)
         times["time_reward"] = self._clock() - t1
         t1 = self._clock()
         gens = self.learner.with_reference(gens)
@@ -146,6 +149,7 @@ class Trainer:
         metrics.update({f"objective/{k}": v for k, v in out.metrics.items()})
         metrics.update(batch.source_metrics(gens, tensors))
         metrics.update(batch.staleness_metrics(gens, self.step - 1))
+        metrics.update(scoring.completion_metrics(gens, self.eos_ids))
         return metrics
 
     # ------------------------------------------------------------------ run, checkpoints, eval
@@ -321,7 +325,8 @@ class Trainer:
     def _evaluate(self, problems) -> dict[str, float]:
         try:
             result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
-                              batch_size=self.config.generation_batch_size)
+                              batch_size=self.config.generation_batch_size,
+                              truncated_completions=self.config.truncated_completions)
         except ScoringInterrupted:  # a signal during its scoring: no accuracy for this evaluation
             return {}
-        return {"eval/accuracy": result["accuracy"]}
+        return {"eval/accuracy": result["accuracy"], "eval/clipped_ratio": result["truncated"]}

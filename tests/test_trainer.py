@@ -27,6 +27,7 @@ def overrides(assets, out, **extra):
         "reward_function": REWARD, "max_completion_length": 32, "num_generations": 3, "prompts_per_step": 2,
         "max_steps": 2, "learning_rate": 1e-2, "output_dir": out, "save_steps": 1, "offline_per_group": 0,
         "mini_batch_size": 5, "report_to": "none", "seed": 3, "max_prompt_length": 32,
+        "truncated_completions": "keep",  # the tiny random model rarely ends a completion: score them all
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -78,7 +79,8 @@ def test_regimes_train_log_checkpoint_and_reload(assets, tmp_path, regime):
     final = AutoModelForCausalLM.from_pretrained(out / "final")
     for model_dir in (out / "final", out / ckpts[-1]):  # what agro eval / generate default to
         assert json.loads((model_dir / "agro.json").read_text()) == {
-            "prompt_template": "raw", "reward_function": REWARD, "max_completion_length": 32, "reward_timeout": 10.0,
+            "prompt_template": "raw", "instruction": None, "system_prompt": None, "reward_function": REWARD,
+            "max_completion_length": 32, "truncated_completions": "keep", "reward_timeout": 10.0,
             "step": config.max_steps}
     trained = load_file(out / ckpts[-1] / "model.safetensors")
     for name, tensor in final.state_dict().items():
@@ -304,6 +306,29 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(assets, tmp_path):
     step = json.loads((ckpts[0] / "trainer_state.json").read_text())["step"]
     assert 1 <= step < 1000
     assert len(read_metrics(out)) == step
+
+
+@pytest.mark.parametrize("rule", ["zero", "mask"])
+def test_cut_completions_score_zero_or_leave_the_step_and_are_logged(assets, tmp_path, monkeypatch, rule):
+    """truncated_completions reaches the step: every cut on-policy completion has reward 0 (zero) or weight 0
+    (mask), and the step logs TRL's completions/clipped_ratio and frac_reward_zero_std."""
+    seen = []
+    tensors = agro.batch.tensors
+
+    def capture(gens, keys, logprobs_now, old_logprobs=None):
+        seen.append(list(gens))
+        return tensors(gens, keys, logprobs_now, old_logprobs)
+
+    monkeypatch.setattr(agro.batch, "tensors", capture)
+    out = tmp_path / "run"
+    trainer = Trainer(load_config(None, overrides(assets, out, max_steps=1, max_completion_length=4,
+                                                  truncated_completions=rule)))
+    trainer.train()
+    (row,) = read_metrics(out)
+    cut = [g for g in seen[0] if g.completion_ids[-1] not in trainer.eos_ids]
+    assert cut and row["completions/clipped_ratio"] == len(cut) / len(seen[0])
+    assert all((g.reward == 0.0) if rule == "zero" else (g.weight == 0.0) for g in cut)
+    assert 0 <= row["frac_reward_zero_std"] <= 1
 
 
 def test_gradient_checkpointing_gives_the_same_step(assets, tmp_path):

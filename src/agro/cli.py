@@ -127,8 +127,16 @@ def _run_train(args) -> int:
                   file=sys.stderr)
         return 128 + trainer.interrupted
     if trainer.accelerator.is_main_process:
+        from agro import report
+
         summary = {k: v for k, v in metrics.items() if k in ("step", "loss", "kl", "reward/on_policy", "eval/accuracy")}
         print(f"agro: done; {summary}; outputs in {config.output_dir}")
+        rows = report.read_rows(Path(config.output_dir))
+        if line := report.accuracy_line(rows):
+            print(f"agro: {line}")
+        curves = Path(config.output_dir) / "curves.png"
+        if report.plot_curves(rows, curves, f"{config.model_name_or_path} on {config.eval_data}, {config.objective}"):
+            print(f"agro: wrote {curves}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Loading models and tokenizers: safetensors weights only, the checkpointed policy, LoRA merged for saving.
 
+A built-in name or a `.gguf` file is converted once into a model folder first (`agro.model_sources`).
+
 Pickled `.bin` weights are refused (`use_safetensors=True`): loading them runs arbitrary code.
 """
 
@@ -11,12 +13,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agro.errors import AgroError
+from agro.model_sources import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(path: str, dtype: str, trust_remote_code: bool):
     """A causal LM from safetensors weights only (pickled `.bin` weights are refused)."""
+    path = resolve_model(path)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                                                     use_safetensors=True)
@@ -25,6 +29,7 @@ def load_model(path: str, dtype: str, trust_remote_code: bool):
 
 
 def load_tokenizer(path: str, trust_remote_code: bool):
+    path = resolve_model(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:

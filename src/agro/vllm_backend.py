@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from agro.errors import AgroError
+from agro.model_sources import resolve_model
 from agro.tokens import cut_at_eos, eos_token_ids
 
 
@@ -32,7 +33,7 @@ class VLLMGenerator:
         self.max_new_tokens = max_new_tokens
         self.sampling = SamplingParams
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
-        self.llm = LLM(model=model_name_or_path, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+        self.llm = LLM(model=resolve_model(model_name_or_path), gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
                        max_model_len=max_model_len, seed=seed, enable_prefix_caching=True)
         self._synced_version = None
 

@@ -100,3 +100,14 @@ def test_data_kwargs_are_for_reasoning_gym_only(tmp_path):
     path.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
     with pytest.raises(AgroError, match="reasoning_gym:NAME data only"):
         data.load_problems(path, kwargs={"size": 3})
+
+
+def test_the_files_task_kwargs_do_not_follow_another_task_set_on_the_command_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: m\ntrain_data: reasoning_gym:chain_sum\n"
+                      "train_data_kwargs: {min_terms: 2, max_terms: 2}\n")
+    c = load_config(config, ["train_data=reasoning_gym:leg_counting"])
+    assert c.train_data_kwargs == {} and f"{config}:3: train_data_kwargs describe" in capsys.readouterr().err
+    assert load_config(config, ["train_data=reasoning_gym:leg_counting", "train_data_kwargs={size: 4}"]
+                       ).train_data_kwargs == {"size": 4}
+    assert load_config(config).train_data_kwargs == {"min_terms": 2, "max_terms": 2}

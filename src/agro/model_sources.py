@@ -77,6 +77,7 @@ def converted(source: Path, label: str, root: Path) -> Path:
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
         write_hf_folder(source, staging, f"agro: converting {source} to {final} (once)")
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         (staging / COMPLETE).write_text(json.dumps({"source": str(source.resolve()), "size": stat.st_size,
                                                     "mtime_ns": stat.st_mtime_ns}) + "\n")
         if final.exists():  # incomplete (no COMPLETE file): an interrupted conversion; replaced
@@ -100,7 +101,7 @@ def write_hf_folder(source: Path, out: Path, notice: str = "") -> None:
         raise AgroError(f"reading {source} needs the package gguf: pip install gguf")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    folder, file = str(source.resolve().parent), source.name
+    folder, file = str(source.absolute().parent), source.name  # not resolved: a hub-cache link names a blob
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -135,6 +136,8 @@ def train(args, out: Path) -> None:
                     "clipped_ratio_last": steps[-1].get("completions/clipped_ratio"),
                     "length_first": steps[0].get("length/on_policy"), "length_last": steps[-1].get("length/on_policy"),
                     "frac_reward_zero_std": sum(r["frac_reward_zero_std"] for r in steps) / len(steps),
+                    # the largest resident memory of any run this process started so far (Linux: KiB)
+                    "peak_rss_gb_max_so_far": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
                 })
 
 

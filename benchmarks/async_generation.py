@@ -49,7 +49,7 @@ def run_side(root: Path, model_dir: Path, s: dict, threads: int, staleness: int 
     out = root / f"run{index}"
     settings = {
         "model_name_or_path": model_dir, "train_data": root / "train.jsonl", "prompt_template": "raw",
-        "reward_function": REWARD, "objective": "agro", "beta": 0.04,
+        "reward_function": REWARD, "truncated_completions": "keep", "objective": "agro", "beta": 0.04,
         "num_generations": s["num_generations"], "prompts_per_step": s["prompts_per_step"],
         "max_completion_length": s["completion_length"], "max_prompt_length": s["prompt_length"],
         "offline_per_group": 0, "learning_rate": 1e-5, "lr_scheduler_type": "constant",

@@ -131,7 +131,7 @@ def agro_settings(method: str, prep: dict, job: dict) -> list[str]:
     """The `key=value` config of an agro method (shared settings first, then the method's own)."""
     g = job["group_size"]
     shared = [f"model_name_or_path={prep['ref_path']}", f"train_data={prep['train']}", "prompt_template=raw",
-              f"reward_function={prep['reward']}", f"eval_data={prep['heldout']}", f"eval_steps={job['eval_every']}",
+              "truncated_completions=keep", f"reward_function={prep['reward']}", f"eval_data={prep['heldout']}", f"eval_steps={job['eval_every']}",
               f"max_completion_length={prep['max_len']}", f"max_prompt_length={prep['max_prompt_len']}",
               f"max_steps={job['steps']}", f"prompts_per_step={job['prompts_per_step']}",
               f"learning_rate={job['learning_rate']}", f"beta={job['beta']}", "lr_scheduler_type=constant",

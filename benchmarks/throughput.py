@@ -113,7 +113,7 @@ def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
     batch = s["prompts_per_step"] * s["num_generations"]
     settings = {
         "model_name_or_path": root / "model", "train_data": root / "train.jsonl", "prompt_template": "raw",
-        "reward_function": REWARD, "objective": objective, "beta": BETA,
+        "reward_function": REWARD, "truncated_completions": "keep", "objective": objective, "beta": BETA,
         "num_generations": s["num_generations"], "prompts_per_step": s["prompts_per_step"],
         "max_completion_length": s["completion_length"], "max_prompt_length": s["prompt_length"] or 16,
         "offline_per_group": 0,

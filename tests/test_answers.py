@@ -18,6 +18,7 @@ FIXTURES = [json.loads(line) for line in (Path(__file__).parent / "data" / "smol
 @pytest.mark.parametrize("text, number", [
     ("7 * 9 = 63", "63"), ("= -4.", "-4"), ("4 - 1 - 7", "7"), ("7-4", "4"), ("x = 3/4", "3/4"),
     ("about 1,234 legs", "1234"), ("0.5 of it", "0.5"), ("no number", None), ("step2", None), ("(-3)", "-3"),
+    ("3.14.", "3.14"), ("1,234,567", "1234567"), ("1,234,5678", "5678"), ("(\u22123)", "-3"), (".5 of it", ".5"),
 ])
 def test_last_number(text, number):
     assert last_number(text) == number
@@ -97,3 +98,5 @@ def test_completion_metrics():
     metrics = completion_metrics(rewarded, {2})
     assert metrics["completions/clipped_ratio"] == 0.25
     assert metrics["frac_reward_zero_std"] == 0.5  # group b: rewards all equal
+    masked = [Generation(**{**g.__dict__, "weight": 0.0}) if i == 0 else g for i, g in enumerate(rewarded)]
+    assert completion_metrics(masked, {2})["frac_reward_zero_std"] == 1.0  # a masked member carries no signal

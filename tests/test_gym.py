@@ -66,6 +66,8 @@ def test_the_reward_is_the_tasks_verifier_on_the_final_answer():
     ("reasoning_gym:chain_sum", {"bogus": 1}, "cannot create the task"),
     ("reasoning_gym:chain_sum", {"min_terms": 5, "max_terms": 2}, "cannot create the task"),
     ("reasoning_gym:chain_sum", {"size": 0}, "size must be a positive integer"),
+    ("reasoning_gym:chain_sum", {"seed": "x"}, "seed must be an integer"),
+    ("reasoning_gym:", {}, "unknown reasoning-gym task ''$"),
 ])
 def test_bad_task_or_kwargs(source, kwargs, message):
     with pytest.raises(AgroError, match=message):
@@ -83,6 +85,10 @@ def test_config_defaults_the_reward_to_the_tasks_verifier_and_checks_kwargs(tmp_
         load_config(None, ["model_name_or_path=m", "train_data=reasoning_gym:x", "train_data_kwargs=3"])
     with pytest.raises(AgroError, match="system_prompt.*chat only"):
         load_config(None, ["model_name_or_path=m", "train_data=t.jsonl", "system_prompt=hi"])
+    with pytest.raises(AgroError, match="instruction.*plain and chat"):
+        load_config(None, ["model_name_or_path=m", "train_data=t.jsonl", "prompt_template=raw", "instruction=hi"])
+    with pytest.raises(AgroError, match="reward_function.*reasoning_gym:NAME data only .eval_data is 'e.jsonl'"):
+        load_config(None, ["model_name_or_path=m", "train_data=reasoning_gym:chain_sum", "eval_data=e.jsonl"])
 
 
 def test_agro_eval_unknown_task_is_one_line_exit_2(capsys, tmp_path):
@@ -111,3 +117,44 @@ def test_the_files_task_kwargs_do_not_follow_another_task_set_on_the_command_lin
     assert load_config(config, ["train_data=reasoning_gym:leg_counting", "train_data_kwargs={size: 4}"]
                        ).train_data_kwargs == {"size": 4}
     assert load_config(config).train_data_kwargs == {"min_terms": 2, "max_terms": 2}
+
+
+def test_training_prompts_are_the_training_split_whatever_dataset_split_says(assets, tmp_path):
+    from agro.evaluate import load_eval_problems
+    from agro.prompts import PromptPool
+    from agro.tokens import prompt_text
+
+    settings = ["train_data=reasoning_gym:chain_sum", f"train_data_kwargs={json.dumps({**SMALL, 'size': 30})}",
+                "eval_data=reasoning_gym:chain_sum", f"eval_data_kwargs={json.dumps({**SMALL, 'size': 30})}",
+                f"model_name_or_path={assets / 'model'}", "prompt_template=raw", "max_prompt_length=512"]
+    config = load_config(None, [*settings, "dataset_split=test", "eval_split=train"])
+    from agro.models import load_tokenizer
+
+    pool = PromptPool(config, load_tokenizer(str(assets / "model"), False))
+    train = {pool.prompt_texts[k] for k in pool.problems}
+    heldout = {prompt_text(None, p.prompt) for p in load_eval_problems(config)}
+    assert train and heldout and not train & heldout
+    assert all(gym.split_of(q) == "train" for q in train) and all(gym.split_of(q) == "heldout" for q in heldout)
+
+
+def test_trained_defaults_fit_the_data_and_template_asked_for(tmp_path, capsys):
+    import argparse
+
+    from agro.cli import DEFAULTS, PROMPT_KEYS, _trained_defaults
+
+    keys = (*PROMPT_KEYS, "reward", "max_completion_length", "truncated_completions", "reward_timeout")
+    (tmp_path / "agro.json").write_text(json.dumps({
+        "prompt_template": "chat", "instruction": "", "system_prompt": "Be brief.", "reward_function": "reasoning_gym",
+        "max_completion_length": 32, "reward_timeout": 10.0, "step": 1}))  # written before truncated_completions
+
+    def defaults(data, **flags):
+        args = argparse.Namespace(model=str(tmp_path), data=data, **{k: None for k in keys})
+        vars(args).update(flags)
+        _trained_defaults(args, keys, DEFAULTS)
+        return args
+
+    gym_args = defaults("reasoning_gym:chain_sum")
+    assert (gym_args.reward, gym_args.system_prompt, gym_args.instruction) == ("reasoning_gym", "Be brief.", "")
+    assert gym_args.truncated_completions == "keep"  # what a model trained before the key was scored with
+    assert defaults("problems.jsonl").reward is None  # the data's default, not a verifier for other data
+    assert defaults("reasoning_gym:chain_sum", prompt_template="plain").system_prompt is None

@@ -104,10 +104,11 @@ def final_answer(text: str) -> str | None:
         return None
     return extract_answer(text) or last_number(text)
 
-# a number not glued to a preceding word character: its sign only when nothing but space or an operator
-# precedes it ("= -4", "(-4"), thousands separators, a decimal part, a fraction a/b
-_NUMBER_RE = re.compile(r"(?<![\w.])(?:(?<![\w)\]])-)?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:/\d+)?"
-                        r"|(?<![\w.])(?:(?<![\w)\]])-)?\d+(?:\.\d+)?(?:/\d+)?")
+# a number not glued to a preceding word character: its sign (- or the minus sign U+2212) only when nothing but
+# space or an operator precedes it ("= -4", "(-4"); thousands separators only in whole groups; a decimal part;
+# a fraction a/b; a bare decimal ".5"
+_NUMBER_RE = re.compile(r"(?<![\w.])(?:(?<![\w)\]])[-\u2212])?"
+                        r"(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+|(?=\.\d))(?:\.\d+)?(?:/\d+)?")
 _MAX_TAIL_CHARS = 2000  # the final number is in the completion's end; bounds the scan on any input
 
 
@@ -115,7 +116,7 @@ def last_number(text: str) -> str | None:
     """The completion's final number as written (thousands separators removed), or None."""
     tail = text[-_MAX_TAIL_CHARS:]
     numbers = _NUMBER_RE.findall(tail)
-    return numbers[-1].replace(",", "") if numbers else None
+    return numbers[-1].replace(",", "").replace("\u2212", "-") if numbers else None
 
 
 def is_truncated(completion_ids: list[int], eos_ids: set[int]) -> bool:

@@ -208,7 +208,11 @@ def _add_prompt_flags(p) -> None:
 
 def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> None:
     """Unset flags take what the model was trained with (`agro.json`, written by `agro train` into final/
-    and checkpoints), else `defaults`; says which it took."""
+    and checkpoints), else `defaults`; says which it took. A trained system prompt goes with the chat template
+    only; the reasoning_gym reward with reasoning_gym: data only (else the data's default reward); a model
+    trained before truncated_completions existed scored its cut completions (keep)."""
+    from agro.config import default_reward
+
     path = Path(args.model) / "agro.json"
     trained = {}
     if path.is_file():
@@ -218,8 +222,13 @@ def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) ->
             raise AgroError(f"{path}: cannot read: {err}") from None
         if not isinstance(trained, dict):
             raise AgroError(f"{path}: expected a JSON object")
+        trained.setdefault("truncated_completions", "keep")
+        if trained.get("reward_function") == "reasoning_gym" and default_reward(args.data) != "reasoning_gym":
+            trained.pop("reward_function")
     taken = []
     for key in keys:
+        if key == "system_prompt" and args.prompt_template != "chat":
+            continue
         if getattr(args, key) is None:
             value = trained.get(FROM_TRAINING[key])
             if value is not None:
@@ -290,6 +299,9 @@ def _run_eval(args) -> int:
     console.print(table)
     if k > 1:
         console.print(f"mean@{k} = {result[f'mean@{k}']:.3f}")
+    if result["reward_failures"]:
+        console.print(f"{result['reward_failures']} reward calls failed and scored 0 (an error, a time-out or a "
+                      f"non-finite value; reward {args.reward})")
     console.print(f"wrote {args.out}")
     return 0
 
@@ -318,6 +330,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--reward", default=None, help="also score with exact | math | reasoning_gym | module:function "
                    "(default: the reward the model was trained with, from MODEL/agro.json, else none)")
     p.add_argument("--no-reward", action="store_true", help="do not score, even with the trained reward")
+    p.add_argument("--truncated-completions", default=None, choices=CHOICES["truncated_completions"],
+                   help="keep: score a completion cut at the length limit as it is; zero, mask: it scores 0 "
+                   "(default: " + TRAINED_DEFAULT + "zero)")
     p.add_argument("--reward-timeout", type=float, default=None,
                    help="seconds per reward call (default: " + TRAINED_DEFAULT + "10)")
     p.add_argument("--source", default=None, help="source tag (default: the model path)")
@@ -336,7 +351,8 @@ def _run_generate(args) -> int:
         raise AgroError(f"{args.out}: already exists; choose another --out (nothing is overwritten)")
     if args.no_reward and args.reward:
         raise AgroError("--reward and --no-reward: choose one")
-    keys = (*PROMPT_KEYS, "max_completion_length", "reward_timeout") + (() if args.no_reward else ("reward",))
+    keys = (*PROMPT_KEYS, "max_completion_length", "truncated_completions", "reward_timeout") + (
+        () if args.no_reward else ("reward",))
     _trained_defaults(args, keys)  # without a trained reward: no scoring
     problems = _load_eval_problems(args)
     count = write_generations(args, problems)

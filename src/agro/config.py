@@ -271,6 +271,13 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         fail("async_generation", "runs the hf backend in its actor process; vllm is not supported with it")
     if config.async_generation and config.num_generations == 0:
         fail("async_generation", "has nothing to generate: num_generations is 0")
+    if config.instruction is not None and config.prompt_template == "raw":
+        fail("instruction", "applies to prompt_template plain and chat (raw prompts are used as they are)")
+    if config.reward_function == "reasoning_gym":
+        for key in ("train_data", "eval_data"):
+            if getattr(config, key) and not is_gym_source(getattr(config, key)):
+                fail("reward_function", f"reasoning_gym scores reasoning_gym:NAME data only ({key} is "
+                                        f"{getattr(config, key)!r})")
     if config.system_prompt is not None and config.prompt_template != "chat":
         fail("system_prompt", f"applies to prompt_template chat only (prompt_template is '{config.prompt_template}')")
     for key, source in (("train_data_kwargs", config.train_data), ("eval_data_kwargs", config.eval_data)):

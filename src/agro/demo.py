@@ -69,7 +69,7 @@ def write_offline(model, tokenizer, problems: list[DataProblem], path: Path, sou
     torch.manual_seed(seed)
     with RewardScorer(reward, in_process=True) as scorer:
         records = generate_records(model, tokenizer, problems, per_prompt, HFGenerator(tokenizer, max_len, batch_size=512),
-                                   source=source, scorer=scorer, batch_size=512)
+                                   source=source, scorer=scorer, batch_size=512, truncated_completions="keep")
     write_atomic(path, records)
     return records
 
@@ -77,7 +77,8 @@ def write_offline(model, tokenizer, problems: list[DataProblem], path: Path, sou
 def greedy_accuracy(model, tokenizer, problems: list[DataProblem], max_len: int, reward: str = REWARD) -> float:
     """Greedy accuracy of `model` on problems, scored by `reward`."""
     with RewardScorer(reward, in_process=True) as scorer:
-        return evaluate(model, tokenizer, problems, scorer, max_len, batch_size=512)["accuracy"]
+        return evaluate(model, tokenizer, problems, scorer, max_len, batch_size=512,
+                        truncated_completions="keep")["accuracy"]
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path | None = None,

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 from tqdm.auto import tqdm
 
-from agro import data
+from agro import data, gym
 from agro.answers import is_truncated
 from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
@@ -84,7 +84,8 @@ def load_eval_problems(config: TrainConfig) -> list[Problem]:
     if not c.eval_data:
         return []
     problems, _ = data.load_problems(c.eval_data, format=c.train_data_format, template=c.prompt_template,
-                                     require_answer=True, on_bad_record=c.on_bad_record, split=c.eval_split,
+                                     require_answer=True, on_bad_record=c.on_bad_record,
+                                     split="test" if gym.is_gym_source(c.eval_data) else c.eval_split,
                                      kwargs=c.eval_data_kwargs, instruction=c.instruction,
                                      system_prompt=c.system_prompt)
     if c.eval_max_problems:

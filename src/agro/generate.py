@@ -11,18 +11,21 @@ from pathlib import Path
 
 import torch
 
+from agro.answers import is_truncated
 from agro.data import OfflineRecord, Problem, write_offline_records
 from agro.logprobs import completion_logprobs
 from agro.models import load_for_inference
 from agro.rewards import open_scorer
 from agro.rollout import HFGenerator, generate_with_progress
-from agro.tokens import collate, completion_token_ids, encode_prompt, prompt_text
+from agro.tokens import collate, completion_token_ids, encode_prompt, eos_token_ids, prompt_text
 
 
 @torch.no_grad()
 def generate_records(model, tokenizer, problems: list[Problem], num_generations: int, generator: HFGenerator,
-                     source: str, scorer=None, batch_size: int = 64, progress: bool = False) -> list[OfflineRecord]:
-    """`progress`: a progress bar (tqdm, stderr) over the generation, the slow part."""
+                     source: str, scorer=None, batch_size: int = 64, progress: bool = False,
+                     truncated_completions: str = "zero") -> list[OfflineRecord]:
+    """`progress`: a progress bar (tqdm, stderr) over the generation, the slow part. With a scorer, a
+    completion cut at the length limit gets reward 0 unless truncated_completions is "keep", as in training."""
     device = next(model.parameters()).device
     prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
     if progress:
@@ -43,8 +46,13 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
         logprobs += [lp[j, : len(c)].tolist() for j, c in enumerate(ids)]
     rewards = [None] * len(texts)
     if scorer is not None:
-        rewards = scorer.score([prompt_text(tokenizer, p.prompt) for p in owners], texts,
-                               [p.answer for p in owners]).rewards
+        eos = eos_token_ids(tokenizer, model)
+        todo = [i for i, c in enumerate(completions) if truncated_completions == "keep" or not is_truncated(c, eos)]
+        scored = scorer.score([prompt_text(tokenizer, owners[i].prompt) for i in todo], [texts[i] for i in todo],
+                              [owners[i].answer for i in todo]).rewards
+        rewards = [0.0] * len(texts)
+        for i, r in zip(todo, scored):
+            rewards[i] = r
     return [
         OfflineRecord(prompt=p.prompt, completion=text, reward=r, answer=p.answer, source=source,
                       behavior_logprobs=lp or None)
@@ -62,7 +70,8 @@ def write_generations(args, problems: list[Problem]) -> int:
         generator = HFGenerator(tokenizer, args.max_completion_length, args.temperature, args.top_p,
                                 args.batch_size)
         records = generate_records(model, tokenizer, problems, args.num_generations, generator,
-                                   args.source or str(args.model), scorer, args.batch_size, progress=True)
+                                   args.source or str(args.model), scorer, args.batch_size, progress=True,
+                                   truncated_completions=args.truncated_completions)
     finally:
         if scorer is not None:
             scorer.close()

@@ -5,7 +5,8 @@
 Training and held-out problems never share a question: a question belongs to the held-out split when
 the hash of its text falls below HELDOUT_FRACTION (the same for every seed and size), and each split
 keeps only its own questions, the first `size` distinct ones. The two splits also draw from different
-seeds by default (DEFAULT_SEED).
+seeds by default (DEFAULT_SEED). Training prompts always come from the training split and evaluation
+from the held-out one, whatever `dataset_split` / `eval_split` say (they name splits of hub datasets).
 
 The gold answer travels as JSON of the whole entry (task, answer, metadata), so that the task's own
 verifier, `dataset.score_answer(answer, entry)`, can score a completion in a reward worker process:
@@ -58,20 +59,25 @@ def load_entries(source: str, kwargs: dict[str, Any] | None, split: str) -> list
     name = source[len(PREFIX):]
     rg = _module()
     if name not in task_names():
-        close = [t for t in task_names() if t.startswith(name[:3])][:5]
+        close = [t for t in task_names() if name and t.startswith(name[:3])][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise AgroError(f"{source}: unknown reasoning-gym task {name!r}{hint}")
     kwargs = dict(kwargs or {})
     size, seed = kwargs.pop("size", DEFAULT_SIZE[split]), kwargs.pop("seed", DEFAULT_SEED[split])
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise AgroError(f"{source}: size must be a positive integer, got {size!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise AgroError(f"{source}: seed must be an integer, got {seed!r}")
     try:
         dataset = rg.create_dataset(name, size=SCAN_FACTOR * size + 100, seed=seed, **kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         raise AgroError(f"{source}: cannot create the task with {kwargs}: {str(err).splitlines()[0]}") from None
     entries: dict[str, dict] = {}
     for i in range(len(dataset)):
-        entry = dataset[i]
+        try:
+            entry = dataset[i]
+        except (TypeError, ValueError, AssertionError) as err:
+            raise AgroError(f"{source}: cannot generate a problem with {kwargs}: {str(err).splitlines()[0]}") from None
         if split_of(entry["question"]) == split:
             entries.setdefault(entry["question"], entry)
             if len(entries) == size:

@@ -95,7 +95,7 @@ def group_std(values: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tens
     index, num_groups = _group_index(group_ids)
     mean = group_mean(values, group_ids, w)
     var = _group_sum(w * (values - mean) ** 2, index, num_groups) / _group_sum(w, index, num_groups).clamp_min(1e-12)
-    count = _group_sum(torch.ones_like(values), index, num_groups)
+    count = _group_sum((w > 0).to(values.dtype), index, num_groups)  # weight-0 members (masked) do not count
     bessel = torch.where(count > 1, count / (count - 1).clamp_min(1), torch.zeros_like(count))
     return (var * bessel).sqrt()
 
@@ -332,7 +332,7 @@ def grpo_loss(
     if loss_type == "grpo":
         loss = _weighted_mean(sequence_sum(per_token, mask) / tokens.clamp_min(1), w)
     elif loss_type == "dr_grpo":
-        loss = (w * sequence_sum(per_token, mask)).sum() / (w.sum() * max_completion_length)
+        loss = (w * sequence_sum(per_token, mask)).sum() / (w.sum() * max_completion_length).clamp_min(1e-12)
     else:  # dapo, bnpo
         loss = (w * sequence_sum(per_token, mask)).sum() / (w * tokens).sum().clamp_min(1)
     log_ratio = sequence_sum(logprobs.detach() - ref_logprobs, mask)

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from agro import data
+from agro import data, gym
 from agro.buffer import Generation
 from agro.config import TrainConfig
 from agro.errors import AgroError
@@ -40,7 +40,8 @@ class PromptPool:
         if c.train_data:
             problems, report = data.load_problems(c.train_data, format=c.train_data_format,
                                                   template=c.prompt_template, require_answer=False,
-                                                  on_bad_record=c.on_bad_record, split=c.dataset_split,
+                                                  on_bad_record=c.on_bad_record,
+                                                  split="train" if gym.is_gym_source(c.train_data) else c.dataset_split,
                                                   kwargs=c.train_data_kwargs, instruction=c.instruction,
                                                   system_prompt=c.system_prompt)
             self.data_reports.append(report)

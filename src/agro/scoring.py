@@ -61,12 +61,13 @@ def score(scorer: RewardScorer, gens: list[Generation], step: int, max_failure_f
 
 def completion_metrics(gens: list[Generation], eos_ids: set[int]) -> dict[str, float]:
     """TRL's names: the share of on-policy completions cut at the length limit, and of groups whose rewards
-    are all equal (no signal for a group baseline)."""
+    are all equal among the members that count (weight > 0): no signal for a group baseline."""
     fresh = [g for g in gens if g.source == "on_policy"]
-    groups: dict[str, set[float]] = {}
+    groups: dict[str, set[float]] = {g.group: set() for g in gens}
     for g in gens:
-        groups.setdefault(g.group, set()).add(g.reward)
-    metrics = {"frac_reward_zero_std": sum(len(r) == 1 for r in groups.values()) / len(groups)}
+        if g.weight > 0:
+            groups[g.group].add(g.reward)
+    metrics = {"frac_reward_zero_std": sum(len(r) <= 1 for r in groups.values()) / len(groups)}
     if fresh:
         metrics["completions/clipped_ratio"] = sum(is_truncated(g.completion_ids, eos_ids) for g in fresh) / len(fresh)
     return metrics

@@ -104,6 +104,7 @@ def final_answer(text: str) -> str | None:
         return None
     return extract_answer(text) or last_number(text)
 
+
 # a number not glued to a preceding word character: its sign (- or the minus sign U+2212) only when nothing but
 # space or an operator precedes it ("= -4", "(-4"); thousands separators only in whole groups; a decimal part;
 # a fraction a/b; a bare decimal ".5"

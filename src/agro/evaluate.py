@@ -21,6 +21,7 @@ from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
 from agro.rewards import RewardScorer
 from agro.rollout import HFGenerator, generate_with_progress
+from agro.scoring import score_texts
 from agro.tokens import encode_prompt, eos_token_ids, prompt_text
 
 UNCATEGORIZED = "uncategorized"
@@ -45,14 +46,12 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, ma
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
     eos = eos_token_ids(tokenizer, model)
     cut = [is_truncated(c, eos) for c in completions]
-    todo = [i for i in range(len(texts)) if truncated_completions == "keep" or not cut[i]]
     shown = [prompt_text(tokenizer, p.prompt) for p in problems]
-    with tqdm(total=len(todo), desc="score", unit="completion", dynamic_ncols=True, disable=not progress) as bar:
-        result = scorer.score([shown[i // k] for i in todo], [texts[i] for i in todo],
-                              [problems[i // k].answer for i in todo], on_result=lambda *_: bar.update(1))
-    rewards = [0.0] * len(texts)
-    for i, r in zip(todo, result.rewards):
-        rewards[i] = r
+    scored = len(cut) if truncated_completions == "keep" else cut.count(False)
+    with tqdm(total=scored, desc="score", unit="completion", dynamic_ncols=True, disable=not progress) as bar:
+        rewards, result = score_texts(scorer, [s for s in shown for _ in range(k)], texts,
+                                      [p.answer for p in problems for _ in range(k)], cut,
+                                      truncated_completions, on_result=lambda *_: bar.update(1))
     per_problem = [rewards[i * k : (i + 1) * k] for i in range(len(problems))]
     correct = [[r > 0.5 for r in rs] for rs in per_problem]
     by_category: dict[str, list[bool]] = defaultdict(list)

@@ -17,6 +17,7 @@ from agro.logprobs import completion_logprobs
 from agro.models import load_for_inference
 from agro.rewards import open_scorer
 from agro.rollout import HFGenerator, generate_with_progress
+from agro.scoring import score_texts
 from agro.tokens import collate, completion_token_ids, encode_prompt, eos_token_ids, prompt_text
 
 
@@ -47,12 +48,9 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
     rewards = [None] * len(texts)
     if scorer is not None:
         eos = eos_token_ids(tokenizer, model)
-        todo = [i for i, c in enumerate(completions) if truncated_completions == "keep" or not is_truncated(c, eos)]
-        scored = scorer.score([prompt_text(tokenizer, owners[i].prompt) for i in todo], [texts[i] for i in todo],
-                              [owners[i].answer for i in todo]).rewards
-        rewards = [0.0] * len(texts)
-        for i, r in zip(todo, scored):
-            rewards[i] = r
+        rewards, _ = score_texts(scorer, [prompt_text(tokenizer, p.prompt) for p in owners], texts,
+                                 [p.answer for p in owners], [is_truncated(c, eos) for c in completions],
+                                 truncated_completions)
     return [
         OfflineRecord(prompt=p.prompt, completion=text, reward=r, answer=p.answer, source=source,
                       behavior_logprobs=lp or None)

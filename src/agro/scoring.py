@@ -59,6 +59,19 @@ def score(scorer: RewardScorer, gens: list[Generation], step: int, max_failure_f
                   "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
 
 
+def score_texts(scorer: RewardScorer, prompts: list[str], texts: list[str], answers: list[str | None],
+                cut: list[bool], truncated_completions: str, on_result=None) -> tuple[list[float], RewardResult]:
+    """(rewards, the calls' result) of completions outside training (`agro eval`, `agro generate`): a cut one
+    scores 0 without a call unless truncated_completions is "keep", as in `score`."""
+    todo = [i for i in range(len(texts)) if truncated_completions == "keep" or not cut[i]]
+    result = scorer.score([prompts[i] for i in todo], [texts[i] for i in todo], [answers[i] for i in todo],
+                          on_result=on_result)
+    rewards = [0.0] * len(texts)
+    for i, r in zip(todo, result.rewards):
+        rewards[i] = r
+    return rewards, result
+
+
 def completion_metrics(gens: list[Generation], eos_ids: set[int]) -> dict[str, float]:
     """TRL's names: the share of on-policy completions cut at the length limit, and of groups whose rewards
     are all equal among the members that count (weight > 0): no signal for a group baseline."""

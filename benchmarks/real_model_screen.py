@@ -129,6 +129,7 @@ def train(args, out: Path) -> None:
                 append(out, {
                     "cell": cell, "task": task, "truncated_completions": rule, "seed": seed,
                     "temperature": settings["temperature"], "num_generations": settings["num_generations"],
+                    "bf16": settings.get("bf16", False),
                     "max_steps": args.max_steps, "accuracy_start": curve[0][1], "accuracy_end": curve[-1][1],
                     "curve": curve, "seconds": round(time.time() - start, 1),
                     "step_seconds_median": sorted(r["time_step"] for r in steps)[len(steps) // 2],

@@ -3,6 +3,14 @@
     python benchmarks/throughput.py            # 3M and 11M models, 8 prompts x 8 generations, 32 + 32 tokens
     python benchmarks/throughput.py --quick    # small smoke run
     python benchmarks/throughput.py --no-trl   # agro only (TRL is the optional `bench` extra)
+    python benchmarks/throughput.py --model smollm2-135m-instruct   # a real LM: 4 prompts x 8, 32 tokens, bf16
+
+`--model` (a built-in name, a .gguf or a model folder) measures that model instead of the tiny Llamas:
+reasoning-gym chain_sum questions in the model's chat template (the same text on both sides), 4 prompts x 8
+generations, 32 completion tokens, 1 warm-up and 3 measured steps per side. Where the CPU computes bf16
+natively (avx512_bf16/AMX; always on a GPU) both sides run bf16 mixed precision: agro `bf16: true`, TRL
+`bf16=True`, float32 weights on both (`--no-bf16`: float32 throughout), and the matmul peak is measured
+in bf16. Its JSON line is keyed by the model name.
 
 Both sides train the same tiny Llama (built by `agro.tasks.arithmetic`, saved locally, float32) on
 the same arithmetic prompts with the same dense reward, `num_generations` completions per prompt,
@@ -68,6 +76,8 @@ FULL = dict(prompts_per_step=8, num_generations=8, prompt_length=32, completion_
             matmul_n=2048)
 QUICK = dict(prompts_per_step=2, num_generations=8, prompt_length=32, completion_length=16, warmup=1, steps=1,
              matmul_n=1024)
+MODEL = dict(prompts_per_step=4, num_generations=8, prompt_length=None, completion_length=32, warmup=1, steps=3,
+             matmul_n=2048)
 LEARNING_RATE, BETA, SEED = 1e-5, 0.04, 0
 REWARD = f"{Path(__file__).with_name('bench_reward.py')}:digit_fraction"
 
@@ -106,6 +116,44 @@ def build_assets(root: Path, size: str, completion_length: int, prompt_length: i
     return root / "model", prompts, sum(p.numel() for p in model.parameters())
 
 
+def build_model_assets(root: Path, name: str, completion_length: int) -> tuple[Path, list[str], int]:
+    """(model dir, prompts, params) for a real LM: its files linked, generating exactly `completion_length`.
+
+    The prompts are reasoning-gym chain_sum questions in the model's chat template, as text (agro reads them
+    `raw`, TRL as plain strings: the same tokens on both sides).
+    """
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from agro.gym import load_entries
+    from agro.model_sources import resolve_model
+
+    source = Path(resolve_model(name))
+    (root / "model").mkdir()
+    for f in source.iterdir():
+        if f.name != "generation_config.json":
+            (root / "model" / f.name).symlink_to(f.resolve())
+    generation = GenerationConfig.from_pretrained(source)
+    generation.min_new_tokens = completion_length  # EOS is suppressed until then: every completion is this long
+    generation.save_pretrained(root / "model")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    entries = load_entries("reasoning_gym:chain_sum", {"size": 64, "seed": SEED}, "train")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": e["question"]}], tokenize=False,
+                                             add_generation_prompt=True) for e in entries]
+    config = AutoConfig.from_pretrained(source)
+    with open(root / "train.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
+    return root / "model", prompts, count_parameters(config)
+
+
+def count_parameters(config) -> int:
+    """Parameters of the LM `config` describes (tied embeddings once), from a meta-device instance."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
     from agro.config import load_config
     from agro.trainer import Trainer
@@ -115,12 +163,12 @@ def agro_trainer(root: Path, objective: str, s: dict) -> Trainer:
         "model_name_or_path": root / "model", "train_data": root / "train.jsonl", "prompt_template": "raw",
         "reward_function": REWARD, "truncated_completions": "keep", "objective": objective, "beta": BETA,
         "num_generations": s["num_generations"], "prompts_per_step": s["prompts_per_step"],
-        "max_completion_length": s["completion_length"], "max_prompt_length": s["prompt_length"] or 16,
+        "max_completion_length": s["completion_length"], "max_prompt_length": s["prompt_length"] or 256,
         "offline_per_group": 0,
         "learning_rate": LEARNING_RATE, "max_grad_norm": 1.0, "lr_scheduler_type": "constant",
         "mini_batch_size": batch, "generation_batch_size": batch, "max_steps": 10**6, "save_steps": 0,
         "report_to": "none", "output_dir": root / f"agro-{objective}", "seed": SEED, "torch_dtype": s["dtype"],
-        "cache_implementation": s["cache_implementation"],
+        "cache_implementation": s["cache_implementation"], "bf16": s["bf16"],
     }
     return Trainer(load_config(None, [f"{k}={v}" for k, v in settings.items()]))
 
@@ -137,11 +185,12 @@ def trl_trainer(root: Path, prompts: list[str], s: dict, max_steps: int, callbac
         generation_kwargs={"min_new_tokens": s["completion_length"]}, temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=LEARNING_RATE, lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0,
         max_grad_norm=1.0, beta=BETA, epsilon=0.2, loss_type="grpo", disable_dropout=True,
-        # TRL defaults both to True (bf16 autocast, recomputed activations); agro runs without autocast and
-        # without recompute, in float32 (CPU) or with bfloat16 weights (GPU, where TRL gets the same weights)
+        # TRL defaults both to True (bf16 autocast, recomputed activations); agro runs without recompute, with
+        # bf16 autocast exactly when TRL has it (`bf16`), float32 or bfloat16 weights (`dtype`) on both sides
         model_init_kwargs={"dtype": s["dtype"]},
         cache_implementation=None if s["trl_cache_implementation"] == "dynamic" else s["trl_cache_implementation"],
-        **({} if s["trl_defaults"] else {"bf16": s["dtype"] == "bfloat16", "gradient_checkpointing": False}),
+        **({} if s["trl_defaults"] else {"bf16": s["bf16"] or s["dtype"] == "bfloat16",
+                                         "gradient_checkpointing": False}),
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -170,6 +219,11 @@ def matmul_peak(n: int, dtype: str, repeats: int = 3) -> float:
         synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+def native_bf16() -> bool:
+    """Whether this device computes bf16 matmuls natively (a GPU; a CPU with avx512_bf16 or AMX)."""
+    return DEVICE == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def synchronize() -> None:
@@ -233,9 +287,12 @@ def summarize(steps: list[dict]) -> dict:
 def run_size(size: str, s: dict, use_trl: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _, prompts, params = build_assets(root, size, s["completion_length"], s["prompt_length"])
+        if size in SIZES:
+            _, prompts, params = build_assets(root, size, s["completion_length"], s["prompt_length"])
+        else:
+            _, prompts, params = build_model_assets(root, size, s["completion_length"])
         agro = {"agro_grpo": agro_trainer(root, "grpo", s), "agro": agro_trainer(root, "agro", s)}
-        interleaved = Interleaved(agro, s["warmup"], s["matmul_n"], s["dtype"])
+        interleaved = Interleaved(agro, s["warmup"], s["matmul_n"], "bfloat16" if s["bf16"] else s["dtype"])
         try:
             if use_trl:
                 callback = make_trl_callback(interleaved)
@@ -305,6 +362,9 @@ def main():
     wait_passively()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 16 tokens, 1 measured step")
+    p.add_argument("--model", help="a real LM (built-in name, .gguf or folder) instead of --sizes")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="--model: float32 throughout, even where the CPU computes bf16 natively")
     p.add_argument("--no-trl", action="store_true", help="agro only")
     p.add_argument("--sizes", default="3M,11M" if DEVICE == "cpu" else ",".join(SIZES),
                    help="comma-separated, of: " + ", ".join(SIZES))
@@ -324,13 +384,14 @@ def main():
     p.add_argument("--trl-defaults", action="store_true",
                    help="keep TRL's bf16 autocast and gradient checkpointing (not the same work)")
     a = p.parse_args()
-    s = dict(QUICK if a.quick else FULL)
+    s = dict(QUICK if a.quick else MODEL if a.model else FULL)
     s.update({k: getattr(a, k) for k in ("steps", "warmup", "prompt_length", "completion_length")
               if getattr(a, k) is not None})
     s["trl_defaults"] = a.trl_defaults
     s["cache_implementation"] = a.cache_implementation
     s["trl_cache_implementation"] = a.trl_cache_implementation or a.cache_implementation
-    s["dtype"] = a.dtype or ("float32" if DEVICE == "cpu" else "bfloat16")
+    s["dtype"] = a.dtype or ("float32" if DEVICE == "cpu" or a.model else "bfloat16")
+    s["bf16"] = bool(a.model) and not a.no_bf16 and native_bf16() and s["dtype"] == "float32"
     if DEVICE == "cuda":
         s["matmul_n"] = 8192
     if a.threads:
@@ -343,7 +404,7 @@ def main():
             print("trl is not installed (pip install -e '.[bench]'): measuring agro only", flush=True)
             use_trl = False
     results = {}
-    for size in a.sizes.split(","):
+    for size in [a.model] if a.model else a.sizes.split(","):
         results[size] = run_size(size, s, use_trl)
         print(json.dumps({size: results[size]}), flush=True)
     results["config"] = {**s, "threads": torch.get_num_threads(), "trl": use_trl, "torch": torch.__version__,

@@ -243,3 +243,14 @@ def test_efficiency_without_trl(tmp_path):
     assert "trl is not installed" in proc.stdout
     assert result["trl"] is False and set(result["methods"]) == {"grpo"}
     assert "--no-trl" in result["command"] and "trl_grpo" not in result["command"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU the script runs the whole check")
+def test_gpu_check_script_parses_and_stops_at_once_without_a_gpu(tmp_path):
+    script = Path(__file__).parents[1] / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=script.parents[1], env={**os.environ, "OUT": str(tmp_path / "out"),
+                                                      "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    assert (tmp_path / "out" / "gpu_check.jsonl").read_text() == ""

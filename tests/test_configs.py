@@ -10,7 +10,7 @@ from agro.errors import AgroError
 from agro.tasks import arithmetic
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GPU_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml" and "-cpu" not in p.name)
+GPU_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "demo.yaml" and "smollm2" not in p.name)
 
 
 def test_the_gpu_configs_exist():
@@ -39,6 +39,18 @@ def test_smollm2_cpu_config_trains_the_built_in_model_on_a_reasoning_gym_task():
     assert config.train_data == config.eval_data and config.train_data.startswith("reasoning_gym:")
     assert config.reward_function == "reasoning_gym" and config.truncated_completions == "zero"
     assert config.eval_steps and config.max_steps >= 20
+
+
+def test_smollm2_gpu_config_is_the_cpu_task_with_bf16_larger_groups_and_longer_completions():
+    cpu, gpu = load_config(CONFIGS / "smollm2-135m-cpu.yaml"), load_config(CONFIGS / "smollm2-135m-gpu.yaml")
+    assert gpu.bf16 and gpu.torch_dtype == "float32"  # mixed precision: AdamW on float32 weights
+    assert (gpu.train_data, gpu.reward_function, gpu.objective, gpu.beta) == (
+        cpu.train_data, cpu.reward_function, cpu.objective, cpu.beta)
+    assert gpu.num_generations > cpu.num_generations and gpu.max_completion_length > cpu.max_completion_length
+    assert gpu.cache_implementation == "static" and gpu.prompts_per_step % 8 == 0
+    header = (CONFIGS / "smollm2-135m-gpu.yaml").read_text(encoding="utf-8").split("\n\n", 1)[0]
+    assert "accelerate launch --num_processes 1 -m agro.cli train configs/smollm2-135m-gpu.yaml" in header
+    assert "ESTIMATE" in header and re.search(r"peak ≈ .* ≈ \d+ GB", header)
 
 
 def test_llama_config_mixes_on_policy_and_offline_data():
@@ -85,3 +97,11 @@ def test_config_choices_are_the_objective_registry():
 
     assert tuple(OBJECTIVES) == CHOICES["objective"]
     assert TAPERS is CHOICES["taper"] and AGRO_LOSS_TYPES is CHOICES["agro_loss_type"]
+
+
+def test_bf16_autocast_over_float16_weights_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text((CONFIGS / "smollm2-135m-gpu.yaml").read_text(encoding="utf-8").replace(
+        "torch_dtype: float32", "torch_dtype: float16"), encoding="utf-8")
+    with pytest.raises(AgroError, match="key 'bf16': bfloat16 autocast over float16 weights"):
+        load_config(path)

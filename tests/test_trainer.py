@@ -449,3 +449,34 @@ def test_off_policy_objectives_train_offline_and_the_taper_spares_fresh_groups(a
                                             offline_per_group=2, max_steps=3, save_steps=0))
         Trainer(mixed).train()
         assert all(r["objective/taper_mean"] == 1.0 for r in read_metrics(tmp_path / "mixed"))
+
+
+def test_bf16_computes_under_autocast_and_keeps_float32_weights(assets, tmp_path):
+    """`bf16: true`: sampling, the policy pass and the π_ref pass all run bfloat16 matmuls (so Δ is 0 at
+    the first step, as in float32), while weights and AdamW state stay float32 and are updated."""
+    config = load_config(None, overrides(assets, tmp_path / "run", bf16="true", save_steps=0, max_steps=2))
+    trainer = Trainer(config)
+    seen = {"policy": set(), "reference": set()}
+    for name, model in (("policy", trainer.policy), ("reference", trainer.learner.reference.lm)):
+        layer = model.get_decoder().layers[0].mlp.down_proj
+        layer.register_forward_hook(lambda m, i, o, name=name: seen[name].add(o.dtype))
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    rows = [trainer.train_step() for _ in range(2)]
+    trainer.scorer.close()
+    assert seen == {"policy": {torch.bfloat16}, "reference": {torch.bfloat16}}
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["kl"] != 0
+    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.learner.optimizer.state.values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_generation_runs_under_bf16_autocast_only_when_asked(assets, bf16):
+    from agro.models import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(str(assets / "model"), False), load_model(str(assets / "model"), "float32", False)
+    seen = set()
+    model.get_decoder().layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    prompt = tokenizer("12+3=", add_special_tokens=False)["input_ids"]
+    completions = HFGenerator(tokenizer, 4, bf16=bf16).generate(model, [prompt], 2)
+    assert len(completions) == 2 and seen == {torch.bfloat16 if bf16 else torch.float32}

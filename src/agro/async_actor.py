@@ -70,6 +70,7 @@ class ActorSpec:
     seed: int
     num_threads: int
     logprob_chunk_size: int
+    bf16: bool = False  # sample and score under bfloat16 autocast, as the learner computes log-probs
 
 
 def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts: list[list[int]]) -> tuple:
@@ -78,7 +79,7 @@ def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts:
     completions = generator.generate(model, prompts, spec.num_generations)
     repeated = [p for p in prompts for _ in range(spec.num_generations)]
     logprobs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bf16):
         for start in range(0, len(completions), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
             batch = collate(repeated[rows], completions[rows], spec.tokenizer.pad_token_id)
@@ -97,7 +98,8 @@ def _actor_main(spec: ActorSpec, inbox, outbox, parent_pid: int) -> None:
     torch.set_num_threads(spec.num_threads)
     model = AutoModelForCausalLM.from_config(spec.model_config, dtype=spec.dtype).eval()
     model.generation_config = spec.generation_config
-    generator = HFGenerator(spec.tokenizer, spec.max_new_tokens, spec.temperature, spec.top_p, spec.batch_size)
+    generator = HFGenerator(spec.tokenizer, spec.max_new_tokens, spec.temperature, spec.top_p, spec.batch_size,
+                            bf16=spec.bf16)
     version, pending = -1, deque()
     try:
         while True:
@@ -227,6 +229,6 @@ def start_async_actor(config, policy, tokenizer, prompts: PromptPool, first_step
     model = merged_copy(policy) if config.use_peft else policy
     spec = ActorSpec(model.config, model.generation_config, tokenizer, DTYPES[config.torch_dtype],
                      config.max_completion_length, config.temperature, config.top_p, config.generation_batch_size,
-                     config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size)
+                     config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size, config.bf16)
     return AsyncActor(ActorProcess(spec), tokenizer, prompts, config.max_staleness, config.num_iterations,
                       first_step, config.use_peft)

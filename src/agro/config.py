@@ -35,6 +35,8 @@ class TrainConfig:
     tokenizer_name_or_path: str | None = _f(None, "tokenizer location; default: model_name_or_path")
     trust_remote_code: bool = _f(False, "allow custom model code from the model repository")
     torch_dtype: str = _f("float32", "float32 | bfloat16 | float16: dtype of policy and reference")
+    bf16: bool = _f(False, "bf16 mixed precision (TRL's name): float32 weights and AdamW state, generation, "
+                    "log-probs and backward under bfloat16 autocast; for CPUs with avx512_bf16/AMX and GPUs")
     use_peft: bool = _f(False, "train LoRA adapters; the reference is the base model with adapters disabled")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
@@ -251,6 +253,8 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
         bad = [v for v in getattr(config, key) if v not in ("tensorboard", "wandb", "none")]
         if bad:
             fail(key, f"unknown logger {bad[0]!r}; choose tensorboard, wandb or none")
+    if config.bf16 and config.torch_dtype == "float16":
+        fail("bf16", "bfloat16 autocast over float16 weights; use torch_dtype float32 (or bfloat16)")
     per_group = config.num_generations + config.offline_per_group + config.replay_per_group
     if per_group == 0:
         fail("num_generations", "no data: num_generations, offline_per_group and replay_per_group are all 0")

@@ -21,13 +21,15 @@ class HFGenerator:
     samples slightly off-policy, which AGRO handles as any other off-policy data. With the dynamic
     cache the samples of a prompt share its prefill (`shared_prefill`) and each step's keys and values
     are written in place (`agro.kv_cache`); `static_cache_len` gives `generate` a static cache of that
-    many tokens instead (compiled decoding on a GPU).
+    many tokens instead (compiled decoding on a GPU). `bf16`: sample under bfloat16 autocast, the precision
+    in which the learner (config `bf16`) computes the same policy's log-probs.
     """
 
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 64, static_cache_len: int | None = None, share_prefill: bool = True,
-                 in_place_cache: bool = True):
+                 in_place_cache: bool = True, bf16: bool = False):
         self.tokenizer = tokenizer
+        self.bf16 = bf16
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.batch_size = batch_size
@@ -62,11 +64,12 @@ class HFGenerator:
             chunk = prompts[start : start + per_call]
             ids, attn = (t.to(device) for t in left_pad(chunk, pad))
             width = ids.shape[1]
-            sequences = model.generate(  # rows prompt-major, as num_return_sequences would order them
-                input_ids=ids.repeat_interleave(num_generations, 0),
-                attention_mask=attn.repeat_interleave(num_generations, 0), generation_config=config,
-                **self._cache(model, ids, attn, num_generations),
-            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                sequences = model.generate(  # rows prompt-major, as num_return_sequences would order them
+                    input_ids=ids.repeat_interleave(num_generations, 0),
+                    attention_mask=attn.repeat_interleave(num_generations, 0), generation_config=config,
+                    **self._cache(model, ids, attn, num_generations),
+                )
             out.extend(cut_at_eos(row.tolist(), eos, pad) for row in sequences[:, width:].cpu())
         model.train(was_training)
         return out
@@ -104,11 +107,12 @@ def generate_with_progress(generator, model, prompts: list[list[int]], num_gener
 
 def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
                    gpu_memory_utilization: float = 0.3, model_name_or_path: str | None = None,
-                   max_model_len: int | None = None, cache_implementation: str = "dynamic"):
-    """`hf`: transformers generate; `vllm`: a colocated vLLM engine (optional extra, GPU only)."""
+                   max_model_len: int | None = None, cache_implementation: str = "dynamic", bf16: bool = False):
+    """`hf`: transformers generate (`bf16`: under bfloat16 autocast); `vllm`: a colocated vLLM engine (optional
+    extra, GPU only, in the weights' dtype)."""
     if backend == "hf":
         static_len = max_model_len if cache_implementation == "static" else None
-        return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size, static_len)
+        return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size, static_len, bf16=bf16)
     if backend != "vllm":
         raise AgroError(f"unknown generation backend {backend!r}; choose hf or vllm")
     from agro.vllm_backend import VLLMGenerator

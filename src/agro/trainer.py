@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,8 +48,14 @@ class Trainer:
         self.config = c = config
         self.output_dir = Path(config.output_dir)
         checkpoint.check_output_dir(self.output_dir, resume)
-        self.accelerator = Accelerator(log_with=tracking.trackers(config, self.output_dir) or None)
+        # bf16: accelerate runs the policy's forward (and its backward) under bfloat16 autocast; None keeps
+        # what `accelerate launch --mixed_precision` says
+        self.accelerator = Accelerator(mixed_precision="bf16" if c.bf16 else None,
+                                       log_with=tracking.trackers(config, self.output_dir) or None)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        if c.bf16 and self.accelerator.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn("agro: bf16 on a CPU without native bf16 (avx512_bf16 or AMX) is emulated, slower than "
+                          "float32; set bf16: false", stacklevel=2)
         if c.num_threads:
             torch.set_num_threads(c.num_threads)
         check_distributed(c, self.accelerator)
@@ -61,7 +68,7 @@ class Trainer:
         generator = make_generator(c.generation_backend, self.tokenizer, c.max_completion_length, c.temperature,
                                    c.top_p, c.generation_batch_size, c.vllm_gpu_memory_utilization,
                                    c.model_name_or_path, c.max_prompt_length + c.max_completion_length,
-                                   c.cache_implementation)
+                                   c.cache_implementation, c.bf16)
         self.actor = Actor(generator, self.tokenizer, self.prompts, c.num_generations, self.rank, self.world)
         try:
             self.scorer = RewardScorer(c.reward_function, timeout=c.reward_timeout, num_workers=c.reward_workers)

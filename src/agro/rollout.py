@@ -48,10 +48,17 @@ class HFGenerator:
             return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, **common)
         return GenerationConfig(do_sample=False, **common)
 
-    @torch.inference_mode()
     def generate(self, model, prompts: list[list[int]], num_generations: int = 1, do_sample: bool = True
                  ) -> list[list[int]]:
         """`num_generations` completions per prompt, prompt-major order, each cut after its first EOS."""
+        # autocast keeps one bf16 copy of each weight for the whole call only outside inference mode (in it,
+        # every decoding step would cast every weight again: as slow as the matmuls themselves)
+        device_type = next(model.parameters()).device.type
+        with (torch.no_grad() if self.bf16 else torch.inference_mode(),
+              torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16)):
+            return self._generate(model, prompts, num_generations, do_sample)
+
+    def _generate(self, model, prompts: list[list[int]], num_generations: int, do_sample: bool) -> list[list[int]]:
         config = self._config(model, do_sample)
         eos = set(config.eos_token_id)
         pad = self.tokenizer.pad_token_id
@@ -64,12 +71,11 @@ class HFGenerator:
             chunk = prompts[start : start + per_call]
             ids, attn = (t.to(device) for t in left_pad(chunk, pad))
             width = ids.shape[1]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                sequences = model.generate(  # rows prompt-major, as num_return_sequences would order them
-                    input_ids=ids.repeat_interleave(num_generations, 0),
-                    attention_mask=attn.repeat_interleave(num_generations, 0), generation_config=config,
-                    **self._cache(model, ids, attn, num_generations),
-                )
+            sequences = model.generate(  # rows prompt-major, as num_return_sequences would order them
+                input_ids=ids.repeat_interleave(num_generations, 0),
+                attention_mask=attn.repeat_interleave(num_generations, 0), generation_config=config,
+                **self._cache(model, ids, attn, num_generations),
+            )
             out.extend(cut_at_eos(row.tolist(), eos, pad) for row in sequences[:, width:].cpu())
         model.train(was_training)
         return out

@@ -198,6 +198,7 @@ class RewardResult:
     non_finite: int = 0  # the call returned NaN, inf or a non-number
     first_failure: str | None = None  # description of the first failed sample, for logs
     unscored: int = 0  # calls never finished: the batch stopped once max_failure_fraction was exceeded
+    by_function: dict[str, list[float | None]] = field(default_factory=dict)  # several functions' own rewards
 
     @property
     def failures(self) -> int:
@@ -585,6 +586,10 @@ class RewardScorer:
     def _start_missing_workers(self) -> None:
         while len(self._workers) < self.num_workers:
             self._workers.append(_Worker(self._context, self._source))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Stop all worker processes; the scorer cannot be used afterwards."""

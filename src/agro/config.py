@@ -407,3 +407,17 @@ def describe_keys() -> str:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         lines.append(f"  {f.name} (default {default!r}): {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key with its default and meaning, as a table (tests/test_readme.py checks the file
+    against it)."""
+    rows = ["# Configuration reference", "",
+            "Every key of a YAML config (`agro train CONFIG --set key=value`) and every field of `AGROConfig`,",
+            "generated from `agro.config.TrainConfig` (`agro train --help` prints the same).", "",
+            "| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{default!r}` | {meaning} |")
+    return "\n".join(rows) + "\n"

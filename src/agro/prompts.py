@@ -48,7 +48,8 @@ class PromptPool:
         self.prompt_ids: dict[str, list[int]] = {}
         self.prompt_texts: dict[str, str] = {}
         self.answers: dict[str, str | None] = {}
-        self.columns: dict[str, dict] = {}  # data columns by prompt key, for batched reward functions
+        self.raw_prompts: dict[str, data.Prompt] = {}  # the prompts as the data has them, for batched reward
+        self.columns: dict[str, dict] = {}  # functions, and their data columns (`agro.rewards`)
         self.problems: list[str] = []
         for p in problems[0] if problems else []:
             self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt", columns=p.columns)
@@ -87,7 +88,7 @@ class PromptPool:
         self.prompt_ids[key] = ids
         self.prompt_texts[key] = prompt_text(self.tokenizer, prompt)
         self.answers[key] = answer
-        self.columns[key] = {"answer": answer, **(columns or {})}
+        self.raw_prompts[key], self.columns[key] = prompt, {"answer": answer, **(columns or {})}
         self.problems.append(key)
         return key
 

@@ -13,7 +13,6 @@ themselves (worker processes, time limits) are `agro.rewards.RewardScorer`'s.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 
@@ -99,27 +98,28 @@ def function_metrics(by_function: dict[str, list[float | None]]) -> dict[str, fl
     return metrics
 
 
-def samples_of(gens: list[Generation], columns: dict[str, dict]) -> Samples:
-    """What reward functions see of `gens`: the prompt as the data has it (the group key is its JSON), and the
-    data columns of its prompt (`columns`: by prompt key; a column a prompt lacks is None)."""
+def samples_of(gens: list[Generation], columns: dict[str, dict], prompts: dict[str, object]) -> Samples:
+    """What reward functions see of `gens`: the prompt as the data has it (`prompts` by prompt key; default the
+    text), and the data columns of its prompt (`columns` by prompt key; a column a prompt lacks is None)."""
     names = list(dict.fromkeys(name for g in gens for name in columns.get(g.group, {})))
-    return Samples(prompts=[json.loads(g.group) for g in gens], completions=[g.completion for g in gens],
+    return Samples(prompts=[prompts.get(g.group, g.prompt) for g in gens], completions=[g.completion for g in gens],
                    answers=[g.answer for g in gens], prompt_texts=[g.prompt for g in gens],
                    completion_ids=[list(g.completion_ids) for g in gens],
                    columns={n: [columns.get(g.group, {}).get(n) for g in gens] for n in names},
                    groups=[g.group for g in gens])
 
 
-def score(rewards: RewardFunctions, gens: list[Generation], step: int, max_failure_fraction: float,
-          eos_ids: set[int], truncated_completions: str = "keep",
-          columns: dict[str, dict] | None = None) -> tuple[list[Generation], dict[str, float]]:
+def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step: int, max_failure_fraction: float,
+          eos_ids: set[int], truncated_completions: str = "keep", columns: dict[str, dict] | None = None,
+          prompts: dict[str, object] | None = None) -> tuple[list[Generation], dict[str, float]]:
     """(`gens` with rewards, failure counts and each function's mean): the same keys every step. `step`: the
-    steps already taken; `columns`: the data columns of each prompt key (`samples_of`).
+    steps already taken; `columns` and `prompts`: the data columns and prompts of each prompt key (`samples_of`).
 
     A cut completion (no EOS at its end) without a reward of its own scores 0 with no call under
     truncated_completions "zero"; under "mask" it is scored, and its weight is 0. A sample no function
     gave a reward scores 0 with weight 0.
     """
+    rewards = rewards if isinstance(rewards, RewardFunctions) else RewardFunctions([rewards])
     cut = [i for i, g in enumerate(gens) if is_truncated(g.completion_ids, eos_ids)]
     if truncated_completions == "zero":
         unscored = [i for i in cut if gens[i].reward is None]
@@ -135,13 +135,17 @@ def score(rewards: RewardFunctions, gens: list[Generation], step: int, max_failu
 
     if todo:
         try:
-            result = rewards.score_samples(samples_of([gens[i] for i in todo], columns or {}),
+            result = rewards.score_samples(samples_of([gens[i] for i in todo], columns or {}, prompts or {}),
                                            max_failure_fraction, report_timeout)
         except (ValueError, RuntimeError) as err:  # the reward function cannot be loaded in its workers
             raise AgroError(f"config: key 'reward_function': {str(err).splitlines()[0]}") from None
     for i, r in enumerate(result.rewards[: len(todo)]):
-        if r is not None and abs(r) > data.MAX_ABS_REWARD:  # the bound offline records have; 1e300: inf in float32
-            result.record(i, "non_finite", 0.0, f"returned {r!r}, |reward| > {data.MAX_ABS_REWARD:g}")
+        values = [r, *(v[i] for v in result.by_function.values())]
+        big = next((v for v in values if v is not None and abs(v) > data.MAX_ABS_REWARD), None)
+        if big is not None:  # the bound offline records have; 1e300 would be inf in float32
+            result.record(i, "non_finite", 0.0, f"returned {big!r}, |reward| > {data.MAX_ABS_REWARD:g}")
+            for rewards_of in result.by_function.values():
+                rewards_of[i] = 0.0
     scored = todo[: len(result.rewards)]
     none = [i for j, i in enumerate(scored) if result.rewards[j] is None]
     gens = with_values(gens, "reward", scored, [float(result.rewards[j] or 0.0) for j in range(len(scored))])

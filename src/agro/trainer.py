@@ -42,6 +42,13 @@ from agro.run_inputs import RunInputs
 from agro.tokens import eos_token_ids
 
 
+def _clock(device: torch.device) -> float:
+    """Wall time once the device's queued kernels are done, so that GPU phase times count them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class Trainer:
     """A run: its parts (prompts, actor, learner, scorer, replay), the step, and the loop around it."""
 
@@ -85,12 +92,6 @@ class Trainer:
         """The policy causal LM, unwrapped (generation, evaluation, saving)."""
         return self.learner.policy
 
-    def _clock(self) -> float:
-        """Wall time once the device's queued kernels are done, so that GPU phase times count them."""
-        if self.accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def train_step(self) -> dict[str, float]:
         """One optimizer step; a new generation batch at the first of every `num_iterations` steps.
 
@@ -100,12 +101,12 @@ class Trainer:
         """
         c = self.config
         times = {}
-        t0 = self._clock()
+        t0 = _clock(self.accelerator.device)
         first = self.batch is None
         self.actor.sync_weights(self.policy, self.step)  # asynchronous: sent, and batches up to step + k submitted
         if first:
             keys, on_policy = self.actor.next_batch(self.step)
-            times["time_generation"] = self._clock() - t0
+            times["time_generation"] = _clock(self.accelerator.device) - t0
             rng = batch.group_rng(c.seed, self.step, self.rank)
             assembled = batch.assemble(keys, on_policy, self.prompts.offline_by_group, self.replay, self.step,
                                        c.offline_per_group, c.replay_per_group, rng)
@@ -114,14 +115,15 @@ class Trainer:
             times["time_generation"] = 0.0
         keys, gens = self.batch.keys, self.batch.generations
         self.iteration += 1
-        t1 = self._clock()
+        t1 = _clock(self.accelerator.device)
         gens, reward_metrics = scoring.score(self.scorer, gens, self.step, c.max_reward_failure_fraction,
-                                             self.eos_ids, c.truncated_completions, self.prompts.columns)
-        times["time_reward"] = self._clock() - t1
-        t1 = self._clock()
+                                             self.eos_ids, c.truncated_completions, self.prompts.columns,
+                                             self.prompts.raw_prompts)
+        times["time_reward"] = _clock(self.accelerator.device) - t1
+        t1 = _clock(self.accelerator.device)
         gens = self.learner.with_reference(gens)
-        times["time_reference"] = self._clock() - t1
-        t1 = self._clock()
+        times["time_reference"] = _clock(self.accelerator.device) - t1
+        t1 = _clock(self.accelerator.device)
         logprobs_now, graph = self.learner.policy_logprobs(gens)
         old = self.batch.old_logprobs
         if first:  # the sampling policy's log-probs: behaviour log-probs (ratios, replay) and GRPO's π_old
@@ -130,10 +132,10 @@ class Trainer:
         self.batch = GenerationBatch(keys, gens, old)
         tensors = batch.tensors(gens, keys, logprobs_now, old)
         out = self.learner.backward(gens, tensors, graph)
-        times["time_policy"] = self._clock() - t1
-        t1 = self._clock()
+        times["time_policy"] = _clock(self.accelerator.device) - t1
+        t1 = _clock(self.accelerator.device)
         loss, opt = self.learner.step(out)
-        times["time_optimizer"] = self._clock() - t1
+        times["time_optimizer"] = _clock(self.accelerator.device) - t1
         self.step += 1
         if first:  # offline records keep their reward and π_ref log-probs for later draws
             offline = [g for g in assembled if g.source == "offline"]
@@ -144,7 +146,7 @@ class Trainer:
             self.replay.evict(self.step)
         if self.iteration >= c.num_iterations:
             self.batch = None
-        elapsed = self._clock() - t0
+        elapsed = _clock(self.accelerator.device) - t0
         tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
         metrics = {"step": self.step, "iteration": self.iteration, "loss": loss, **opt, **reward_metrics, **times,
                    "time_step": elapsed, "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}

@@ -1,4 +1,5 @@
-"""Tests for agro.rewards: answer extraction, equivalence, reward loading, and the time-limited scorer."""
+"""Tests for agro.verifiers (answer equivalence, the built-in rewards) and agro.rewards (reward loading, the
+time-limited scorer)."""
 
 import concurrent.futures
 import csv
@@ -15,16 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agro.answers import extract_answer
-from agro.rewards import (
-    RewardResult,
-    RewardScorer,
-    ScoringInterrupted,
-    exact_answer_reward,
-    exact_numeric_equal,
-    load_reward_function,
-    math_equal,
-    math_reward,
-)
+from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted, load_reward_function
+from agro.verifiers import exact_answer_reward, exact_numeric_equal, math_equal, math_reward
 
 TESTS_DIR = Path(__file__).parent
 REWARD_FNS_FILE = TESTS_DIR / "reward_fns.py"

@@ -115,10 +115,11 @@ def _run_train(args) -> int:
     from agro.config import load_config
 
     config = load_config(args.config, args.overrides)  # before the heavy imports: a typo is reported at once
-    from agro.trainer import Trainer
+    from agro.api import AGROTrainer
 
-    trainer = Trainer(config, resume=args.resume)
-    metrics = trainer.train()
+    trainer = AGROTrainer(config.model_name_or_path, args=config)  # the Python API's trainer: one code path
+    metrics = trainer.train(resume_from_checkpoint=args.resume)
+    trainer = trainer.engine
     if trainer.interrupted is not None:  # stopped by SIGTERM/SIGINT after saving: 128 + the signal, as a shell says
         if trainer.accelerator.is_main_process:
             then = (f"continue with --resume (outputs in {config.output_dir})" if trainer.step

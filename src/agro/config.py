@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -111,6 +112,8 @@ class TrainConfig:
     reward_timeout: float = _f(10.0, "seconds per reward call before it counts as failed (reward 0)")
     reward_workers: int = _f(1, "worker processes for reward calls")
     max_reward_failure_fraction: float = _f(0.5, "abort when more than this fraction of a step's rewards fail")
+    reward_weights: list[float] | None = _f(None, "weights of the reward functions, in order (default 1 each): the "
+                                            "reward is Σ_k w_k r_k over the functions that gave one (TRL's)")
     # optimisation
     learning_rate: float = _f(1e-6, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -145,6 +148,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+AGROConfig = TrainConfig  # its public name: `from agro import AGROConfig`
 
 
 def default_reward(data: str | None) -> str:
@@ -224,24 +230,45 @@ def _coerce(name: str, value, where: str):
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif base is str:
-        if isinstance(value, str):
-            return value
+        if isinstance(value, str | os.PathLike):
+            return str(value)
     elif base is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return value
+    elif typing.get_args(base) == (float,):
+        if isinstance(value, list | tuple) and all(_is_finite(v) for v in value):
+            return [float(v) for v in value]
     elif typing.get_origin(base) is list:
         if isinstance(value, str):
             value = [value]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return list(value)
     expected = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-                dict: "a mapping of key: value"}.get(base, "a list of strings")
+                dict: "a mapping of key: value"}.get(base, "a list of numbers" if typing.get_args(base) == (float,)
+                                                      else "a list of strings")
     raise AgroError(f"{where}: key '{name}': expected {expected}, got {value!r}")
 
 
-def _validate(config: TrainConfig, where: dict[str, str]) -> None:
+def _is_finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check(config: TrainConfig, given: tuple[str, ...] = ()) -> TrainConfig:
+    """Check a config made in Python (`AGROConfig(...)`) as `load_config` checks a file's: every value's type
+    (coerced as YAML's are) and bound. `given`: the inputs passed as Python objects instead of config keys
+    (train_data, offline_data, eval_data, reward_function)."""
+    for name in FIELDS:
+        setattr(config, name, _coerce(name, getattr(config, name), "AGROConfig"))
+    _validate(config, {}, given)
+    return config
+
+
+def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...] = ()) -> None:
     def fail(key: str, message: str):
         raise AgroError(f"{where.get(key, 'config')}: key '{key}': {message}")
+
+    train_data = config.train_data or "train_data" in given
+    offline_data = config.offline_data or "offline_data" in given
 
     for key in (*CHOICES, *POSITIVE, *NON_NEGATIVE, "model_name_or_path", *UNIT_INTERVAL):
         if key == "model_name_or_path" and not config.model_name_or_path:
@@ -258,13 +285,13 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
     per_group = config.num_generations + config.offline_per_group + config.replay_per_group
     if per_group == 0:
         fail("num_generations", "no data: num_generations, offline_per_group and replay_per_group are all 0")
-    if config.num_generations == 0 and not config.offline_data:
+    if config.num_generations == 0 and not offline_data:
         fail("num_generations", "is 0 (no on-policy generation) but no offline_data is given")
-    if config.num_generations > 0 and not (config.train_data or config.offline_data):
+    if config.num_generations > 0 and not (train_data or offline_data):
         fail("train_data", "is required for on-policy generation (or give offline_data to take prompts from)")
     if config.replay_per_group > 0 and config.num_generations == 0:
         fail("replay_per_group", "replays on-policy generations, but num_generations is 0")
-    joining = (config.offline_per_group if config.offline_data else 0) + config.replay_per_group
+    joining = (config.offline_per_group if offline_data else 0) + config.replay_per_group
     if config.num_generations == 1 and joining == 0:
         fail("num_generations", f"must be ≥ 2 with the group baseline of objective '{config.objective}', got 1")
     if config.generation_backend == "vllm" and config.cache_implementation != "dynamic":
@@ -294,6 +321,10 @@ def _validate(config: TrainConfig, where: dict[str, str]) -> None:
     if config.objective != "grpo" and config.loss_type != "grpo":
         fail("loss_type", f"applies to objective grpo only (objective is '{config.objective}'; AGRO's loss scale is "
                           "agro_loss_type)")
+    if config.reward_weights is not None and "reward_function" not in given and len(config.reward_weights) != 1:
+        fail("reward_weights", f"{len(config.reward_weights)} weights for one reward_function")
+    if "reward_function" in given:  # Python reward functions: the trainer checks them
+        return
     from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
 
     try:
@@ -380,3 +411,17 @@ def describe_keys() -> str:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         lines.append(f"  {f.name} (default {default!r}): {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key with its default and meaning, as a table (tests/test_readme.py checks the file
+    against it)."""
+    rows = ["# Configuration reference", "",
+            "Every key of a YAML config (`agro train CONFIG --set key=value`) and every field of `AGROConfig`,",
+            "generated from `agro.config.TrainConfig` (`agro train --help` prints the same).", "",
+            "| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{default!r}` | {meaning} |")
+    return "\n".join(rows) + "\n"

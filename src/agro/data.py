@@ -70,6 +70,7 @@ class Problem:
     answer: str | None
     category: str | None
     id: str
+    columns: dict[str, Any] = field(default_factory=dict)  # in-memory rows' other columns (load_problem_rows)
 
 
 @dataclass
@@ -364,8 +365,9 @@ def parse_offline_record(obj: Any, file: str = "<record>", line: int = 0, unit: 
 def load_offline_records(
     source: str | Path, on_bad_record: str = "error", split: str = "train", subset: str | None = None
 ) -> tuple[list[OfflineRecord], DataReport]:
-    """Read, validate and de-duplicate offline records (see the module docstring for the fields)."""
-    opened = _open(source, split, subset)
+    """Read, validate and de-duplicate offline records (see the module docstring for the fields); `source`
+    may also be rows in memory (a datasets.Dataset or a list of dicts, named "offline_dataset")."""
+    opened = _open(source, split, subset) if isinstance(source, str | Path) else _rows("offline_dataset", source)
 
     def parse(value: Any, line: int) -> OfflineRecord:
         return parse_offline_record(value, opened.name, line, opened.unit)
@@ -502,3 +504,22 @@ def load_problems(
                               opened.unit, opened.id_prefix, instruction, system_prompt)
 
     return _load(opened, parse, on_bad_record)
+
+
+def _rows(name: str, rows: Iterable) -> _Opened:
+    """In-memory rows (a datasets.Dataset or a list of dicts) as a source; errors name `name` and the row."""
+    return _Opened(name, "row", name, enumerate(rows))
+
+
+def load_problem_rows(rows: Iterable, name: str = "train_dataset",
+                      on_bad_record: str = "error") -> tuple[list[Problem], DataReport]:
+    """Problems from in-memory rows, as TRL's trainers take them: `prompt` used as it is (a string, or chat
+    messages for the chat template), optional `answer` and `category`; every column but `prompt` is kept
+    in `Problem.columns` (batched reward functions get them as keywords)."""
+
+    def parse(value: Any, row: int) -> Problem:
+        problem = _parse_problem(value, "generic", "raw", False, name, row, "row", name, None, None)
+        problem.columns = {k: v for k, v in value.items() if k != "prompt"}
+        return problem
+
+    return _load(_rows(name, rows), parse, on_bad_record)

@@ -19,6 +19,7 @@ from types import ModuleType
 import torch
 from transformers import AutoModelForCausalLM
 
+from agro.api import AGROTrainer
 from agro.config import load_config
 from agro.data import Problem as DataProblem
 from agro.data import load_problems
@@ -28,7 +29,6 @@ from agro.generate import generate_records, write_atomic
 from agro.rewards import RewardScorer
 from agro.rollout import HFGenerator
 from agro.tasks import get_task
-from agro.trainer import Trainer
 
 REWARD = "agro.tasks.arithmetic:reward"  # the default task's
 
@@ -119,7 +119,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
     config = load_config(demo_config_path(), settings + list(overrides or []))
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo's own previous output, never user data
-    Trainer(config).train()
+    AGROTrainer(config.model_name_or_path, args=config).train()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     print("[4/4] held-out evaluation", flush=True)

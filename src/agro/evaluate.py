@@ -19,15 +19,15 @@ from agro import data, gym
 from agro.answers import is_truncated
 from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
-from agro.rewards import RewardScorer
+from agro.rewards import RewardScorer, Samples
 from agro.rollout import HFGenerator, generate_with_progress
-from agro.scoring import score_texts
+from agro.scoring import RewardFunctions, score_texts
 from agro.tokens import encode_prompt, eos_token_ids, prompt_text
 
 UNCATEGORIZED = "uncategorized"
 
 
-def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, max_new_tokens: int,
+def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer | RewardFunctions, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, greedy: bool | None = None,
              batch_size: int = 64, generator=None, progress: bool = False,
              truncated_completions: str = "zero") -> dict:
@@ -48,10 +48,16 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer, ma
     cut = [is_truncated(c, eos) for c in completions]
     shown = [prompt_text(tokenizer, p.prompt) for p in problems]
     scored = len(cut) if truncated_completions == "keep" else cut.count(False)
-    with tqdm(total=scored, desc="score", unit="completion", dynamic_ncols=True, disable=not progress) as bar:
-        rewards, result = score_texts(scorer, [s for s in shown for _ in range(k)], texts,
-                                      [p.answer for p in problems for _ in range(k)], cut,
-                                      truncated_completions, on_result=lambda *_: bar.update(1))
+    answers = [p.answer for p in problems for _ in range(k)]
+    columns = [{"answer": p.answer, **p.columns} for p in problems for _ in range(k)]
+    names = list(dict.fromkeys(n for row in columns for n in row))
+    samples = Samples([p.prompt for p in problems for _ in range(k)], texts, answers, completion_ids=completions,
+                      columns={n: [row.get(n) for row in columns] for n in names},
+                      groups=[i // k for i in range(len(texts))])
+    calls = scored * len(getattr(scorer, "scorers", [scorer]))  # on_result: once per sample and function
+    with tqdm(total=calls, desc="score", unit="call", dynamic_ncols=True, disable=not progress) as bar:
+        rewards, result = score_texts(scorer, [s for s in shown for _ in range(k)], texts, answers, cut,
+                                      truncated_completions, on_result=lambda *_: bar.update(1), samples=samples)
     per_problem = [rewards[i * k : (i + 1) * k] for i in range(len(problems))]
     correct = [[r > 0.5 for r in rs] for rs in per_problem]
     by_category: dict[str, list[bool]] = defaultdict(list)

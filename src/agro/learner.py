@@ -9,6 +9,7 @@ over its whole batch, accumulated over mini-batches (`backward`).
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 from pathlib import Path
@@ -51,12 +52,15 @@ def check_distributed(config: TrainConfig, accelerator: Accelerator) -> None:
 class Learner:
     """The policy being trained (self.model, accelerate-wrapped), π_ref, AdamW and its scheduler."""
 
-    def __init__(self, config: TrainConfig, accelerator: Accelerator, pad_token_id: int, resume_from: Path | None):
-        """Policy (from `resume_from`'s weights when given), reference, optimizer, all through accelerate."""
+    def __init__(self, config: TrainConfig, accelerator: Accelerator, pad_token_id: int, resume_from: Path | None,
+                 model=None):
+        """Policy (from `resume_from`'s weights when given), reference, optimizer, all through accelerate.
+        `model`: a loaded causal LM to train in place of loading model_name_or_path (π_ref: a copy of it)."""
         self.config, self.accelerator, self.pad_token_id = config, accelerator, pad_token_id
         self.world = accelerator.num_processes
         c = config
-        model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
+        given, model = model, model if model is not None else load_model(c.model_name_or_path, c.torch_dtype,
+                                                                          c.trust_remote_code)
         if c.use_peft:
             from peft import LoraConfig, get_peft_model
 
@@ -64,7 +68,8 @@ class Learner:
                                                      target_modules=c.lora_target_modules, task_type="CAUSAL_LM"))
             self.reference = None  # the reference is the same weights with adapters disabled
         else:
-            ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
+            ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code) if given is None \
+                else copy.deepcopy(given)
             self.reference = CompletionLogprobs(ref_model.requires_grad_(False).eval().to(self.accelerator.device))
         if resume_from is not None:  # before accelerate shards or wraps the weights (FSDP, ZeRO-3)
             load_weights(model, resume_from, c.use_peft)

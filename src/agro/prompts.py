@@ -26,7 +26,9 @@ from agro.tokens import completion_token_ids, encode_prompt, max_text_chars, pro
 class PromptPool:
     """Prompt keys with their token ids, texts and answers; offline records by key; the epoch position."""
 
-    def __init__(self, config: TrainConfig, tokenizer):
+    def __init__(self, config: TrainConfig, tokenizer, problems: tuple[list[data.Problem], data.DataReport] | None = None,
+                 offline: tuple[list[data.OfflineRecord], data.DataReport] | None = None):
+        """`problems` and `offline` (loaded, with their reports) instead of train_data and offline_data."""
         self.config, self.tokenizer = config, tokenizer
         self.epoch, self.position = 0, 0
         self.ahead: list[list[str]] = []  # keys drawn for batches not yet trained on (agro.async_actor)
@@ -36,26 +38,26 @@ class PromptPool:
         self._max_chars = {"prompt": max_text_chars(self.tokenizer, c.max_prompt_length),
                            "completion": max_text_chars(self.tokenizer, c.max_completion_length)}
         self.offline_by_group: dict[str, list[Generation]] = defaultdict(list)
-        problems: list[data.Problem] = []
-        if c.train_data:
-            problems, report = data.load_problems(c.train_data, format=c.train_data_format,
-                                                  template=c.prompt_template, require_answer=False,
-                                                  on_bad_record=c.on_bad_record,
-                                                  split="train" if gym.is_gym_source(c.train_data) else c.dataset_split,
-                                                  kwargs=c.train_data_kwargs, instruction=c.instruction,
-                                                  system_prompt=c.system_prompt)
-            self.data_reports.append(report)
+        if problems is None and c.train_data:
+            problems = data.load_problems(c.train_data, format=c.train_data_format, template=c.prompt_template,
+                                          require_answer=False, on_bad_record=c.on_bad_record,
+                                          split="train" if gym.is_gym_source(c.train_data) else c.dataset_split,
+                                          kwargs=c.train_data_kwargs, instruction=c.instruction,
+                                          system_prompt=c.system_prompt)
+        self.data_reports += [problems[1]] if problems else []
         self.prompt_ids: dict[str, list[int]] = {}
         self.prompt_texts: dict[str, str] = {}
         self.answers: dict[str, str | None] = {}
+        self.raw_prompts: dict[str, data.Prompt] = {}  # the prompts as the data has them, for batched reward
+        self.columns: dict[str, dict] = {}  # functions, and their data columns (`agro.rewards`)
         self.problems: list[str] = []
-        for p in problems:
-            self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt")
-        if c.offline_data and c.offline_per_group > 0:
-            records, report = data.load_offline_records(c.offline_data, on_bad_record=c.on_bad_record,
-                                                        split=c.dataset_split)
-            self.data_reports.append(report)
-            self._add_offline(records, take_prompts=not c.train_data, report=report)
+        for p in problems[0] if problems else []:
+            self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt", columns=p.columns)
+        if offline is None and c.offline_data and c.offline_per_group > 0:
+            offline = data.load_offline_records(c.offline_data, on_bad_record=c.on_bad_record, split=c.dataset_split)
+        if offline is not None and c.offline_per_group > 0:
+            self.data_reports.append(offline[1])
+            self._add_offline(offline[0], take_prompts=problems is None, report=offline[1])
         if not self.problems:
             raise AgroError("no usable prompts: every record was skipped or the data is empty")
         self.skipped_records = sum(len(r.skipped) for r in self.data_reports)
@@ -69,7 +71,7 @@ class PromptPool:
         if report is not None:
             report.skipped.append(err)
 
-    def _add_prompt(self, prompt, answer, where: str, field: str, report=None) -> str | None:
+    def _add_prompt(self, prompt, answer, where: str, field: str, report=None, columns=None) -> str | None:
         key = data.prompt_key(prompt)
         if key in self.prompt_ids:
             return key
@@ -86,6 +88,7 @@ class PromptPool:
         self.prompt_ids[key] = ids
         self.prompt_texts[key] = prompt_text(self.tokenizer, prompt)
         self.answers[key] = answer
+        self.raw_prompts[key], self.columns[key] = prompt, {"answer": answer, **(columns or {})}
         self.problems.append(key)
         return key
 

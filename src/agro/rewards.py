@@ -1,28 +1,23 @@
-"""Rewards for math-style completions: answer equivalence, the built-in reward functions, and a scorer
-that runs reward functions with a hard per-call time limit. What a completion answers is `agro.answers`.
+"""How reward calls run: reward functions by name or as callables, their two calling conventions, and a
+scorer that runs them with a hard per-call time limit in worker processes, counting every failure. What
+a right answer is (equivalence, the built-in rewards) is `agro.verifiers`.
 
-A reward function has the signature ``fn(prompt, completion, answer) -> float`` where ``answer`` is
-the gold answer of the prompt (a bare answer or a full solution) or None. Built-ins:
+Two calling conventions, told apart by the signature (`is_batched`):
 
-* ``exact``: the final answer (`agro.answers.final_answer`: the stated one, else the last number)
-  equals the gold answer as an exact rational number (ints, decimals, ``a/b``, ``\\frac{a}{b}``, ``1,000``, percentages); cheap, cannot hang.
-* ``math``: the final answer is mathematically equivalent to the gold answer according to
-  ``math_verify`` (fractions, LaTeX, intervals, sets, equations, units...).
-* ``reasoning_gym``: the task's own verifier on the final answer, for ``reasoning_gym:`` data (`agro.gym`).
+* per sample (agro's): ``fn(prompt, completion, answer) -> float``, one call per sample; ``prompt`` is the
+  prompt text the model saw (chat prompts rendered by the template), ``answer`` the gold answer or None.
+* batched (TRL GRPOTrainer's): ``fn(prompts, completions, completion_ids, **columns) -> list[float | None]``,
+  called with keywords. ``prompts`` are as the data has them (strings or chat messages); ``completions``
+  are strings, or for chat prompts ``[{"role": "assistant", "content": text}]``; ``completion_ids`` the
+  completions' token ids (when known); every other data column comes as a keyword list. None is "no
+  reward for this sample": not a failure. One call covers the samples of one prompt (a group). TRL's
+  ``trainer_state``, ``log_extra`` and ``log_metric`` keywords are not passed.
 
-Percentages: ``50\\%`` equals ``50%``, ``0.5`` and ``50`` (in both directions), because gold answers
-often drop the percent sign the question asked for; ``50\\%`` does not equal ``5000\\%``.
-This is ``math_verify``'s own rule, and ``exact_numeric_equal`` follows it.
-
-Why agro extracts answers and compares numbers itself instead of calling math_verify for everything:
-equivalence (``math``) is math_verify's; agro keeps two small parts of its own. `extract_answer` (in
-`agro.answers`) finds
-the *stated* answer of a completion or gold solution (last balanced box, GSM8K ``####``, "the answer
-is") in linear time on any text, where math_verify's extraction scans every LaTeX or expression it can
-parse and picks by its own priorities (a different answer on many completions, and sympy's cost on
-adversarial text); the trainer calls it on every sample. `exact_numeric_equal` (``exact``) compares
-exact rationals with the standard library: no sympy import, no time limit needed, so it cannot hang and
-runs in-process. tests/test_rewards.py pins both (extraction, exact and math equivalence tables).
+A function named by a spec (`load_reward_function`) runs in ``spawn`` worker processes that import it; a
+function given as a callable (lambdas, closures and ``__main__`` functions included) runs in ``fork`` worker
+processes that inherit it (it must not use torch: a forked child cannot use the parent's thread pools).
+Either way a call that raises, returns a non-number (or a list of the wrong length), or runs past the
+time limit (its worker is then killed) fails: each of its samples scores 0 and counts as failed.
 """
 
 from __future__ import annotations
@@ -30,164 +25,43 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import logging
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import signal
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from fractions import Fraction
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from agro import gym
-from agro.answers import extract_answer, final_answer, strip_math_delimiters
 from agro.errors import AgroError
+from agro.verifiers import BUILTIN_REWARDS, RewardFn, math_equal
 
-RewardFn = Callable[[str, str, str | None], float]
-
-# ---------------------------------------------------------------------------------------------
-# Gold answers (what a completion answers: agro.answers)
-# ---------------------------------------------------------------------------------------------
-def _reference_answer(answer: str) -> str:
-    """Gold answer as a bare answer: extracted when it is a full solution (boxed or ####), the entry's answer
-    when it is a reasoning-gym entry (`agro.gym`)."""
-    if (entry := gym.decode_answer(answer)) is not None:
-        return str(entry["answer"])
-    if "\\boxed" in answer or "\\fbox" in answer or "####" in answer:
-        return extract_answer(answer) or answer
-    return answer
+BATCHED_PARAMETERS = ("prompts", "completions", "completion_ids")
 
 
-# ---------------------------------------------------------------------------------------------
-# Answer equivalence
-# ---------------------------------------------------------------------------------------------
-
-_MAX_NUMBER_CHARS = 200  # longer strings are not plain numbers; bounds Fraction's work
-_DECIMAL = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_PLAIN_NUMBER_RE = re.compile(rf"(?P<sign>[+-]?)(?P<num>{_DECIMAL})(?:/(?P<den>{_DECIMAL}))?")
-_LATEX_FRACTION_RE = re.compile(
-    rf"(?P<sign>-?)\\[dt]?frac\{{(?P<num>[+-]?{_DECIMAL})\}}\{{(?P<den>[+-]?{_DECIMAL})\}}"
-)
-_THOUSANDS_SEPARATOR = r"(?:,|\{,\}|\\,|\\ | )"
-_GROUPED_NUMBER_RE = re.compile(rf"[+-]?\d{{1,3}}(?:{_THOUSANDS_SEPARATOR}\d{{3}})+(?:\.\d+)?")
-_SEPARATOR_RE = re.compile(_THOUSANDS_SEPARATOR)
-
-
-def _remove_thousands_separators(text: str) -> str:
-    """`1,000`, `1{,}000`, `1\\,000`, `1 000` -> `1000`; anything else unchanged."""
-    if _GROUPED_NUMBER_RE.fullmatch(text):
-        return _SEPARATOR_RE.sub("", text)
-    return text
-
-
-def _parse_number(text: str) -> tuple[Fraction, bool] | None:
-    """(exact value, has percent sign) of a plain numeric answer, or None if it is not one."""
-    text = strip_math_delimiters(text.strip())
-    if len(text) > _MAX_NUMBER_CHARS:
-        return None
-    is_percent = text.endswith("%")
-    if is_percent:
-        text = text.removesuffix("%").removesuffix("\\").rstrip()
-    text = text.removeprefix("\\$").removeprefix("$").strip()
-    text = _remove_thousands_separators(text)
-    match = _PLAIN_NUMBER_RE.fullmatch(text) or _LATEX_FRACTION_RE.fullmatch(text)
-    if match is None:
-        return None
-    value = Fraction(match["num"])
-    if match["den"] is not None:
-        denominator = Fraction(match["den"])
-        if denominator == 0:
-            return None
-        value /= denominator
-    return (-value if match["sign"] == "-" else value), is_percent
-
-
-def exact_numeric_equal(gold: str, prediction: str) -> bool:
-    """Exact rational equality of two numeric answers (ints, decimals, `a/b`, `\\frac{a}{b}`,
-    `1,000`, `$5`, `50%`); False when either is not a plain number. No sympy, bounded time."""
+def is_batched(fn: Callable) -> bool:
+    """TRL's convention: a parameter named prompts, completions or completion_ids, or **kwargs."""
     try:
-        parsed_gold, parsed_prediction = _parse_number(gold), _parse_number(prediction)
-    except (TypeError, ValueError, AttributeError):
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
         return False
-    if parsed_gold is None or parsed_prediction is None:
-        return False
-    (gold_value, gold_percent), (prediction_value, prediction_percent) = parsed_gold, parsed_prediction
-    if gold_percent == prediction_percent:
-        return gold_value == prediction_value
-    percent_value, other_value = (
-        (gold_value, prediction_value) if gold_percent else (prediction_value, gold_value)
-    )
-    return other_value in (percent_value, percent_value / 100)
+    return any(p.kind is p.VAR_KEYWORD or p.name in BATCHED_PARAMETERS for p in params)
 
 
-def math_equal(gold: str, prediction: str, timeout: float = 5.0) -> bool:
-    """Mathematical equivalence of two bare answers via math_verify; False on any failure.
+def function_name(fn: Callable) -> str:
+    """The name metrics use (`rewards/NAME/mean`, TRL's key): `__name__`, else the class name."""
+    return getattr(fn, "__name__", type(fn).__name__)
 
-    Both are normalized (math delimiters, thousands separators), wrapped in ``\\boxed{}`` and
-    parsed with math_verify's LaTeX and plain-expression extractors, so LaTeX and plain text mix
-    freely. ``timeout`` bounds each math_verify parse/compare step, rounded up to whole seconds
-    (math_verify uses signal.alarm); it only applies in the main thread, elsewhere the caller must
-    bound the time (RewardScorer's worker processes do).
-    """
-    # Imported here: math_verify pulls in sympy (~0.5 s), which only this function needs.
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-    from math_verify.errors import TimeoutException
-
-    try:
-        gold_text, prediction_text = (
-            _remove_thousands_separators(strip_math_delimiters(answer.strip()))
-            for answer in (gold, prediction)
-        )
-        if not gold_text or not prediction_text:
-            return False
-        use_alarm = timeout > 0 and threading.current_thread() is threading.main_thread()
-        seconds = max(1, math.ceil(timeout)) if use_alarm else None
-        config = [LatexExtractionConfig(), ExprExtractionConfig()]
-        parsed_gold, parsed_prediction = (
-            parse("\\boxed{" + text + "}", extraction_config=config, parsing_timeout=seconds)
-            for text in (gold_text, prediction_text)
-        )
-        if not parsed_gold or not parsed_prediction:
-            return False
-        return bool(verify(parsed_gold, parsed_prediction, timeout_seconds=seconds))
-    except (Exception, TimeoutException):
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Reward functions
-# ---------------------------------------------------------------------------------------------
-
-
-def exact_answer_reward(prompt: str, completion: str, answer: str | None) -> float:
-    """1.0 when the completion's final answer (`final_answer`) exactly equals the gold number, else 0.0."""
-    if answer is None:
-        return 0.0
-    prediction = final_answer(completion)
-    return float(prediction is not None and exact_numeric_equal(_reference_answer(answer), prediction))
-
-
-def math_reward(prompt: str, completion: str, answer: str | None) -> float:
-    """1.0 when the completion's final answer (`final_answer`) is math-equivalent to the gold answer, else 0.0."""
-    if answer is None:
-        return 0.0
-    prediction = final_answer(completion)
-    return float(prediction is not None and math_equal(_reference_answer(answer), prediction))
-
-
-BUILTIN_REWARDS: dict[str, RewardFn] = {"exact": exact_answer_reward, "math": math_reward,
-                                        "reasoning_gym": gym.reward}
-
-
-def load_reward_function(spec: str) -> RewardFn:
+def load_reward_function(spec: str) -> RewardFn | Callable:
     """Resolve ``"exact"``, ``"math"``, ``"package.module:function"`` or ``"path/to/file.py:function"``.
 
     Raises ValueError with a one-line message when the spec cannot be resolved to a callable.
@@ -256,28 +130,83 @@ BLOCKED_CPU_SHARE = 0.1
 MAX_WORKERS = 32  # workers at most, counting the extra ones started while calls are blocked
 
 
+
 class ScoringInterrupted(Exception):
     """`RewardScorer.should_stop` said stop during a batch; its calls were dropped (their workers killed)."""
 
 
 @dataclass
-class RewardResult:
-    """Rewards of one batch; failed samples (error, timeout, non-finite value) get 0.0."""
+class Samples:
+    """What reward functions see of a batch: aligned lists. `prompts` as the data has them (strings or chat
+    messages), `prompt_texts` as the model saw them (default: `prompts`), `columns` the other data columns
+    (batched functions get them as keywords), `groups` the prompt of each sample (one batched call each
+    run of equal groups; None: one call for all)."""
 
-    rewards: list[float]
+    prompts: list
+    completions: list[str]
+    answers: list[str | None]
+    prompt_texts: list[str] | None = None
+    completion_ids: list[list[int]] | None = None
+    columns: dict[str, list] = field(default_factory=dict)
+    groups: list | None = None
+
+    def __post_init__(self):
+        lengths = {len(self.prompts), len(self.completions), len(self.answers),
+                   *(len(v) for v in (self.prompt_texts, self.completion_ids, self.groups) if v is not None),
+                   *(len(v) for v in self.columns.values())}
+        if len(lengths) > 1:
+            raise ValueError(f"prompts, completions, answers and columns differ in length: {sorted(lengths)}")
+
+    def per_sample(self, i: int) -> tuple:
+        """The arguments (prompt text, completion, answer) of a per-sample call."""
+        return (self.prompt_texts or self.prompts)[i], self.completions[i], self.answers[i]
+
+    def batched(self, indices: list[int]) -> dict:
+        """The keyword arguments of a batched call on `indices`, as TRL's GRPOTrainer passes them."""
+        prompts = [self.prompts[i] for i in indices]
+        completions = [[{"role": "assistant", "content": self.completions[i]}] if isinstance(p, list)
+                       else self.completions[i] for i, p in zip(indices, prompts)]
+        kwargs = {name: [values[i] for i in indices] for name, values in self.columns.items()}
+        kwargs.update(prompts=prompts, completions=completions)
+        if self.completion_ids is not None:
+            kwargs["completion_ids"] = [self.completion_ids[i] for i in indices]
+        return kwargs
+
+    def calls(self, batched: bool) -> list[list[int]]:
+        """The samples of each call: one each, or (batched) each run of equal groups."""
+        if not batched:
+            return [[i] for i in range(len(self.completions))]
+        calls: list[list[int]] = []
+        for i in range(len(self.completions)):
+            if calls and self.groups is not None and self.groups[i] == self.groups[i - 1]:
+                calls[-1].append(i)
+            elif calls and self.groups is None:
+                calls[-1].append(i)
+            else:
+                calls.append([i])
+        return calls
+
+
+@dataclass
+class RewardResult:
+    """Rewards of one batch; failed samples (error, timeout, non-finite value) get 0.0, and a sample a
+    batched function gave None (status "none", no reward: not a failure) gets None."""
+
+    rewards: list[float | None]
     errors: int = 0  # the reward function raised
     timeouts: int = 0  # the call exceeded the per-call time limit and was killed
     non_finite: int = 0  # the call returned NaN, inf or a non-number
     first_failure: str | None = None  # description of the first failed sample, for logs
     unscored: int = 0  # calls never finished: the batch stopped once max_failure_fraction was exceeded
+    by_function: dict[str, list[float | None]] = field(default_factory=dict)  # several functions' own rewards
 
     @property
     def failures(self) -> int:
         return self.errors + self.timeouts + self.non_finite
 
-    def record(self, index: int, status: str, reward: float, detail: str | None) -> None:
-        self.rewards[index] = reward if status == "ok" else 0.0
-        if status == "ok":
+    def record(self, index: int, status: str, reward: float | None, detail: str | None) -> None:
+        self.rewards[index] = reward if status == "ok" else None if status == "none" else 0.0
+        if status in ("ok", "none"):
             return
         if status == "error":
             self.errors += 1
@@ -300,14 +229,10 @@ def _as_reward(value: object) -> float | None:
     return reward if math.isfinite(reward) else None
 
 
-def _call_reward(
-    fn: RewardFn, prompt: str, completion: str, answer: str | None
-) -> tuple[str, float, str | None]:
-    """(status, reward, detail) of one call; status is "ok", "error" or "non_finite"."""
-    try:
-        value = fn(prompt, completion, answer)
-    except (Exception, SystemExit) as error:
-        return "error", 0.0, _one_line(error)
+def _settle(value: object, allow_none: bool) -> tuple[str, float | None, str | None]:
+    """(status, reward, detail) of one returned value: "ok", "none" (batched None) or "non_finite"."""
+    if value is None and allow_none:
+        return "none", None, None
     reward = _as_reward(value)
     if reward is not None:
         return "ok", reward, None
@@ -315,18 +240,39 @@ def _call_reward(
     return "non_finite", 0.0, f"returned {shown}"
 
 
-def _serve(conn: multiprocessing.connection.Connection, spec: str, parent_pid: int) -> None:
-    """Worker process: load the reward function once, then answer calls until told to stop."""
+def call_reward(fn: Callable, batched: bool, args: tuple | dict) -> list[tuple[str, float | None, str | None]]:
+    """(status, reward, detail) of each sample of one call (`Samples.per_sample` or `Samples.batched` args);
+    a call that raises is an "error" for each of its samples."""
+    count = len(args["completions"]) if batched else 1
+    try:
+        value = fn(**args) if batched else fn(*args)
+    except (Exception, SystemExit) as error:
+        return [("error", 0.0, _one_line(error))] * count
+    if not batched:
+        return [_settle(value, allow_none=False)]
+    if isinstance(value, str | bytes | dict) or not hasattr(value, "__len__") or len(value) != count:
+        shown = f"{len(value)} values" if hasattr(value, "__len__") else f"a {type(value).__name__}"
+        return [("error", 0.0, f"returned {shown} for {count} samples")] * count
+    return [_settle(v, allow_none=True) for v in value]
+
+
+def _serve(conn: multiprocessing.connection.Connection, source: str | Callable, parent_pid: int) -> None:
+    """Worker process: load the reward function once (a spec) or use the inherited one (fork), then answer
+    calls until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the trainer's handler
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its timeouts just mean "not equal"
-    try:
-        fn = load_reward_function(spec)
-    except ValueError as error:
-        conn.send(("load_error", str(error)))
-        return
-    if spec == "math":
-        math_equal("1", "1")  # warm up sympy/latex2sympy so the first real call is not slow
+    fn = source
+    if isinstance(source, str):
+        try:
+            fn = load_reward_function(source)
+        except ValueError as error:
+            conn.send(("load_error", str(error)))
+            return
+        if source == "math":
+            math_equal("1", "1")  # warm up sympy/latex2sympy so the first real call is not slow
+    batched = is_batched(fn)
     conn.send(("ready",))
     while True:
         try:
@@ -335,8 +281,8 @@ def _serve(conn: multiprocessing.connection.Connection, spec: str, parent_pid: i
             return
         if request is None:
             return
-        index, prompt, completion, answer = request
-        conn.send(("result", index, *_call_reward(fn, prompt, completion, answer)))
+        task, args = request
+        conn.send(("result", task, call_reward(fn, batched, args)))
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -349,23 +295,25 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 class _Worker:
     """One long-lived worker process and the parent's end of its pipe."""
 
-    def __init__(self, context, spec: str) -> None:
+    def __init__(self, context, source: str | Callable) -> None:
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(child_conn, spec, os.getpid()), daemon=True, name="agro-reward-worker"
+            target=_serve, args=(child_conn, source, os.getpid()), daemon=True, name="agro-reward-worker"
         )
-        self.process.start()
+        with warnings.catch_warnings():  # fork: "multi-threaded, may deadlock"; the child only runs `source`
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.process.start()
         child_conn.close()
         self.started_at = time.monotonic()
         self.ready = False
-        self.task: int | None = None  # index of the sample being scored
+        self.task: int | None = None  # the call being made (an index into RewardScorer's calls)
         self.deadline = math.inf
         self.blocked = False  # its call has been waiting without using the CPU (sleep, I/O, a lock)
         self._cpu_mark: tuple[float, float | None] = (0.0, None)  # (when, CPU seconds then)
 
-    def assign(self, index: int, prompt: str, completion: str, answer: str | None, timeout: float) -> None:
-        self.conn.send((index, prompt, completion, answer))
-        self.task = index
+    def assign(self, task: int, args: tuple | dict, timeout: float) -> None:
+        self.conn.send((task, args))
+        self.task = task
         now = time.monotonic()
         self.deadline = now + timeout
         self.blocked = False
@@ -412,23 +360,23 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 
 class RewardScorer:
-    """Scores batches with a reward function, with a hard per-call time limit.
+    """Scores batches with one reward function, with a hard per-call time limit.
 
-    Calls run in long-lived ``spawn`` worker processes fed one sample at a time over pipes; a call
-    that exceeds ``timeout`` seconds has its worker killed and counts as a timeout. ``num_workers``
-    calls run at a time. A call that waits without using the CPU (sleeping, blocked on I/O or a lock)
-    for BLOCKED_WINDOW s stops counting against that limit, and the next call starts in an extra
-    worker (MAX_WORKERS in all, or ``max_workers``): so the time limits of calls that hang waiting run
-    in parallel, not one after another. Extra workers stop at the end of the batch.
-    ``in_process=None`` runs the built-in ``exact`` in the calling process (it cannot hang) and
-    everything else in workers; in-process calls have no time limit. ``should_stop``, when set, is
-    polled during a batch: once it returns True the batch's calls are dropped and `score` raises
+    Calls run in long-lived worker processes (``spawn`` for a spec, ``fork`` for a callable) fed one call
+    at a time over pipes; a call that exceeds ``timeout`` seconds has its worker killed and counts as a
+    timeout for each of its samples. ``num_workers`` calls run at a time. A call that waits without using
+    the CPU (sleeping, blocked on I/O or a lock) for BLOCKED_WINDOW s stops counting against that limit,
+    and the next call starts in an extra worker (MAX_WORKERS in all, or ``max_workers``): so the time
+    limits of calls that hang waiting run in parallel, not one after another. Extra workers stop at the
+    end of the batch. ``in_process=None`` runs the built-in ``exact`` in the calling process (it cannot
+    hang) and everything else in workers; in-process calls have no time limit. ``should_stop``, when set,
+    is polled during a batch: once it returns True the batch's calls are dropped and `score` raises
     ScoringInterrupted. Not thread-safe.
     """
 
     def __init__(
         self,
-        spec: str,
+        spec: str | Callable,
         timeout: float = 10.0,
         num_workers: int = 1,
         in_process: bool | None = None,
@@ -438,16 +386,21 @@ class RewardScorer:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        self.spec = spec
+        if not isinstance(spec, str) and not callable(spec):
+            raise ValueError(f"a reward function is a spec string or a callable, got a {type(spec).__name__}")
         self.timeout = float(timeout)
         self.num_workers = num_workers
         self.max_workers = max(num_workers, MAX_WORKERS if max_workers is None else max_workers)
         self.should_stop: Callable[[], bool] | None = None
-        self.fn = load_reward_function(spec)  # fails fast, in the caller, on a bad spec
+        self.fn = load_reward_function(spec) if isinstance(spec, str) else spec  # a bad spec fails here
+        self.spec = spec if isinstance(spec, str) else function_name(spec)
+        self.name = function_name(self.fn)
+        self.batched = is_batched(self.fn)
         self.in_process = spec == "exact" if in_process is None else in_process
-        self._worker_spec = absolute_spec(spec)
-        self._context = multiprocessing.get_context("spawn")
+        self._source = absolute_spec(spec) if isinstance(spec, str) else spec
+        self._context = multiprocessing.get_context("spawn" if isinstance(spec, str) else "fork")
         self._workers: list[_Worker] = []
+        self._calls: list[tuple[list[int], tuple | dict]] = []  # the batch's calls: (sample indices, args)
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_all, self._workers)
         if not self.in_process:
@@ -461,49 +414,63 @@ class RewardScorer:
         max_failure_fraction: float | None = None,
         on_result: Callable[[int, str, str | None], None] | None = None,
     ) -> RewardResult:
-        """Rewards for aligned lists of prompts, completions and gold answers.
+        """Rewards for aligned lists of prompts, completions and gold answers (`score_samples`; a batched
+        function gets the answers as the `answer` column)."""
+        samples = Samples(prompts, completions, answers, columns={"answer": answers})
+        return self.score_samples(samples, max_failure_fraction, on_result)
+
+    def score_samples(
+        self,
+        samples: Samples,
+        max_failure_fraction: float | None = None,
+        on_result: Callable[[int, str, str | None], None] | None = None,
+    ) -> RewardResult:
+        """Rewards of `samples`.
 
         ``max_failure_fraction``: stop as soon as more than this fraction of the batch has failed
-        (the calls left are counted in ``unscored``). ``on_result(index, status, detail)`` is called
-        as each call settles (status "ok", "error", "timeout" or "non_finite").
+        (the samples left are counted in ``unscored``). ``on_result(index, status, detail)`` is called
+        as each sample settles (status "ok", "none", "error", "timeout" or "non_finite").
         """
         if self._closed:
             raise RuntimeError("RewardScorer is closed")
-        if not len(prompts) == len(completions) == len(answers):
-            raise ValueError(
-                f"prompts, completions and answers differ in length: "
-                f"{len(prompts)}, {len(completions)}, {len(answers)}"
-            )
-        result = RewardResult(rewards=[0.0] * len(prompts))
+        count = len(samples.completions)
+        result = RewardResult(rewards=[0.0] * count)
+        self._calls = [(indices, samples.batched(indices) if self.batched else samples.per_sample(indices[0]))
+                       for indices in samples.calls(self.batched)]
         if self.in_process:
-            for index, sample in enumerate(zip(prompts, completions, answers)):
+            for task, (indices, args) in enumerate(self._calls):
                 self._check_stop()
-                status, reward, detail = _call_reward(self.fn, *sample)
-                result.record(index, status, reward, detail)
-                if on_result is not None:
-                    on_result(index, status, detail)
+                self._record(task, call_reward(self.fn, self.batched, args), result, on_result)
                 if _too_many(result, max_failure_fraction):
-                    result.unscored = len(prompts) - index - 1
+                    result.unscored = count - indices[-1] - 1
                     break
-        elif prompts:
-            self._score_in_workers(prompts, completions, answers, result, max_failure_fraction, on_result)
+        elif count:
+            self._score_in_workers(result, max_failure_fraction, on_result)
         return result
+
+    def _record(self, task: int, outcomes: list, result: RewardResult, on_result, detail: str | None = None) -> None:
+        """Record the outcome of each sample of call `task` (`detail`: the same failure for all of them)."""
+        indices = self._calls[task][0]
+        for index, (status, reward, said) in zip(indices, outcomes):
+            result.record(index, status, reward, said if detail is None else detail)
+            if on_result is not None:
+                on_result(index, status, said if detail is None else detail)
 
     def _check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
             raise ScoringInterrupted("reward scoring stopped on request")
 
-    def _score_in_workers(self, prompts, completions, answers, result: RewardResult,
-                          max_failure_fraction: float | None, on_result) -> None:
+    def _score_in_workers(self, result: RewardResult, max_failure_fraction: float | None, on_result) -> None:
         self._start_missing_workers()
-        pending = deque(range(len(prompts)))
+        pending = deque(range(len(self._calls)))
         try:
             while pending or self._busy():
-                self._dispatch(pending, prompts, completions, answers)
+                self._dispatch(pending)
                 self._wait_and_collect(result, on_result)
                 self._check_stop()
                 if _too_many(result, max_failure_fraction):
-                    result.unscored = len(pending) + len(self._busy())
+                    result.unscored = sum(len(self._calls[t][0]) for t in pending) + sum(
+                        len(self._calls[w.task][0]) for w in self._busy())
                     self._drop_busy()
                     return
         except BaseException:
@@ -517,8 +484,8 @@ class RewardScorer:
     def _busy(self) -> list[_Worker]:
         return [worker for worker in self._workers if worker.task is not None]
 
-    def _dispatch(self, pending: deque, prompts, completions, answers) -> None:
-        """Hand pending samples to idle workers while fewer than `num_workers` calls run (blocked calls
+    def _dispatch(self, pending: deque) -> None:
+        """Hand pending calls to idle workers while fewer than `num_workers` calls run (blocked calls
         do not count), and start extra workers for them while calls are blocked."""
         now = time.monotonic()
         for worker in self._busy():
@@ -526,11 +493,11 @@ class RewardScorer:
         slots = self.num_workers - sum(not worker.blocked for worker in self._busy())
         for worker in list(self._workers):
             if pending and slots > 0 and worker.ready and worker.task is None:
-                index = pending.popleft()
+                task = pending.popleft()
                 try:
-                    worker.assign(index, prompts[index], completions[index], answers[index], self.timeout)
-                except OSError:  # it died while idle: retry the sample on a fresh worker
-                    pending.appendleft(index)
+                    worker.assign(task, self._calls[task][1], self.timeout)
+                except OSError:  # it died while idle: retry the call on a fresh worker
+                    pending.appendleft(task)
                     self._retire(worker)
                     continue
                 slots -= 1
@@ -542,7 +509,7 @@ class RewardScorer:
         unassigned = sum(worker.task is None for worker in self._workers)  # starting, or ready and idle
         extra = min(len(pending), max(slots, blocked)) - unassigned
         for _ in range(min(extra, self.max_workers - len(self._workers))):
-            self._workers.append(_Worker(self._context, self._worker_spec))
+            self._workers.append(_Worker(self._context, self._source))
 
     def _wait_and_collect(self, result: RewardResult, on_result) -> None:
         """Wait for the next message, deadline or poll; record results, retire timed-out/dead workers."""
@@ -565,11 +532,9 @@ class RewardScorer:
                 self._handle_dead_worker(worker, result, on_result)
                 continue
             if message[0] == "result":
-                _, index, status, reward, detail = message
-                result.record(index, status, reward, detail)
+                _, task, outcomes = message
                 worker.task, worker.deadline, worker.blocked = None, math.inf, False
-                if on_result is not None:
-                    on_result(index, status, detail)
+                self._record(task, outcomes, result, on_result)
             elif message[0] == "ready":
                 worker.ready = True
             else:
@@ -578,16 +543,18 @@ class RewardScorer:
         now = time.monotonic()
         for worker in list(waiting.values()):
             if worker.task is not None and now >= worker.deadline and worker in self._workers:
-                index, detail = worker.task, f"exceeded {self.timeout:g} s"
-                result.record(index, "timeout", 0.0, detail)
+                task = worker.task
                 self._retire(worker)
-                if on_result is not None:
-                    on_result(index, "timeout", detail)
+                self._fail(task, "timeout", f"exceeded {self.timeout:g} s", result, on_result)
             elif not worker.ready and now >= worker.started_at + WORKER_START_TIMEOUT:
                 self.close()
                 raise RuntimeError(
                     f"reward worker for {self.spec!r} not ready after {WORKER_START_TIMEOUT:g} s"
                 )
+
+    def _fail(self, task: int, status: str, detail: str, result: RewardResult, on_result) -> None:
+        """Every sample of call `task` failed the same way."""
+        self._record(task, [(status, 0.0, detail)] * len(self._calls[task][0]), result, on_result, detail)
 
     def _handle_dead_worker(self, worker: _Worker, result: RewardResult, on_result) -> None:
         worker.process.join(timeout=1.0)
@@ -597,17 +564,15 @@ class RewardScorer:
             raise RuntimeError(
                 f"reward worker for {self.spec!r} exited during start-up (exit code {exit_code})"
             )
-        index, detail = worker.task, f"worker process died (exit code {exit_code})"
-        result.record(index, "error", 0.0, detail)
+        task = worker.task
         self._retire(worker)
-        if on_result is not None:
-            on_result(index, "error", detail)
+        self._fail(task, "error", f"worker process died (exit code {exit_code})", result, on_result)
 
     def _retire(self, worker: _Worker) -> None:
         """Stop a worker and drop it from the pool (`_start_missing_workers` tops the pool up)."""
         self._workers.remove(worker)
         worker.stop()
-        worker.task = None  # its sample is settled; it must not time out again
+        worker.task = None  # its call is settled; it must not time out again
 
     def _drop_busy(self) -> None:
         for worker in self._busy():
@@ -620,7 +585,11 @@ class RewardScorer:
 
     def _start_missing_workers(self) -> None:
         while len(self._workers) < self.num_workers:
-            self._workers.append(_Worker(self._context, self._worker_spec))
+            self._workers.append(_Worker(self._context, self._source))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Stop all worker processes; the scorer cannot be used afterwards."""

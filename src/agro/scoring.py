@@ -1,12 +1,20 @@
-"""Scoring a batch: the rewards of generations that have none, with a step's failure accounting, and
-what a completion cut at the length limit counts for (`truncated_completions`, `agro.answers`).
+"""Scoring a batch: several reward functions summed with weights, the rewards of generations that have
+none, a step's failure accounting, and what a completion cut at the length limit counts for
+(`truncated_completions`, `agro.answers`).
 
-A failed reward call (error, timeout, non-finite or |r| > data.MAX_ABS_REWARD) scores 0 and is counted;
-more than `max_reward_failure_fraction` of a step's calls failing stops the run. The calls themselves
-(worker processes, time limits) are `agro.rewards.RewardScorer`'s.
+    r = Σ_k w_k r_k   over the functions k that gave the sample a reward (TRL's nansum)
+
+A sample no function gave a reward (every one returned None) has none: it leaves its group and the
+loss (weight 0, as `truncated_completions: mask` does; TRL: NaN reward, advantage 0). A failed reward call
+(error, timeout, non-finite or |r| > data.MAX_ABS_REWARD) scores 0 and is counted; more than
+`max_reward_failure_fraction` of a step's (sample, function) results failing stops the run. The calls
+themselves (worker processes, time limits) are `agro.rewards.RewardScorer`'s.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
@@ -15,16 +23,103 @@ from agro.answers import is_truncated
 from agro.batch import with_values
 from agro.buffer import Generation
 from agro.errors import AgroError
-from agro.rewards import RewardResult, RewardScorer
+from agro.rewards import RewardResult, RewardScorer, Samples
 
 
-def score(scorer: RewardScorer, gens: list[Generation], step: int, max_failure_fraction: float,
-          eos_ids: set[int], truncated_completions: str = "keep") -> tuple[list[Generation], dict[str, float]]:
-    """(`gens` with rewards, failure counts): the same keys every step. `step`: the steps already taken.
+class RewardFunctions:
+    """Reward functions (`RewardScorer`s) and their weights, scored as one: `score_samples` gives Σ_k w_k r_k
+    (None where no function gave a reward) and each function's rewards in `RewardResult.by_function`."""
+
+    def __init__(self, scorers: list[RewardScorer], weights: list[float] | None = None):
+        if weights is not None and len(weights) != len(scorers):
+            raise AgroError(f"config: key 'reward_weights': {len(weights)} weights for {len(scorers)} reward "
+                            "functions")
+        self.scorers, self.weights = scorers, [1.0] * len(scorers) if weights is None else list(weights)
+        names = [s.name for s in scorers]
+        self.names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+    def __len__(self) -> int:
+        return len(self.scorers)
+
+    @property
+    def should_stop(self) -> Callable[[], bool] | None:
+        return self.scorers[0].should_stop
+
+    @should_stop.setter
+    def should_stop(self, check: Callable[[], bool] | None) -> None:
+        for scorer in self.scorers:
+            scorer.should_stop = check
+
+    def score(self, prompts: list[str], completions: list[str], answers: list[str | None],
+              max_failure_fraction: float | None = None, on_result=None) -> RewardResult:
+        """`score_samples` of texts with their gold answers (the `answer` column)."""
+        return self.score_samples(Samples(prompts, completions, answers, columns={"answer": answers}),
+                                  max_failure_fraction, on_result)
+
+    def score_samples(self, samples: Samples, max_failure_fraction: float | None = None,
+                      on_result=None) -> RewardResult:
+        """Each function's rewards, and their weighted sum; failures of all functions counted together.
+        `on_result(index, status, detail)` as each (sample, function) settles."""
+        results = [scorer.score_samples(samples, max_failure_fraction, on_result) for scorer in self.scorers]
+        combined = RewardResult(rewards=[None] * len(samples.completions))
+        for i in range(len(samples.completions)):
+            given = [(w, r.rewards[i]) for w, r in zip(self.weights, results) if r.rewards[i] is not None]
+            combined.rewards[i] = sum(w * x for w, x in given) if given else None
+        for r in results:
+            combined.errors, combined.timeouts = combined.errors + r.errors, combined.timeouts + r.timeouts
+            combined.non_finite, combined.unscored = combined.non_finite + r.non_finite, combined.unscored + r.unscored
+            combined.first_failure = combined.first_failure or r.first_failure
+        combined.by_function = {name: r.rewards for name, r in zip(self.names, results)}
+        return combined
+
+    def close(self) -> None:
+        for scorer in self.scorers:
+            scorer.close()
+
+    @property
+    def closed(self) -> bool:
+        return any(scorer.closed for scorer in self.scorers)
+
+    def __enter__(self) -> RewardFunctions:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def function_metrics(by_function: dict[str, list[float | None]]) -> dict[str, float]:
+    """TRL's `rewards/NAME/mean` and `rewards/NAME/std` over the samples each function gave a reward (NaN: none)."""
+    metrics = {}
+    for name, rewards in by_function.items():
+        given = [r for r in rewards if r is not None]
+        mean = sum(given) / len(given) if given else math.nan
+        var = sum((r - mean) ** 2 for r in given) / (len(given) - 1) if len(given) > 1 else math.nan
+        metrics[f"rewards/{name}/mean"], metrics[f"rewards/{name}/std"] = mean, math.sqrt(var) if given else math.nan
+    return metrics
+
+
+def samples_of(gens: list[Generation], columns: dict[str, dict], prompts: dict[str, object]) -> Samples:
+    """What reward functions see of `gens`: the prompt as the data has it (`prompts` by prompt key; default the
+    text), and the data columns of its prompt (`columns` by prompt key; a column a prompt lacks is None)."""
+    names = list(dict.fromkeys(name for g in gens for name in columns.get(g.group, {})))
+    return Samples(prompts=[prompts.get(g.group, g.prompt) for g in gens], completions=[g.completion for g in gens],
+                   answers=[g.answer for g in gens], prompt_texts=[g.prompt for g in gens],
+                   completion_ids=[list(g.completion_ids) for g in gens],
+                   columns={n: [columns.get(g.group, {}).get(n) for g in gens] for n in names},
+                   groups=[g.group for g in gens])
+
+
+def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step: int, max_failure_fraction: float,
+          eos_ids: set[int], truncated_completions: str = "keep", columns: dict[str, dict] | None = None,
+          prompts: dict[str, object] | None = None) -> tuple[list[Generation], dict[str, float]]:
+    """(`gens` with rewards, failure counts and each function's mean): the same keys every step. `step`: the
+    steps already taken; `columns` and `prompts`: the data columns and prompts of each prompt key (`samples_of`).
 
     A cut completion (no EOS at its end) without a reward of its own scores 0 with no call under
-    truncated_completions "zero"; under "mask" it is scored, and its weight is 0.
+    truncated_completions "zero"; under "mask" it is scored, and its weight is 0. A sample no function
+    gave a reward scores 0 with weight 0.
     """
+    rewards = rewards if isinstance(rewards, RewardFunctions) else RewardFunctions([rewards])
     cut = [i for i, g in enumerate(gens) if is_truncated(g.completion_ids, eos_ids)]
     if truncated_completions == "zero":
         unscored = [i for i in cut if gens[i].reward is None]
@@ -32,7 +127,7 @@ def score(scorer: RewardScorer, gens: list[Generation], step: int, max_failure_f
     elif truncated_completions == "mask":
         gens = with_values(gens, "weight", cut, [0.0] * len(cut))
     todo = [i for i, g in enumerate(gens) if g.reward is None]
-    result = RewardResult(rewards=[])
+    result = RewardResult(rewards=[], by_function={name: [] for name in rewards.names})
 
     def report_timeout(index: int, status: str, detail: str | None) -> None:
         if status == "timeout":
@@ -40,35 +135,50 @@ def score(scorer: RewardScorer, gens: list[Generation], step: int, max_failure_f
 
     if todo:
         try:
-            result = scorer.score([gens[i].prompt for i in todo], [gens[i].completion for i in todo],
-                                  [gens[i].answer for i in todo], max_failure_fraction, report_timeout)
+            result = rewards.score_samples(samples_of([gens[i] for i in todo], columns or {}, prompts or {}),
+                                           max_failure_fraction, report_timeout)
         except (ValueError, RuntimeError) as err:  # the reward function cannot be loaded in its workers
             raise AgroError(f"config: key 'reward_function': {str(err).splitlines()[0]}") from None
     for i, r in enumerate(result.rewards[: len(todo)]):
-        if abs(r) > data.MAX_ABS_REWARD:  # the bound offline records have; 1e300 would be inf in float32
-            result.record(i, "non_finite", 0.0, f"returned {r!r}, |reward| > {data.MAX_ABS_REWARD:g}")
+        values = [r, *(v[i] for v in result.by_function.values())]
+        big = next((v for v in values if v is not None and abs(v) > data.MAX_ABS_REWARD), None)
+        if big is not None:  # the bound offline records have; 1e300 would be inf in float32
+            result.record(i, "non_finite", 0.0, f"returned {big!r}, |reward| > {data.MAX_ABS_REWARD:g}")
+            for rewards_of in result.by_function.values():
+                rewards_of[i] = 0.0
     scored = todo[: len(result.rewards)]
-    gens = with_values(gens, "reward", scored, [float(result.rewards[j]) for j in range(len(scored))])
-    if todo and result.failures / len(todo) > max_failure_fraction:
+    none = [i for j, i in enumerate(scored) if result.rewards[j] is None]
+    gens = with_values(gens, "reward", scored, [float(result.rewards[j] or 0.0) for j in range(len(scored))])
+    gens = with_values(gens, "weight", none, [0.0] * len(none))
+    calls = len(todo) * len(rewards)
+    if todo and result.failures / calls > max_failure_fraction:
         stopped = f" (stopped there, {result.unscored} calls not run)" if result.unscored else ""
-        raise AgroError(f"step {step + 1}: {result.failures} of {len(todo)} reward calls failed "
+        raise AgroError(f"step {step + 1}: {result.failures} of {calls} reward calls failed "
                         f"({result.errors} errors, {result.timeouts} timeouts, {result.non_finite} non-finite), "
                         f"above max_reward_failure_fraction {max_failure_fraction}{stopped}; "
                         f"first: {result.first_failure}")
     return gens, {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
-                  "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite)}
+                  "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite),
+                  "reward_none": float(len(none)), **function_metrics(result.by_function)}
 
 
-def score_texts(scorer: RewardScorer, prompts: list[str], texts: list[str], answers: list[str | None],
-                cut: list[bool], truncated_completions: str, on_result=None) -> tuple[list[float], RewardResult]:
+def score_texts(scorer: RewardScorer | RewardFunctions, prompts: list[str], texts: list[str],
+                answers: list[str | None], cut: list[bool], truncated_completions: str,
+                on_result=None, samples: Samples | None = None) -> tuple[list[float], RewardResult]:
     """(rewards, the calls' result) of completions outside training (`agro eval`, `agro generate`): a cut one
-    scores 0 without a call unless truncated_completions is "keep", as in `score`."""
+    scores 0 without a call unless truncated_completions is "keep", as in `score`; no reward (None) is 0.
+    `samples`: what batched functions see of them (default: the texts, and the answers as a column)."""
     todo = [i for i in range(len(texts)) if truncated_completions == "keep" or not cut[i]]
-    result = scorer.score([prompts[i] for i in todo], [texts[i] for i in todo], [answers[i] for i in todo],
-                          on_result=on_result)
+    samples = samples or Samples(prompts, texts, answers, columns={"answer": answers})
+    picked = Samples(
+        [samples.prompts[i] for i in todo], [texts[i] for i in todo], [answers[i] for i in todo],
+        [prompts[i] for i in todo], None if samples.completion_ids is None else [samples.completion_ids[i] for i in todo],
+        {name: [values[i] for i in todo] for name, values in samples.columns.items()},
+        None if samples.groups is None else [samples.groups[i] for i in todo])
+    result = scorer.score_samples(picked, on_result=on_result)
     rewards = [0.0] * len(texts)
     for i, r in zip(todo, result.rewards):
-        rewards[i] = r
+        rewards[i] = r or 0.0
     return rewards, result
 
 

@@ -30,21 +30,31 @@ from agro import batch, checkpoint, scoring, tracking
 from agro.actor import Actor
 from agro.async_actor import ActorDied, AsyncActor, start_async_actor
 from agro.buffer import GenerationBatch, ReplayBuffer
+from agro.callbacks import Callbacks
 from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
-from agro.evaluate import evaluate, load_eval_problems
+from agro.evaluate import evaluate
 from agro.learner import Learner, check_distributed
-from agro.models import load_tokenizer, merged_copy
+from agro.models import merged_copy
 from agro.prompts import PromptPool
-from agro.rewards import RewardScorer, ScoringInterrupted
+from agro.rewards import ScoringInterrupted
 from agro.rollout import make_generator
+from agro.run_inputs import RunInputs
 from agro.tokens import eos_token_ids
+
+
+def _clock(device: torch.device) -> float:
+    """Wall time once the device's queued kernels are done, so that GPU phase times count them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 class Trainer:
     """A run: its parts (prompts, actor, learner, scorer, replay), the step, and the loop around it."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False):
+    def __init__(self, config: TrainConfig, resume: bool = False, inputs: RunInputs | None = None):
+        """`inputs`: what was given as Python objects (`agro.AGROTrainer`); the rest is loaded from `config`."""
         self.config = c = config
         self.output_dir = Path(config.output_dir)
         checkpoint.check_output_dir(self.output_dir, resume)
@@ -60,20 +70,19 @@ class Trainer:
             torch.set_num_threads(c.num_threads)
         check_distributed(c, self.accelerator)
         set_seed(c.seed)
-        self.tokenizer = load_tokenizer(c.tokenizer_name_or_path or c.model_name_or_path, c.trust_remote_code)
-        self.prompts = PromptPool(c, self.tokenizer)
+        inputs = (inputs or RunInputs()).resolve(c)
+        self.tokenizer, self.scorer, self.eval_problems = inputs.tokenizer, inputs.rewards, inputs.eval_problems
+        self.prompts = PromptPool(c, self.tokenizer, inputs.problems, inputs.offline)
         saved = checkpoint.list_checkpoints(self.output_dir) if resume else []
-        self.learner = Learner(c, self.accelerator, self.tokenizer.pad_token_id, saved[-1] if saved else None)
+        self.learner = Learner(c, self.accelerator, self.tokenizer.pad_token_id, saved[-1] if saved else None,
+                               inputs.model)
         self.eos_ids = eos_token_ids(self.tokenizer, self.policy)  # a completion without one at its end was cut
         generator = make_generator(c.generation_backend, self.tokenizer, c.max_completion_length, c.temperature,
                                    c.top_p, c.generation_batch_size, c.vllm_gpu_memory_utilization,
                                    c.model_name_or_path, c.max_prompt_length + c.max_completion_length,
                                    c.cache_implementation, c.bf16)
         self.actor = Actor(generator, self.tokenizer, self.prompts, c.num_generations, self.rank, self.world)
-        try:
-            self.scorer = RewardScorer(c.reward_function, timeout=c.reward_timeout, num_workers=c.reward_workers)
-        except ValueError as err:
-            raise AgroError(f"config: key 'reward_function': {err}") from None
+        self.callbacks = Callbacks(inputs.callbacks, c, self)
         self.replay = ReplayBuffer(c.replay_max_staleness, c.replay_weight)
         self.step = 0
         self.batch: GenerationBatch | None = None  # the generation batch still in use (num_iterations)
@@ -90,12 +99,6 @@ class Trainer:
         """The policy causal LM, unwrapped (generation, evaluation, saving)."""
         return self.learner.policy
 
-    def _clock(self) -> float:
-        """Wall time once the device's queued kernels are done, so that GPU phase times count them."""
-        if self.accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def train_step(self) -> dict[str, float]:
         """One optimizer step; a new generation batch at the first of every `num_iterations` steps.
 
@@ -105,12 +108,12 @@ class Trainer:
         """
         c = self.config
         times = {}
-        t0 = self._clock()
+        t0 = _clock(self.accelerator.device)
         first = self.batch is None
         self.actor.sync_weights(self.policy, self.step)  # asynchronous: sent, and batches up to step + k submitted
         if first:
             keys, on_policy = self.actor.next_batch(self.step)
-            times["time_generation"] = self._clock() - t0
+            times["time_generation"] = _clock(self.accelerator.device) - t0
             rng = batch.group_rng(c.seed, self.step, self.rank)
             assembled = batch.assemble(keys, on_policy, self.prompts.offline_by_group, self.replay, self.step,
                                        c.offline_per_group, c.replay_per_group, rng)
@@ -119,14 +122,15 @@ class Trainer:
             times["time_generation"] = 0.0
         keys, gens = self.batch.keys, self.batch.generations
         self.iteration += 1
-        t1 = self._clock()
+        t1 = _clock(self.accelerator.device)
         gens, reward_metrics = scoring.score(self.scorer, gens, self.step, c.max_reward_failure_fraction,
-                                             self.eos_ids, c.truncated_completions)
-        times["time_reward"] = self._clock() - t1
-        t1 = self._clock()
+                                             self.eos_ids, c.truncated_completions, self.prompts.columns,
+                                             self.prompts.raw_prompts)
+        times["time_reward"] = _clock(self.accelerator.device) - t1
+        t1 = _clock(self.accelerator.device)
         gens = self.learner.with_reference(gens)
-        times["time_reference"] = self._clock() - t1
-        t1 = self._clock()
+        times["time_reference"] = _clock(self.accelerator.device) - t1
+        t1 = _clock(self.accelerator.device)
         logprobs_now, graph = self.learner.policy_logprobs(gens)
         old = self.batch.old_logprobs
         if first:  # the sampling policy's log-probs: behaviour log-probs (ratios, replay) and GRPO's π_old
@@ -135,10 +139,10 @@ class Trainer:
         self.batch = GenerationBatch(keys, gens, old)
         tensors = batch.tensors(gens, keys, logprobs_now, old)
         out = self.learner.backward(gens, tensors, graph)
-        times["time_policy"] = self._clock() - t1
-        t1 = self._clock()
+        times["time_policy"] = _clock(self.accelerator.device) - t1
+        t1 = _clock(self.accelerator.device)
         loss, opt = self.learner.step(out)
-        times["time_optimizer"] = self._clock() - t1
+        times["time_optimizer"] = _clock(self.accelerator.device) - t1
         self.step += 1
         if first:  # offline records keep their reward and π_ref log-probs for later draws
             offline = [g for g in assembled if g.source == "offline"]
@@ -149,7 +153,7 @@ class Trainer:
             self.replay.evict(self.step)
         if self.iteration >= c.num_iterations:
             self.batch = None
-        elapsed = self._clock() - t0
+        elapsed = _clock(self.accelerator.device) - t0
         tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
         metrics = {"step": self.step, "iteration": self.iteration, "loss": loss, **opt, **reward_metrics, **times,
                    "time_step": elapsed, "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
@@ -187,6 +191,7 @@ class Trainer:
         if acc.is_main_process:
             path = checkpoint.publish(staging, self.output_dir, self.step, self.config.save_total_limit)
         acc.wait_for_everyone()
+        self.callbacks.call("save", self.step)
         return path
 
     def _resume(self, path: Path) -> None:
@@ -233,7 +238,7 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         if self.world == 1:  # a signal stops reward scoring at once (several processes stop between steps)
             self.scorer.should_stop = lambda: self._stop_signal is not None
-        eval_problems = load_eval_problems(c)
+        eval_problems = self.eval_problems
         last: dict = {}
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not main, desc="agro", dynamic_ncols=True)
         try:
@@ -241,9 +246,10 @@ class Trainer:
                 first_step = self.step + (c.num_iterations - self.iteration if self.batch is not None else 0)
                 self.actor = start_async_actor(c, self.policy, self.tokenizer, self.prompts, first_step)
                 tqdm.write(f"agro: actor process {self.actor.pid}: generating up to {c.max_staleness} updates ahead")
-            if eval_problems and self.step == 0 and (accuracy := self._evaluate(eval_problems)):
+            self.callbacks.call("train_begin", self.step)
+            if eval_problems and self.step == 0 and (accuracy := self.run_evaluation(eval_problems)):
                 self._log(metrics_log, {"step": 0, **accuracy})
-            while self.step < c.max_steps and self._stop_signal is None:
+            while self.step < c.max_steps and self._stop_signal is None and not self.callbacks.should_stop:
                 start = (self.prompts.epoch, self.prompts.position, list(self.prompts.ahead), checkpoint.rng_state(),
                          self.batch, self.iteration)
                 try:
@@ -257,8 +263,9 @@ class Trainer:
                     kept = f"{saved[-1]} is kept: rerun with --resume" if saved else "no checkpoint was saved yet"
                     raise AgroError(f"step {self.step + 1}: {err}; {kept}") from None
                 metrics["skipped_records"] = float(self.prompts.skipped_records)
+                self.callbacks.call("step_end", self.step)
                 if eval_problems and c.eval_steps and self.step % c.eval_steps == 0 and self.step < c.max_steps:
-                    metrics.update(self._evaluate(eval_problems))
+                    metrics.update(self.run_evaluation(eval_problems))
                 if self.step % c.logging_steps == 0 or self.step == c.max_steps:
                     self._log(metrics_log, metrics)
                 self._check_finite(metrics)
@@ -273,11 +280,12 @@ class Trainer:
             bar.close()
             self.save_checkpoint()
             if eval_problems:
-                last.update(self._evaluate(eval_problems))
+                last.update(self.run_evaluation(eval_problems))
                 self._log(metrics_log, {"step": self.step, **{k: v for k, v in last.items() if k.startswith("eval/")}})
                 if self._stop_signal is not None:  # the final evaluation was cut short: --resume redoes it
                     return self._stop(last)
             self.save_final()
+            self.callbacks.call("train_end", self.step)
         finally:
             bar.close()  # ends the progress line, so an error message starts a line of its own
             for sig, handler in previous.items():
@@ -327,13 +335,18 @@ class Trainer:
 
     def _log(self, metrics_log: tracking.MetricsLog, metrics: dict) -> None:
         # every row says which iteration of its generation batch it is (0: no step yet)
-        metrics_log.log({"step": metrics["step"], "iteration": self.iteration, **metrics})
+        row = {"step": metrics["step"], "iteration": self.iteration, **metrics}
+        metrics_log.log(row)
+        self.callbacks.log(self.step, row)
 
-    def _evaluate(self, problems) -> dict[str, float]:
+    def run_evaluation(self, problems) -> dict[str, float]:
+        """Greedy accuracy of the policy on `problems` now ({} when a signal cut its scoring short)."""
         try:
             result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
                               batch_size=self.config.generation_batch_size,
                               truncated_completions=self.config.truncated_completions)
         except ScoringInterrupted:  # a signal during its scoring: no accuracy for this evaluation
             return {}
-        return {"eval/accuracy": result["accuracy"], "eval/clipped_ratio": result["truncated"]}
+        metrics = {"eval/accuracy": result["accuracy"], "eval/clipped_ratio": result["truncated"]}
+        self.callbacks.call("evaluate", self.step, metrics=metrics)
+        return metrics

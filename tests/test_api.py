@@ -1,0 +1,180 @@
+"""The Python API (agro.AGROTrainer, AGROConfig) on a tiny locally-built model, and TRL-style reward functions
+in the scorer: TRL's own reward functions unchanged, columns as keywords, None, failures, weights, callbacks."""
+
+import json
+import math
+
+import datasets
+import pytest
+from transformers import AutoModelForCausalLM, TrainerCallback
+from trl.rewards import accuracy_reward, get_soft_overlong_punishment, think_format_reward
+
+from agro import AGROConfig, AGROTrainer
+from agro.errors import AgroError
+from agro.rewards import RewardScorer, Samples
+from agro.scoring import RewardFunctions
+
+
+def rows(assets, extra=True):
+    out = [json.loads(line) for line in (assets / "train.jsonl").read_text().splitlines()]
+    return [{**r, "difficulty": i % 3} for i, r in enumerate(out)] if extra else out
+
+
+def config(out, **extra):
+    base = dict(output_dir=str(out), max_completion_length=16, num_generations=3, prompts_per_step=2, max_steps=2,
+                learning_rate=1e-2, save_steps=0, offline_per_group=0, report_to=["none"], seed=3,
+                max_prompt_length=32, truncated_completions="keep")
+    return AGROConfig(**{**base, **extra})
+
+
+def digits(prompts, completions, completion_ids, difficulty, **kwargs):
+    """TRL-style: the share of digits, and the extra column `difficulty` must arrive as a list."""
+    assert isinstance(difficulty, list) and len(difficulty) == len(completions)
+    assert all(len(ids) >= 1 for ids in completion_ids)
+    return [sum(c.isdigit() for c in text) / max(1, len(text)) for text in completions]
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trl_style_functions_with_columns_train_log_and_save(assets, tmp_path, one_thread):
+    seen = []
+
+    def length(prompts, completions, **kwargs):  # a closure: runs in a forked worker
+        seen.append(kwargs["difficulty"])  # appended in the worker: the parent's list stays empty
+        return [len(c) / 16 for c in completions]
+
+    out = tmp_path / "run"
+    trainer = AGROTrainer(str(assets / "model"), reward_funcs=[digits, length],
+                          args=config(out, reward_weights=[1.0, 0.5]),
+                          train_dataset=datasets.Dataset.from_list(rows(assets)))
+    last = trainer.train()
+    assert seen == []
+    metrics = read_metrics(out)
+    for row in metrics:
+        for name in ("digits", "length"):
+            assert math.isfinite(row[f"rewards/{name}/mean"]) and f"rewards/{name}/std" in row
+    # the weighted sum is the reward: mean over the on-policy samples, all scored
+    row = metrics[-1]
+    assert row["reward/on_policy"] == pytest.approx(row["rewards/digits/mean"] + 0.5 * row["rewards/length/mean"])
+    assert last["step"] == 2 and row["reward_failures"] == 0
+    assert AutoModelForCausalLM.from_pretrained(out / "final") is not None
+    assert [r["step"] for r in trainer.state.log_history] == [1, 2]
+
+
+def test_none_drops_a_sample_from_its_group_and_failures_are_counted(assets, tmp_path, one_thread):
+    def first_only(prompts, completions, **kwargs):
+        return [1.0 if i == 0 else None for i in range(len(completions))]
+
+    out = tmp_path / "run"
+    AGROTrainer(str(assets / "model"), reward_funcs=first_only, args=config(out, max_steps=1),
+                train_dataset=rows(assets, extra=False)).train()
+    row = read_metrics(out)[0]
+    assert row["reward_none"] == 4 and row["reward_failures"] == 0  # 2 groups × 2 unrewarded samples
+    assert row["rewards/first_only/mean"] == 1.0
+
+    def raises(prompts, completions, **kwargs):
+        raise RuntimeError("broken reward")
+
+    with pytest.raises(AgroError, match=r"6 of 6 reward calls failed \(6 errors.*RuntimeError: broken reward"):
+        AGROTrainer(str(assets / "model"), reward_funcs=raises, args=config(tmp_path / "bad", max_steps=1),
+                    train_dataset=rows(assets)).train()
+
+
+def test_a_loaded_model_and_callbacks(assets, tmp_path, one_thread):
+    events = []
+
+    class Recorder(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            events.append(("step_end", state.global_step, kwargs["model"] is not None))
+            control.should_training_stop = state.global_step == 2
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            events.append(("log", logs["step"], "rewards/digits/mean" in logs))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            events.append(("evaluate", state.global_step, sorted(metrics)))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            events.append(("train_end", state.global_step, args.max_steps))
+
+    model = AutoModelForCausalLM.from_pretrained(assets / "model")
+    out = tmp_path / "run"
+    trainer = AGROTrainer(model, reward_funcs=[digits], args=config(out, max_steps=5),
+                          train_dataset=rows(assets), eval_dataset=rows(assets)[:2], callbacks=[Recorder])
+    trainer.train()
+    assert trainer.model is model  # trained in place, as TRL does
+    evaluated = ["eval/accuracy", "eval/clipped_ratio"]
+    assert events == [("evaluate", 0, evaluated), ("log", 0, False), ("step_end", 1, True), ("log", 1, True),
+                      ("step_end", 2, True), ("log", 2, True), ("evaluate", 2, evaluated), ("log", 2, False),
+                      ("train_end", 2, 5)]  # a callback stopped the run after step 2
+    assert set(trainer.evaluate()) == set(evaluated)
+    saved = trainer.save_model(tmp_path / "saved")
+    assert AutoModelForCausalLM.from_pretrained(saved) is not None
+
+
+def test_bad_inputs_are_one_line_errors(assets, tmp_path):
+    model = str(assets / "model")
+    cases = [
+        (dict(args=AGROConfig(learning_rate="fast")), "key 'learning_rate': expected a finite number"),
+        (dict(args=AGROConfig(beta=-1.0)), "key 'beta': must be > 0"),
+        (dict(train_dataset="train.jsonl"), "train_dataset: expected a datasets.Dataset or a list of dicts"),
+        (dict(train_dataset=[{"question": "1+1="}]), "train_dataset:row 0: field 'prompt': missing required field"),
+        (dict(reward_funcs=[]), "reward_funcs: an empty list"),
+        (dict(reward_funcs=[digits, digits], args=AGROConfig(reward_weights=[1.0])), "1 weights for 2 reward"),
+        (dict(reward_funcs="nowhere:fn"), "key 'reward_function': cannot import module 'nowhere'"),
+        (dict(model=3), "model: expected a name, a path or a PreTrainedModel, got a int"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"model": model, "train_dataset": rows(assets), **kwargs}
+        kwargs["args"] = kwargs.get("args") or AGROConfig()
+        kwargs["args"].output_dir = str(tmp_path / "never")
+        with pytest.raises(AgroError, match=message.replace("(", r"\(")) as err:
+            AGROTrainer(**kwargs).train()
+        assert "\n" not in str(err.value)
+    assert not (tmp_path / "never").exists()
+
+
+# ------------------------------------------------------------------ TRL-style functions in the scorer
+
+
+def test_trl_reward_functions_run_unchanged_on_chat_prompts():
+    """TRL's own reward functions, as GRPOTrainer calls them: chat prompts give message-list completions."""
+    chat = [{"role": "user", "content": "What is 1/2 + 1/4?"}]
+    samples = Samples(prompts=[chat] * 3, completions=["<think>add</think>\\boxed{\\frac{3}{4}}", "\\boxed{0.75}", "\\boxed{5}"],
+                      answers=[None] * 3, completion_ids=[[1, 2, 3], [1] * 20, [1]],
+                      columns={"solution": ["$\\frac{3}{4}$"] * 3}, groups=[0, 0, 0])
+    scorers = [RewardScorer(fn, timeout=30) for fn in
+               (accuracy_reward, think_format_reward, get_soft_overlong_punishment(20, 10))]
+    with RewardFunctions(scorers) as functions:
+        result = functions.score_samples(samples)
+    assert result.by_function == {"accuracy_reward": [1.0, 1.0, 0.0], "think_format_reward": [1.0, 0.0, 0.0],
+                                  "soft_overlong_punishment_reward": [0.0, -1.0, 0.0]}
+    assert result.rewards == [2.0, 0.0, 0.0] and result.failures == 0
+
+
+def test_batched_calls_are_one_per_group_with_a_time_limit_each():
+    def per_group(prompts, completions, **kwargs):
+        if completions[0] == "hang":
+            while True:
+                pass
+        return [1.0] * len(completions) if completions[0] != "short" else [1.0]
+
+    samples = Samples(prompts=["a", "a", "b", "b", "c", "c"], completions=["x", "y", "hang", "z", "short", "w"],
+                      answers=[None] * 6, groups=["a", "a", "b", "b", "c", "c"])
+    with RewardScorer(per_group, timeout=0.5) as scorer:  # a closure in a forked worker, killed at its limit
+        assert scorer.batched and scorer.name == "per_group"
+        result = scorer.score_samples(samples)
+        assert scorer.score_samples(samples, max_failure_fraction=0.3).unscored == 2  # stopped after group b
+    assert result.rewards == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert (result.timeouts, result.errors) == (2, 2)
+    assert result.first_failure == "sample 2: timeout: exceeded 0.5 s"
+
+
+def test_a_lambda_and_a_per_sample_callable_run_in_workers():
+    with RewardScorer(lambda prompts, completions, **kw: [float(len(c)) for c in completions]) as scorer:
+        assert scorer.score(["p", "p"], ["ab", "abc"], [None, None]).rewards == [2.0, 3.0]
+    with RewardScorer(lambda prompt, completion, answer: float(completion == answer)) as scorer:
+        assert not scorer.batched
+        assert scorer.score(["p", "p"], ["1", "2"], ["1", "1"]).rewards == [1.0, 0.0]

@@ -233,7 +233,8 @@ class Trainer:
             if c.async_generation and c.max_staleness:  # started here: it samples from the resumed weights
                 first_step = self.step + (c.num_iterations - self.iteration if self.batch is not None else 0)
                 self.actor = start_async_actor(c, self.policy, self.tokenizer, self.prompts, first_step)
-                tqdm.write(f"agro: actor process {self.actor.pid}: generating up to {c.max_staleness} updates ahead")
+                tqdm.write(f"agro: generating exactly {c.max_staleness} updates ahead" if c.lagged_generation else
+                           f"agro: actor process {self.actor.pid}: generating up to {c.max_staleness} updates ahead")
             if eval_problems and self.step == 0 and (accuracy := self._evaluate(eval_problems)):
                 self._log(metrics_log, {"step": 0, **accuracy})
             while self.step < c.max_steps and self._stop_signal is None:

@@ -370,8 +370,10 @@ field_values = {
     "answer": json_values,
     "source": json_values,
     "behavior_logprobs": json_values | st.lists(st.floats(max_value=1.0), max_size=3),
+    "completion_ids": json_values | st.lists(st.integers(-2, 10**6), max_size=3),
 }
-VALID = {"prompt": "Q", "completion": "A", "reward": 0.5, "answer": "1", "source": "s", "behavior_logprobs": [-1.0]}
+VALID = {"prompt": "Q", "completion": "A", "reward": 0.5, "answer": "1", "source": "s", "behavior_logprobs": [-1.0],
+         "completion_ids": [5]}
 
 
 def check_record(record: OfflineRecord) -> None:
@@ -380,6 +382,8 @@ def check_record(record: OfflineRecord) -> None:
     assert record.answer is None or isinstance(record.answer, str)
     assert record.behavior_logprobs is None or all(math.isfinite(x) and x <= 0 for x in record.behavior_logprobs)
     assert isinstance(record.source, str) and record.source.strip()
+    assert record.completion_ids is None or (record.completion_ids and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in record.completion_ids))
 
 
 @given(name=st.sampled_from(OFFLINE_FIELDS), data=st.data())

@@ -21,7 +21,7 @@ from agro.evaluate import evaluate
 from agro.generate import generate_records
 from agro.logprobs import completion_logprobs
 from agro.rewards import RewardScorer
-from agro.tokens import collate, completion_token_ids, encode_prompt
+from agro.tokens import collate, encode_prompt
 
 DATA = Path(__file__).parent / "data"
 GENERIC, MATH, GSM8K = DATA / "math_problems.jsonl", DATA / "math_style.jsonl", DATA / "gsm8k_style.jsonl"
@@ -291,9 +291,9 @@ def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, command, extr
     assert not out.exists()
 
 
-def test_behaviour_logprobs_are_those_of_the_tokens_trained_on(assets):
-    """A sample with a special token inside decodes without it; the record's behaviour log-probs must be
-    those of the text's own tokens (what the trainer reads back), not of the sampled ones."""
+def test_records_keep_the_sampled_tokens_and_their_behaviour_logprobs(assets):
+    """A sample with special tokens inside decodes without them; the record keeps the sampled tokens
+    (`completion_ids`, what the trainer reads back) and the behaviour log-probs of exactly those tokens."""
     tokenizer = AutoTokenizer.from_pretrained(assets / "model")
     model = AutoModelForCausalLM.from_pretrained(assets / "model").eval()
     digits = tokenizer("12+3=15;A=15", add_special_tokens=False)["input_ids"]
@@ -309,10 +309,9 @@ def test_behaviour_logprobs_are_those_of_the_tokens_trained_on(assets):
     problem = Problem(prompt="12+3=", answer="15", category=None, id="0")
     records = generate_records(model, tokenizer, [problem], 2, FixedSamples(), source="test")
     assert [r.completion for r in records] == ["12+3=15;A=15"] * 2
-    ids = completion_token_ids(tokenizer, "12+3=15;A=15", 20)
-    assert ids == digits + [tokenizer.eos_token_id]
-    batch = collate([encode_prompt(tokenizer, "12+3=")], [ids], tokenizer.pad_token_id)
-    with torch.no_grad():
-        expected = completion_logprobs(model, batch.input_ids, batch.attention_mask, len(ids))[0].tolist()
-    for r in records:
+    assert [r.completion_ids for r in records] == sampled
+    for r, ids in zip(records, sampled):
+        batch = collate([encode_prompt(tokenizer, "12+3=")], [ids], tokenizer.pad_token_id)
+        with torch.no_grad():
+            expected = completion_logprobs(model, batch.input_ids, batch.attention_mask, len(ids))[0].tolist()
         assert r.behavior_logprobs == pytest.approx(expected, abs=1e-5)

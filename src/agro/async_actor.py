@@ -13,6 +13,11 @@ Each batch comes back with the version that made it and its behaviour log-probs 
 by the actor's own forward pass. AGRO's advantage needs neither; its default taper (`clip`: the clip
 range on π_t/μ_t as a token mask) reads log μ, as GRPO's ratio and the weights of IS-PG and TOPR do.
 
+`lagged_generation` makes the staleness exact: `LaggedProcess` has ActorProcess's interface but samples
+each batch in the learner's process when it is submitted, with the live policy, right after the weights
+of version s − k were "sent"; so the batch of step s is always version max(0, s − k)'s, whatever the timing
+(a study of stale data needs that: the actor process's lag depends on how fast each side runs).
+
 Faults: the actor exits when the learner dies (it polls its parent); the learner's `receive` raises
 `ActorDied` with the exit code when the actor dies, so a kill of either ends the run instead of
 stalling it. Messages travel over torch.multiprocessing queues (tensors in shared memory); the
@@ -79,7 +84,8 @@ def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts:
     completions = generator.generate(model, prompts, spec.num_generations)
     repeated = [p for p in prompts for _ in range(spec.num_generations)]
     logprobs = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bf16):
+    device_type = next(model.parameters()).device.type
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=spec.bf16):
         for start in range(0, len(completions), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
             batch = collate(repeated[rows], completions[rows], spec.tokenizer.pad_token_id)
@@ -179,6 +185,41 @@ class ActorProcess:
             q.close()
 
 
+class LaggedProcess:
+    """ActorProcess's interface in the learner's own process: a batch is sampled when it is submitted, by `policy`
+    as it is then (the newest version sent), with the actor's seeding; the learner's RNG state is left as it was."""
+
+    def __init__(self, spec: ActorSpec, policy):
+        self.spec, self.policy = spec, policy
+        self.generator = HFGenerator(spec.tokenizer, spec.max_new_tokens, spec.temperature, spec.top_p, spec.batch_size,
+                                     bf16=spec.bf16)
+        self.version = -1
+        self.ready: dict[int, ActorBatch] = {}
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        self.version = version  # the policy module is the learner's own: nothing to copy
+
+    def submit(self, index: int, prompts: list[list[int]]) -> None:
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with torch.random.fork_rng():
+                batch = _sample(self.policy, self.generator, self.spec, index, prompts)
+        finally:
+            self.policy.train(was_training)
+        self.ready[index] = ActorBatch(index, self.version, *batch)
+
+    def receive(self, index: int) -> ActorBatch:
+        return self.ready.pop(index)
+
+    def close(self) -> None:
+        self.ready.clear()
+
+
 class AsyncActor:
     """The actor of `async_generation`: the same interface as `agro.actor.Actor`, generation in `ActorProcess`.
 
@@ -230,5 +271,8 @@ def start_async_actor(config, policy, tokenizer, prompts: PromptPool, first_step
     spec = ActorSpec(model.config, model.generation_config, tokenizer, DTYPES[config.torch_dtype],
                      config.max_completion_length, config.temperature, config.top_p, config.generation_batch_size,
                      config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size, config.bf16)
+    if config.lagged_generation:  # samples with the live policy (adapters and all): no merged copy to send
+        return AsyncActor(LaggedProcess(spec, policy), tokenizer, prompts, config.max_staleness,
+                          config.num_iterations, first_step, use_peft=False)
     return AsyncActor(ActorProcess(spec), tokenizer, prompts, config.max_staleness, config.num_iterations,
                       first_step, config.use_peft)

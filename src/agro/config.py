@@ -102,6 +102,9 @@ class TrainConfig:
     max_staleness: int = _f(1, "async_generation: the batch trained on at step s was sampled by the policy after "
                             "update s − max_staleness or later (0: the synchronous loop)")
     actor_threads: int = _f(1, "async_generation: torch CPU threads of the actor process")
+    lagged_generation: bool = _f(False, "async_generation: sample each batch in the learner's process, exactly "
+                                 "max_staleness updates before the step that trains on it (version max(0, s − k) "
+                                 "at step s, whatever the timing): stale data for studies, no speed-up")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm: fraction of GPU memory for the colocated engine")
     # reward
     reward_function: str = _f("auto", "auto (reasoning_gym for reasoning_gym: data, else math) | math | exact | "
@@ -300,6 +303,8 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
     if config.async_generation and config.generation_backend != "hf":
         fail("async_generation", "runs the hf backend in its actor process; vllm is not supported with it")
+    if config.lagged_generation and not (config.async_generation and config.max_staleness):
+        fail("lagged_generation", "applies to async_generation with max_staleness ≥ 1")
     if config.async_generation and config.num_generations == 0:
         fail("async_generation", "has nothing to generate: num_generations is 0")
     if config.instruction is not None and config.prompt_template == "raw":

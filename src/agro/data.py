@@ -20,6 +20,11 @@ Offline records (other fields are kept in `extra`):
     source             non-empty string, default "offline"
     behavior_logprobs  non-empty list of finite numbers <= 0, one per completion token (the count
                        is checked against the tokenizer later)
+    completion_ids     non-empty list of token ids (integers >= 0): the tokens that were sampled, which
+                       `agro generate` writes. Training uses them instead of re-encoding the text when this
+                       tokenizer decodes them to `completion` (a sampled sequence is often not the canonical
+                       encoding of its text, and re-encoded can be longer than the length limit that cut
+                       it); behavior_logprobs then count these tokens (`agro.prompts`)
 A record with the same prompt and completion as an earlier one is a duplicate: the first is kept,
 the rest are dropped and counted in `DataReport.duplicates`.
 """
@@ -44,7 +49,7 @@ TEMPLATES = CHOICES["prompt_template"]
 PROBLEM_FORMATS = CHOICES["train_data_format"]
 ON_BAD_RECORD = CHOICES["on_bad_record"]
 MAX_ABS_REWARD = 1e6
-OFFLINE_FIELDS = ("prompt", "completion", "reward", "answer", "source", "behavior_logprobs")
+OFFLINE_FIELDS = ("prompt", "completion", "reward", "answer", "source", "behavior_logprobs", "completion_ids")
 
 Prompt = str | list[dict[str, Any]]
 
@@ -81,6 +86,7 @@ class OfflineRecord:
     answer: str | None = None
     source: str = "offline"
     behavior_logprobs: list[float] | None = None
+    completion_ids: list[int] | None = None  # the sampled tokens, when the writer kept them
     extra: dict[str, Any] = field(default_factory=dict)
     file: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
@@ -334,6 +340,15 @@ def _check_logprobs(value: Any, bad: Callable[[str], DataError]) -> list[float]:
     return [float(x) for x in value]
 
 
+def _check_token_ids(value: Any, bad: Callable[[str], DataError]) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise bad(f"must be a non-empty list of token ids, got {_show(value)}")
+    for i, x in enumerate(value):
+        if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+            raise bad(f"element {i} must be an integer >= 0, got {_show(x)}")
+    return value
+
+
 # ----------------------------------------------------------------------------- offline records
 
 
@@ -356,6 +371,7 @@ def parse_offline_record(obj: Any, file: str = "<record>", line: int = 0, unit: 
         answer=check("answer", _check_answer) if "answer" in present else None,
         source=check("source", _check_str) if "source" in present else "offline",
         behavior_logprobs=check("behavior_logprobs", _check_logprobs) if "behavior_logprobs" in present else None,
+        completion_ids=check("completion_ids", _check_token_ids) if "completion_ids" in present else None,
         extra={k: v for k, v in obj.items() if k not in OFFLINE_FIELDS},
         file=file,
         line=line,

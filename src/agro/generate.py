@@ -1,7 +1,11 @@
 """`agro generate`: a model's completions written as offline records, the format `agro train` reads.
 
-Each record carries `behavior_logprobs`, the generating model's per-token log-probs at temperature 1
-(with another temperature or top_p the sampler differs from that policy; AGRO does not need them).
+Each record carries `completion_ids`, the tokens sampled (cut after the first EOS, which they keep), and
+`behavior_logprobs`, the generating model's log-probs of those tokens at temperature 1 (with another
+temperature or top_p the sampler differs from that policy; AGRO does not need them). `agro train` trains on
+these tokens, not on a re-encoding of the text: a sampled sequence is often not the tokenizer's canonical
+encoding of its text, and re-encoded it can have more tokens than the limit that cut it (issue 30), so
+records written with a max_completion_length always train with the same one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from agro.models import load_for_inference
 from agro.rewards import open_scorer
 from agro.rollout import HFGenerator, generate_with_progress
 from agro.scoring import score_texts
-from agro.tokens import collate, completion_token_ids, encode_prompt, eos_token_ids, prompt_text
+from agro.tokens import collate, encode_prompt, eos_token_ids, prompt_text
 
 
 @torch.no_grad()
@@ -35,12 +39,9 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
         completions = generator.generate(model, prompts, num_generations)
     owners = [problems[i // num_generations] for i in range(len(completions))]
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-    # Behaviour log-probs of the tokens the trainer will read back from the text, which can differ
-    # from the sampled ones (special tokens dropped by decode, a non-canonical tokenization).
-    trained = [completion_token_ids(tokenizer, t, generator.max_new_tokens) for t in texts]
-    logprobs = []
-    for start in range(0, len(trained), batch_size):
-        ids = trained[start : start + batch_size]
+    logprobs = []  # of the sampled tokens, which the trainer reads back from `completion_ids`
+    for start in range(0, len(completions), batch_size):
+        ids = completions[start : start + batch_size]
         batch = collate([prompts[(start + j) // num_generations] for j in range(len(ids))], ids,
                         tokenizer.pad_token_id, device)
         lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
@@ -53,8 +54,8 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
                                  truncated_completions)
     return [
         OfflineRecord(prompt=p.prompt, completion=text, reward=r, answer=p.answer, source=source,
-                      behavior_logprobs=lp or None)
-        for p, text, r, lp in zip(owners, texts, rewards, logprobs)
+                      behavior_logprobs=lp or None, completion_ids=ids)
+        for p, text, r, lp, ids in zip(owners, texts, rewards, logprobs, completions)
         if text.strip()
     ]
 

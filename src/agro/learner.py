@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -59,6 +60,9 @@ class Learner:
         self.config, self.accelerator, self.pad_token_id = config, accelerator, pad_token_id
         self.world = accelerator.num_processes
         c = config
+        if c.bf16 and accelerator.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            warnings.warn("agro: bf16 on a CPU without native bf16 (avx512_bf16 or AMX) is emulated, slower than "
+                          "float32; set bf16: false", stacklevel=3)
         given, model = model, model if model is not None else load_model(c.model_name_or_path, c.torch_dtype,
                                                                           c.trust_remote_code)
         if c.use_peft:
@@ -115,11 +119,17 @@ class Learner:
         return out
 
     def _forward(self, model: CompletionLogprobs, gens: list[Generation]) -> torch.Tensor:
-        """[B, C] per-token log-probs of the completions of `gens`, one padded batch, under `model`."""
+        """[B, C] per-token log-probs of the completions of `gens`, one padded batch, under `model`.
+
+        `bf16`: under bfloat16 autocast (policy and π_ref alike, so Δ carries no rounding difference of its own;
+        the backward pass runs in the dtypes of this forward)."""
         batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
                         self.pad_token_id, self.accelerator.device)
-        return model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
-                     self.config.logprob_chunk_size)
+        precision = torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16) if self.config.bf16 \
+            else nullcontext()  # (not autocast(enabled=False), which would undo accelerate's mixed precision)
+        with precision:
+            return model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                         self.config.logprob_chunk_size)
 
     def _rounds(self, count: int) -> int:
         """The largest `count` over processes: how many passes each runs to keep collectives in step."""

@@ -113,12 +113,17 @@ class PromptPool:
                           f"max_completion_length {c.max_completion_length} tokens can hold ({limit} with this "
                           "tokenizer)", report)
                 continue
-            ids = completion_token_ids(self.tokenizer, r.completion, c.max_completion_length)
+            sampled = self._sampled_ids(r)
+            ids = sampled or completion_token_ids(self.tokenizer, r.completion, c.max_completion_length)
             if len(ids) > c.max_completion_length:
-                self._bad(where, "completion", f"completion has {len(ids)} tokens, more than max_completion_length "
-                          f"{c.max_completion_length}", report)
+                self._bad(where, "completion_ids" if sampled else "completion", f"completion has {len(ids)} tokens, "
+                          f"more than max_completion_length {c.max_completion_length}", report)
                 continue
             behavior = None
+            if needs_behavior and r.behavior_logprobs is not None and r.completion_ids is not None and not sampled:
+                self._bad(where, "completion_ids", "this tokenizer does not decode them to the completion (written "
+                          "with another tokenizer?): its behavior_logprobs, which count them, do not apply", report)
+                continue
             if needs_behavior and r.behavior_logprobs is not None:  # only they read them
                 if len(r.behavior_logprobs) not in (len(ids), len(ids) - 1):
                     self._bad(where, "behavior_logprobs", f"has {len(r.behavior_logprobs)} values for "
@@ -135,6 +140,17 @@ class PromptPool:
                 prompt=self.prompt_texts[key], completion=r.completion, behavior_logprobs=behavior,
             ))
         report.unused_prompts = len(unused_prompts)
+
+    def _sampled_ids(self, record: data.OfflineRecord) -> list[int] | None:
+        """A record's `completion_ids` when this tokenizer decodes them to its completion text, else None.
+
+        They are the tokens that were sampled (`agro generate` keeps them): training on them trains on what
+        the sampler produced, with behaviour log-probs that count the same tokens, and within the length
+        limit that cut it. Re-encoding the text can give other tokens, and more of them."""
+        ids = record.completion_ids
+        if ids is None or max(ids) >= len(self.tokenizer):
+            return None
+        return ids if self.tokenizer.decode(ids, skip_special_tokens=True) == record.completion else None
 
     def next_keys(self, rank: int, world: int) -> list[str]:
         """This step's prompts for process `rank` of `world`: a per-epoch permutation, whole groups per process."""

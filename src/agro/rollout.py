@@ -53,9 +53,10 @@ class HFGenerator:
         """`num_generations` completions per prompt, prompt-major order, each cut after its first EOS."""
         # autocast keeps one bf16 copy of each weight for the whole call only outside inference mode (in it,
         # every decoding step would cast every weight again: as slow as the matmuls themselves)
-        device_type = next(model.parameters()).device.type
-        with (torch.no_grad() if self.bf16 else torch.inference_mode(),
-              torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16)):
+        if not self.bf16:
+            with torch.inference_mode():
+                return self._generate(model, prompts, num_generations, do_sample)
+        with torch.no_grad(), torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
             return self._generate(model, prompts, num_generations, do_sample)
 
     def _generate(self, model, prompts: list[list[int]], num_generations: int, do_sample: bool) -> list[list[int]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -58,14 +57,8 @@ class Trainer:
         self.config = c = config
         self.output_dir = Path(config.output_dir)
         checkpoint.check_output_dir(self.output_dir, resume)
-        # bf16: accelerate runs the policy's forward (and its backward) under bfloat16 autocast; None keeps
-        # what `accelerate launch --mixed_precision` says
-        self.accelerator = Accelerator(mixed_precision="bf16" if c.bf16 else None,
-                                       log_with=tracking.trackers(config, self.output_dir) or None)
+        self.accelerator = Accelerator(log_with=tracking.trackers(config, self.output_dir) or None)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        if c.bf16 and self.accelerator.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            warnings.warn("agro: bf16 on a CPU without native bf16 (avx512_bf16 or AMX) is emulated, slower than "
-                          "float32; set bf16: false", stacklevel=2)
         if c.num_threads:
             torch.set_num_threads(c.num_threads)
         check_distributed(c, self.accelerator)
@@ -245,7 +238,8 @@ class Trainer:
             if c.async_generation and c.max_staleness:  # started here: it samples from the resumed weights
                 first_step = self.step + (c.num_iterations - self.iteration if self.batch is not None else 0)
                 self.actor = start_async_actor(c, self.policy, self.tokenizer, self.prompts, first_step)
-                tqdm.write(f"agro: actor process {self.actor.pid}: generating up to {c.max_staleness} updates ahead")
+                tqdm.write(f"agro: generating exactly {c.max_staleness} updates ahead" if c.lagged_generation else
+                           f"agro: actor process {self.actor.pid}: generating up to {c.max_staleness} updates ahead")
             self.callbacks.call("train_begin", self.step)
             if eval_problems and self.step == 0 and (accuracy := self.run_evaluation(eval_problems)):
                 self._log(metrics_log, {"step": 0, **accuracy})

@@ -1,0 +1,491 @@
+"""The study of issue 30: AGRO against GRPO, KL-PG and TOPR on SmolLM2-135M-Instruct, on-policy, stale and offline.
+
+    python benchmarks/real_model.py --methods pi_ref,agro,grpo --seeds 0,1 --max-steps 20 --task chain_sum_2 \
+        --out docs/real_model/cells.jsonl
+    python benchmarks/real_model.py --report --out docs/real_model/cells.jsonl   # tables, goals, the plot
+
+A cell is one method × seed. Every cell trains through `agro train` on one base config
+(configs/smollm2-135m-cpu.yaml, with --set overrides for all cells alike), so every method gets the same
+model, prompts, budget (--max-steps optimizer steps of prompts_per_step groups of num_generations members),
+hyper-parameters and held-out problems; a method changes only these keys (`METHODS`):
+
+    pi_ref         no training: greedy held-out accuracy of the base model (the trainer's own evaluation code)
+    agro, grpo     on-policy: objective agro | grpo
+    agro_stale,    every batch sampled by the policy exactly 4 updates older than the one trained on it
+    grpo_stale     (`lagged_generation`): version max(0, s − 4) at step s. The actor process of
+                   `async_generation` runs *up to* k updates ahead, but how far depends on how fast
+                   generation runs against training (on 2 shared cores it mostly lags 1), and replay
+                   re-uses a prompt's samples only when the prompt comes back within k steps, which it never
+                   does with 1,000 training problems; so the lag is made exact and repeatable instead. GRPO
+                   clips its ratio to the sampler: its π_old is the batch's behaviour log-probs, which the
+                   lagged actor computes with the policy that sampled them (`agro.batch.sampling_logprobs`);
+                   AGRO's default taper (clip) masks the same trust region.
+    agro_offline,  offline only (num_generations 0): π_ref's own samples, num_generations per prompt for
+    kl_pg_offline, max_steps × prompts_per_step training problems (one epoch), written once per task × seed by
+    topr_offline   `agro generate` with rewards (temperature and length of the config) and re-used by all
+                   three; each step's groups are those records.
+
+What a cell records (one JSON line, appended to --out when the cell is done): greedy held-out `accuracy` on
+`n` ≥ --heldout problems (the held-out split of the task, seed 1, the same for every cell), its 95% Wilson
+interval `ci95`, the learning curve (held-out accuracy every --eval-every steps, from the run's metrics.jsonl),
+KL(π ‖ π_ref) of the final policy (`kl`: the mean of Σ_t log π/π_ref over --kl-samples samples of π at
+temperature 1 on held-out prompts, with its standard error), the trainer's per-step KL estimate and rewards,
+and step times. The last line printed is `{"cells": [...]}` with every cell of --out that this command asked for.
+
+Resuming: a cell already in --out is skipped (its id names task, method, seed, steps, held-out size and a hash of
+the settings); an unfinished run continues from its last checkpoint (`agro train --resume`; checkpoints every
+--eval-every steps), and the offline data file is written atomically, so a study stopped at any point goes on
+where it stopped. Runs go under --runs; their checkpoints and models are deleted once the cell is written
+(--keep-models keeps final/).
+
+The task screen (which task gives the methods room) is benchmarks/real_model_screen.py; --task takes its
+task names (`TASKS`). docs/real_model.md reports both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_model_screen import TASKS, append, done_cells  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "smollm2-135m-cpu.yaml"
+STALENESS = 4
+OFFLINE = ("agro_offline", "kl_pg_offline", "topr_offline")
+# method -> (regime, the config keys it sets); every other key is the base config's
+METHODS: dict[str, tuple[str, dict]] = {
+    "pi_ref": ("reference", {}),
+    "agro": ("on_policy", {"objective": "agro"}),
+    "grpo": ("on_policy", {"objective": "grpo"}),
+    "agro_stale": ("stale", {"objective": "agro", "async_generation": True, "lagged_generation": True,
+                             "max_staleness": STALENESS}),
+    "grpo_stale": ("stale", {"objective": "grpo", "async_generation": True, "lagged_generation": True,
+                             "max_staleness": STALENESS}),
+    "agro_offline": ("offline", {"objective": "agro"}),
+    "kl_pg_offline": ("offline", {"objective": "kl_pg"}),
+    "topr_offline": ("offline", {"objective": "topr"}),
+}
+Z95 = 1.959963984540054
+
+
+class UsageError(Exception):
+    """A bad flag: one line on stderr, exit 2."""
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> list[float]:
+    """The 95% Wilson score interval of a binomial proportion correct / n."""
+    if n <= 0:
+        raise ValueError("an interval needs n > 0")
+    p = correct / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [max(0.0, center - half), min(1.0, center + half)]
+
+
+def settings_hash(config_path: Path, overrides: list[str]) -> str:
+    """What every cell shares, hashed: the base config's text and the --set overrides."""
+    text = config_path.read_text() + "\n" + "\n".join(overrides)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def base_settings(args) -> list[str]:
+    """`key=value` overrides every cell of this command shares: task, held-out set, evaluations, --set."""
+    name, kwargs = TASKS[args.task]
+    return [f"train_data=reasoning_gym:{name}", f"eval_data=reasoning_gym:{name}",
+            f"eval_data_kwargs={json.dumps({**kwargs, 'size': args.heldout, 'seed': 1})}",
+            f"max_steps={args.max_steps}", f"eval_steps={args.eval_every}", f"save_steps={args.eval_every}",
+            "save_total_limit=1", "report_to=[]", *([f"model_name_or_path={args.model}"] if args.model else []),
+            *args.overrides]
+
+
+def cell_settings(args, method: str, seed: int, offline_file: Path | None) -> list[str]:
+    """The overrides of one training cell: the shared ones, the seed, the method's keys, its data."""
+    name, kwargs = TASKS[args.task]
+    out = [*base_settings(args), f"seed={seed}",
+           f"train_data_kwargs={json.dumps({**kwargs, 'size': 1000, 'seed': seed})}"]
+    out += [f"{k}={json.dumps(v)}" for k, v in METHODS[method][1].items()]
+    if METHODS[method][0] == "offline":
+        out += ["train_data=null", "train_data_kwargs={}", "num_generations=0", f"offline_data={offline_file}",
+                f"offline_per_group={load(out, args.config).num_generations}"]
+    return out
+
+
+def load(settings: list[str], config_path: Path):
+    """The validated TrainConfig of these overrides (agro.config: no torch import, a bad key fails at once)."""
+    from agro.config import load_config
+
+    return load_config(config_path, settings)
+
+
+def agro_cli(*argv: str) -> None:
+    subprocess.run([sys.executable, "-m", "agro.cli", *argv], check=True)
+
+
+def offline_data(args, seed: int) -> Path:
+    """π_ref's own samples for the offline cells of `seed`: written once (atomically) and re-used."""
+    c = load(cell_settings(args, "agro", seed, None), args.config)
+    problems = args.max_steps * c.prompts_per_step  # one epoch of the offline runs' steps
+    name, kwargs = TASKS[args.task]
+    spec = {"model": c.model_name_or_path, "task": args.task, "seed": seed, "problems": problems,
+            "k": c.num_generations, "temperature": c.temperature, "length": c.max_completion_length,
+            "template": c.prompt_template, "instruction": c.instruction, "system": c.system_prompt,
+            "reward": c.reward_function, "truncated": c.truncated_completions}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    path = Path(args.runs) / "offline" / f"{args.task}-seed{seed}-{digest}.jsonl"
+    if path.exists():
+        return path
+    argv = ["generate", "--model", c.model_name_or_path, "--data", f"reasoning_gym:{name}",
+            "--data-kwargs", json.dumps({**kwargs, "size": problems, "seed": seed}),
+            "--prompt-template", c.prompt_template, "--num-generations", str(c.num_generations),
+            "--temperature", str(c.temperature), "--top-p", str(c.top_p),
+            "--max-completion-length", str(c.max_completion_length), "--reward", c.reward_function,
+            "--truncated-completions", c.truncated_completions, "--batch-size", str(c.generation_batch_size),
+            "--dtype", c.torch_dtype, "--seed", str(seed), "--source", "pi_ref", "--out", str(path)]
+    if c.instruction is not None:
+        argv += ["--instruction", c.instruction]
+    if c.system_prompt is not None:
+        argv += ["--system-prompt", c.system_prompt]
+    agro_cli(*argv)
+    return path
+
+
+def offline_stats(path: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    right = {}
+    for r in rows:
+        key = json.dumps(r["prompt"], sort_keys=True)
+        right[key] = right.get(key, False) or r["reward"] > 0.5
+    return {"file": str(path), "records": len(rows), "prompts": len(right),
+            "share_right": sum(r["reward"] > 0.5 for r in rows) / len(rows),
+            "prompts_with_a_right_record": sum(right.values())}
+
+
+def evaluate_reference(c) -> dict:
+    """Greedy held-out accuracy of the base model, by the code the trainer evaluates with."""
+    import torch
+
+    from agro.evaluate import evaluate, load_eval_problems
+    from agro.models import load_for_inference
+    from agro.rewards import RewardScorer
+
+    if c.num_threads:
+        torch.set_num_threads(c.num_threads)
+    problems = load_eval_problems(c)
+    tokenizer, model = load_for_inference(c.model_name_or_path, c.torch_dtype)
+    with RewardScorer(c.reward_function, timeout=c.reward_timeout, num_workers=c.reward_workers) as scorer:
+        result = evaluate(model, tokenizer, problems, scorer, c.max_completion_length,
+                          batch_size=c.generation_batch_size, truncated_completions=c.truncated_completions)
+    return {"accuracy": result["accuracy"], "n": result["num_problems"], "clipped_ratio": result["truncated"]}
+
+
+def kl_to_reference(c, model_dir: Path, samples: int, seed: int) -> dict:
+    """KL(π ‖ π_ref) of a trained model: the mean of Σ_t (log π − log π_ref) over samples of π (temperature 1)
+    of the first `samples` held-out prompts, and its standard error."""
+    import torch
+
+    from agro.evaluate import load_eval_problems
+    from agro.logprobs import completion_logprobs
+    from agro.models import load_for_inference
+    from agro.rollout import HFGenerator
+    from agro.tokens import collate, encode_prompt
+
+    if c.num_threads:
+        torch.set_num_threads(c.num_threads)
+    tokenizer, policy = load_for_inference(str(model_dir), c.torch_dtype)
+    _, reference = load_for_inference(c.model_name_or_path, c.torch_dtype)
+    prompts = [encode_prompt(tokenizer, p.prompt) for p in load_eval_problems(c)[:samples]]
+    torch.manual_seed(seed)
+    completions = HFGenerator(tokenizer, c.max_completion_length, 1.0, 1.0, c.generation_batch_size).generate(
+        policy, prompts, 1)
+    deltas = []
+    device = next(policy.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(prompts), 16):
+            rows = slice(start, start + 16)
+            batch = collate(prompts[rows], completions[rows], tokenizer.pad_token_id, device)
+            mine, ref = (completion_logprobs(m, batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
+                                             c.logprob_chunk_size).float() for m in (policy, reference))
+            deltas += ((mine - ref) * batch.completion_mask).sum(-1).tolist()
+    mean = sum(deltas) / len(deltas)
+    se = math.sqrt(sum((d - mean) ** 2 for d in deltas) / max(1, len(deltas) - 1) / len(deltas))
+    return {"kl": mean, "kl_se": se, "kl_samples": len(deltas)}
+
+
+def train_cell(args, method: str, seed: int, run_dir: Path) -> dict:
+    """`agro train` of one cell (resumed from its checkpoint when a run is there), then what it measured."""
+    offline = offline_data(args, seed) if METHODS[method][0] == "offline" else None
+    settings = [*cell_settings(args, method, seed, offline), f"output_dir={run_dir}"]
+    c = load(settings, args.config)  # a bad setting fails here, before a run starts
+    rows = read_metrics(run_dir)
+    finished = (run_dir / "final").is_dir() and any(r.get("step") == args.max_steps and "eval/accuracy" in r
+                                                     for r in rows)
+    if not finished:
+        resume = ["--resume"] if (run_dir / "config.yaml").exists() else []
+        agro_cli("train", str(args.config), *[a for s in settings for a in ("--set", s)], *resume)
+        rows = read_metrics(run_dir)
+    steps = [r for r in rows if "time_step" in r]
+    curve = [[r["step"], r["eval/accuracy"]] for r in rows if "eval/accuracy" in r]
+    source = "offline" if offline else "on_policy"
+    out = {"curve": curve, "accuracy": curve[-1][1], "accuracy_start": curve[0][1],
+           "kl_curve": [[r["step"], r["kl"]] for r in steps if "kl" in r],
+           "log_ratio_curve": [[r["step"], r["log_ratio_mean"]] for r in steps],
+           "reward_curve": [[r["step"], r[f"reward/{source}"]] for r in steps if f"reward/{source}" in r],
+           "staleness_mean": mean([r["staleness/mean"] for r in steps if "staleness/mean" in r]),
+           "step_seconds_median": median([r["time_step"] for r in steps]),
+           "clipped_ratio": [r["eval/clipped_ratio"] for r in rows if "eval/clipped_ratio" in r][-1],
+           "objective": c.objective, "taper": c.taper if c.objective == "agro" else None, "beta": c.beta,
+           "learning_rate": c.learning_rate, "num_generations": c.num_generations or c.offline_per_group,
+           "prompts_per_step": c.prompts_per_step, "temperature": c.temperature,
+           "max_completion_length": c.max_completion_length}
+    out.update(kl_to_reference(c, run_dir / "final", args.kl_samples, seed))
+    if offline:
+        out["offline_data"] = offline_stats(offline)
+    if not args.keep_models:
+        shutil.rmtree(run_dir / "final", ignore_errors=True)
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return out
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def run(args) -> list[dict]:
+    """Every asked-for cell not yet in --out, appended as it finishes; returns the asked-for cells of --out."""
+    shared = base_settings(args)
+    c = load(shared, args.config)
+    from agro.evaluate import load_eval_problems
+
+    n = len(load_eval_problems(c))
+    if n < args.heldout:
+        raise UsageError(f"--task {args.task} has {n} held-out problems, fewer than --heldout {args.heldout}")
+    digest = settings_hash(args.config, shared)
+    wanted = []
+    for method in args.methods:
+        for seed in args.seeds:
+            cell = f"{args.task}/{method}/seed{seed}/steps{args.max_steps}/heldout{args.heldout}/{digest}"
+            wanted.append(cell)
+            if cell in done_cells(args.out):
+                continue
+            start = time.time()
+            row = {"cell": cell, "task": args.task, "task_kwargs": TASKS[args.task][1], "method": method,
+                   "regime": METHODS[method][0], "seed": seed, "max_steps": args.max_steps,
+                   "settings": digest, "model": c.model_name_or_path}
+            if method == "pi_ref":
+                row.update(evaluate_reference(load([*shared, f"seed={seed}"], args.config)))
+                row.update({"curve": [[0, row["accuracy"]]], "kl": 0.0, "kl_se": 0.0})
+            else:
+                run_dir = Path(args.runs) / cell.replace("/", "-")
+                row.update(train_cell(args, method, seed, run_dir))
+                row["n"] = n
+            correct = round(row["accuracy"] * row["n"])
+            row.update({"correct": correct, "ci95": wilson(correct, row["n"]), "seconds": round(time.time() - start, 1)})
+            append(args.out, row)
+    rows = {r["cell"]: r for r in read_cells(args.out)}
+    return [rows[cell] for cell in wanted]
+
+
+def read_cells(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def summary(rows: list[dict]) -> dict[str, dict]:
+    """Per method: its cells, the mean accuracy over seeds, and the pooled problems (seeds × n)."""
+    out: dict[str, dict] = {}
+    for method in METHODS:
+        cells = [r for r in rows if r["method"] == method]
+        if cells:
+            acc = [r["accuracy"] for r in cells]
+            out[method] = {"cells": cells, "mean": sum(acc) / len(acc), "min": min(acc), "max": max(acc),
+                           "n": sum(r["n"] for r in cells), "kl": mean([r["kl"] for r in cells])}
+    return out
+
+
+def noise(a: dict, b: dict) -> float:
+    """Half-width of a 95% normal interval of the difference of two methods' mean accuracies, each a binomial
+    over its pooled problems (seeds × held-out problems). Seeds vary more than problems do when they share
+    the held-out set; the per-seed spread is reported beside it."""
+    def var(s):
+        return s["mean"] * (1 - s["mean"]) / s["n"]
+    return Z95 * math.sqrt(var(a) + var(b))
+
+
+GOALS = [  # (text, method, reference method(s), margin): met when method ≥ best reference + margin
+    ("AGRO on-policy ≥ GRPO − 0.02", "agro", ("grpo",), -0.02),
+    ("AGRO stale ≥ GRPO stale", "agro_stale", ("grpo_stale",), 0.0),
+    ("AGRO stale within 0.03 of AGRO on-policy", "agro_stale", ("agro",), -0.03),
+    ("AGRO offline ≥ best of KL-PG and TOPR offline − 0.03", "agro_offline", ("kl_pg_offline", "topr_offline"), -0.03),
+    ("AGRO offline ≥ π_ref + 0.10", "agro_offline", ("pi_ref",), 0.10),
+]
+
+
+def goal_lines(stats: dict[str, dict]) -> list[str]:
+    lines = ["| goal | measured | met? | margin | 95% noise of the difference |", "|---|---|---|---|---|"]
+    for text, method, refs, margin in GOALS:
+        present = [r for r in refs if r in stats]
+        if method not in stats or not present:
+            lines.append(f"| {text} | not run | – | – | – |")
+            continue
+        best = max(present, key=lambda r: stats[r]["mean"])
+        diff = stats[method]["mean"] - stats[best]["mean"]
+        slack = diff - margin
+        lines.append(f"| {text} | {method} {stats[method]['mean']:.3f} vs {best} {stats[best]['mean']:.3f} "
+                     f"({diff:+.3f}) | {'met' if slack >= 0 else 'missed'} | {slack:+.3f} | "
+                     f"±{noise(stats[method], stats[best]):.3f} |")
+    return lines
+
+
+def report(out: Path, plot: Path | None) -> str:
+    """Markdown tables (cells, methods, goals) of --out, and its plot; every figure is read from --out."""
+    rows = read_cells(out)
+    if not rows:
+        raise UsageError(f"{out}: no cells to report")
+    stats = summary(rows)
+    lines = ["| method | seed | accuracy | 95% interval | n | Δ π_ref (step 0) | KL(π‖π_ref) | held-out accuracy by step |"
+             " step (s, median) |", "|---|---|---|---|---|---|---|---|---|"]
+    for method, s in stats.items():
+        for r in sorted(s["cells"], key=lambda r: r["seed"]):
+            curve = " → ".join(f"{a:.3f}" for _, a in r["curve"])
+            start = r.get("accuracy_start", r["accuracy"])
+            step = r.get("step_seconds_median")
+            lines.append(f"| {method} | {r['seed']} | {r['accuracy']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} | "
+                         f"{r['n']} | {r['accuracy'] - start:+.3f} | {r['kl']:.3f} ± {r.get('kl_se', 0):.3f} | {curve} | "
+                         f"{'–' if step is None else f'{step:.1f}'} |")
+    lines += ["", "| method | seeds | mean accuracy | min–max over seeds | mean KL(π‖π_ref) |", "|---|---|---|---|---|"]
+    for method, s in stats.items():
+        lines.append(f"| {method} | {len(s['cells'])} | {s['mean']:.3f} | {s['min']:.3f}–{s['max']:.3f} | "
+                     f"{s['kl']:.3f} |")
+    lines += ["", *goal_lines(stats)]
+    if plot is not None:
+        plot_cells(stats, plot)
+    return "\n".join(lines)
+
+
+def plot_cells(stats: dict[str, dict], path: Path) -> None:
+    """Left: held-out accuracy by step, mean over seeds (π_ref dashed); right: final accuracy per method, each
+    seed a dot with its Wilson interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method, s in stats.items():
+        if method == "pi_ref":
+            left.axhline(s["mean"], color="black", linestyle="--", label="pi_ref")
+            continue
+        by_step: dict[int, list[float]] = {}
+        for r in s["cells"]:
+            for step, acc in r["curve"]:
+                by_step.setdefault(step, []).append(acc)
+        steps = sorted(by_step)
+        left.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], marker="o", label=method)
+    left.set(xlabel="optimizer step", ylabel="held-out greedy accuracy (mean over seeds)")
+    left.legend(fontsize=8)
+    for i, s in enumerate(stats.values()):
+        for j, r in enumerate(sorted(s["cells"], key=lambda r: r["seed"])):
+            x = i + (j - (len(s["cells"]) - 1) / 2) * 0.12
+            right.errorbar([x], [r["accuracy"]], yerr=[[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]],
+                           fmt="o", color=f"C{i}", capsize=3)
+    right.set_xticks(range(len(stats)), list(stats), rotation=30, ha="right")
+    right.set(ylabel="final held-out accuracy (95% Wilson interval per seed)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the usage first)
+        self.exit(2, f"real_model.py: error: {message}\n")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated integers (training problems, sampling, "
+                        "offline data)")
+    parser.add_argument("--max-steps", type=int, default=20, help="optimizer steps of every training cell")
+    parser.add_argument("--task", default="chain_sum_2", help=f"one of {','.join(TASKS)} (real_model_screen.py)")
+    parser.add_argument("--out", type=Path, default=Path("docs/real_model/cells.jsonl"), help="the cells' JSONL")
+    parser.add_argument("--heldout", type=int, default=200, help="held-out problems per cell (task seed 1)")
+    parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation (and checkpoint) every N steps")
+    parser.add_argument("--kl-samples", type=int, default=64, help="samples of the final policy for its KL to π_ref")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the base config every cell shares")
+    parser.add_argument("--model", default=None, help="instead of the config's model_name_or_path (tests: a tiny one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a base-config override for every cell (part of the cells' settings hash)")
+    parser.add_argument("--runs", default="runs/real_model", help="where runs and offline data go")
+    parser.add_argument("--keep-models", action="store_true", help="keep each run's final/ model")
+    parser.add_argument("--report", action="store_true", help="print the tables of --out and write --plot")
+    parser.add_argument("--plot", type=Path, default=None, help="report: the figure (default: next to --out)")
+    args = parser.parse_args(argv)
+    try:
+        args.methods = [m for m in args.methods.split(",") if m]
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if args.task not in TASKS:
+        parser.error(f"unknown task {args.task!r}; choose from {', '.join(TASKS)}")
+    for flag in ("max_steps", "heldout", "eval_every", "kl_samples"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if not args.report and (not args.methods or not args.seeds):
+        parser.error("--methods and --seeds must name at least one each")
+    if not args.config.is_file():
+        parser.error(f"--config {args.config}: file not found")
+    args.plot = args.plot or args.out.with_name("curves.png")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agro.errors import AgroError
+
+    args = parse(argv)
+    try:
+        if args.report:
+            print(report(args.out, args.plot))
+            return 0
+        cells = run(args)
+    except (UsageError, AgroError) as err:
+        print(f"real_model.py: error: {err}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as err:
+        print(f"real_model.py: error: {' '.join(err.cmd[2:4])} failed with exit code {err.returncode}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps({"cells": [{k: v for k, v in r.items() if not k.endswith("_curve")} for r in cells]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""benchmarks/real_model.py, the study driver of issue 30: flags, each method's config, the Wilson interval, and a
+tiny run of every regime (the tiny arithmetic model on reasoning-gym's chain_sum) that resumes, skips what is
+written, and generates the offline data once."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "real_model.py"
+spec = importlib.util.spec_from_file_location("real_model", SCRIPT)
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def test_wilson_interval_matches_hand_values():
+    # z = 1.96: 0/10 → [0, 0.2775], 5/10 → [0.2366, 0.7634], 10/10 → [0.7225, 1], 50/200 → [0.1951, 0.3143]
+    for (k, n), (low, high) in {(0, 10): (0.0, 0.2775), (5, 10): (0.2366, 0.7634), (10, 10): (0.7225, 1.0),
+                                (50, 200): (0.1951, 0.3143)}.items():
+        assert study.wilson(k, n) == pytest.approx([low, high], abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "agro,ppo"], "unknown method 'ppo'"),
+    (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--config", "missing.yaml"], "--config missing.yaml: file not found"),
+])
+def test_bad_flags_are_one_line_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        study.parse(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_each_method_sets_only_its_own_keys(tmp_path):
+    args = study.parse(["--seeds", "3", "--task", "chain_sum_2", "--max-steps", "7"])
+    configs = {m: study.load(study.cell_settings(args, m, 3, tmp_path / "offline.jsonl"), args.config).to_dict()
+               for m in study.METHODS if m != "pi_ref"}
+    assert {m: c["objective"] for m, c in configs.items()} == {
+        "agro": "agro", "grpo": "grpo", "agro_stale": "agro", "grpo_stale": "grpo", "agro_offline": "agro",
+        "kl_pg_offline": "kl_pg", "topr_offline": "topr"}
+    for m, c in configs.items():
+        stale, offline = m.endswith("_stale"), m.endswith("_offline")
+        assert c["async_generation"] == c["lagged_generation"] == stale
+        assert c["max_staleness"] == (4 if stale else 1)
+        assert c["num_generations"] == (0 if offline else 8) and c["offline_per_group"] == (8 if offline else 4)
+        assert c["offline_data"] == (str(tmp_path / "offline.jsonl") if offline else None)
+        assert c["train_data"] == (None if offline else "reasoning_gym:chain_sum")
+        assert c["seed"] == 3 and c["max_steps"] == 7 and c["eval_data_kwargs"]["size"] == 200
+    method_keys = {"objective", "async_generation", "lagged_generation", "max_staleness", "num_generations",
+                   "offline_data", "offline_per_group", "train_data", "train_data_kwargs", "reward_function"}
+    shared = [{k: v for k, v in c.items() if k not in method_keys} for c in configs.values()]
+    assert all(s == shared[0] for s in shared)  # the same hyper-parameters, budget and held-out problems
+    assert shared[0]["learning_rate"] == 2e-5 and shared[0]["beta"] == 0.05  # from the base config
+
+
+def test_report_tables_goals_and_plot(tmp_path):
+    def cell(method, seed, accuracy, start=0.1):
+        return {"cell": f"t/{method}/{seed}", "method": method, "seed": seed, "accuracy": accuracy, "n": 200,
+                "ci95": study.wilson(round(accuracy * 200), 200), "curve": [[0, start], [10, accuracy]],
+                "accuracy_start": start, "kl": 0.5, "kl_se": 0.1, "step_seconds_median": 20.0}
+    rows = [cell("pi_ref", 0, 0.1, 0.1), cell("agro", 0, 0.40), cell("agro", 1, 0.30), cell("grpo", 0, 0.38),
+            cell("agro_offline", 0, 0.15), cell("topr_offline", 0, 0.30)]
+    out = tmp_path / "cells.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = study.report(out, tmp_path / "curves.png")
+    assert "| agro | 2 | 0.350 | 0.300–0.400 | 0.500 |" in text
+    assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.350 vs grpo 0.380 (-0.030) | missed | -0.010 |" in text
+    assert "| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050) | missed | -0.050 |" in text
+    assert "| AGRO stale ≥ GRPO stale | not run |" in text
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 1-layer, 16-wide Llama with the arithmetic task's character tokenizer and room for chain_sum's prompts."""
+    import dataclasses
+
+    import torch
+
+    from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    settings = dataclasses.replace(ArithmeticTask(hidden_size=16, num_layers=1, num_heads=2), max_positions=256)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    build_model(settings, tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeypatch, capsys):
+    """Every regime with the tiny model: cells of the right shape; an interrupted training cell resumes from
+    its checkpoint; the offline data is generated once for the three offline methods; a rerun runs nothing."""
+    calls = []
+    real = study.agro_cli
+
+    def spy(*argv):
+        calls.append(argv)
+        if argv[0] == "train" and not calls_resumed and "--resume" not in argv and "objective=\"agro\"" in argv:
+            real(*argv, "--set", "max_steps=1")  # the run stops after its first step, as if killed there
+            calls_resumed.append(True)
+            raise KeyboardInterrupt
+        real(*argv)
+
+    calls_resumed = []
+    monkeypatch.setattr(study, "agro_cli", spy)
+    out, runs = tmp_path / "cells.jsonl", tmp_path / "runs"
+    argv = ["--methods", "pi_ref,agro,grpo_stale,agro_offline,kl_pg_offline,topr_offline", "--seeds", "0",
+            "--max-steps", "2", "--eval-every", "1", "--heldout", "8", "--kl-samples", "4", "--task", "chain_sum_2",
+            "--model", str(tiny_model), "--out", str(out), "--runs", str(runs),
+            "--set", "prompt_template=raw", "--set", "instruction=null", "--set", "max_prompt_length=128",
+            "--set", "max_completion_length=8",
+            "--set", "num_generations=2", "--set", "prompts_per_step=2", "--set", "num_threads=1",
+            "--set", "mini_batch_size=8", "--set", "learning_rate=0.01"]
+    with pytest.raises(KeyboardInterrupt):
+        study.main(argv)
+    assert [json.loads(line)["method"] for line in out.read_text().splitlines()] == ["pi_ref"]
+    assert study.main(argv) == 0
+    cells = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cells"]
+    assert [c["method"] for c in cells] == ["pi_ref", "agro", "grpo_stale", "agro_offline", "kl_pg_offline",
+                                            "topr_offline"]
+    trains = [a for a in calls if a[0] == "train"]
+    assert sum("--resume" in a for a in trains) == 1  # the interrupted agro cell went on from its checkpoint
+    assert sum(a[0] == "generate" for a in calls) == 1 and len(list((runs / "offline").iterdir())) == 1
+    reference = cells[0]
+    for c in cells:
+        assert c["seed"] == 0 and c["n"] == 8 and 0 <= c["ci95"][0] <= c["accuracy"] <= c["ci95"][1] <= 1
+        assert c["ci95"] == pytest.approx(study.wilson(round(c["accuracy"] * 8), 8))
+        if c["method"] != "pi_ref":
+            assert [s for s, _ in c["curve"]] == [0, 1, 2]
+            assert c["curve"][0][1] == reference["accuracy"]  # step 0 is π_ref, scored as the pi_ref cell is
+            assert c["kl_samples"] == 4 and c["kl"] == c["kl"]  # finite
+    stale = next(c for c in cells if c["method"] == "grpo_stale")
+    assert stale["objective"] == "grpo" and stale["staleness_mean"] == 0.5  # steps 1, 2: both sampled by version 0
+    offline = next(c for c in cells if c["method"] == "topr_offline")
+    assert 0 < offline["offline_data"]["records"] <= 2 * offline["offline_data"]["prompts"] <= 8
+    resumed = [json.loads(line) for line in (runs / cells[1]["cell"].replace("/", "-") / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert [r["step"] for r in resumed if "time_step" in r] == [1, 2]
+    calls.clear()
+    assert study.main(argv) == 0 and calls == []  # everything written: nothing runs again
+    assert len(out.read_text().splitlines()) == 6

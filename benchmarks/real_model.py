@@ -230,8 +230,13 @@ def train_cell(args, method: str, seed: int, run_dir: Path) -> dict:
     finished = (run_dir / "final").is_dir() and any(r.get("step") == args.max_steps and "eval/accuracy" in r
                                                      for r in rows)
     if not finished:
-        resume = ["--resume"] if (run_dir / "config.yaml").exists() else []
-        agro_cli("train", str(args.config), *[a for s in settings for a in ("--set", s)], *resume)
+        # a stale cell starts again: a resumed lagged run re-samples its in-flight batches with the resumed
+        # weights, so for max_staleness steps its data would be fresher than the cell says
+        resume = any(run_dir.glob("checkpoint-*")) and METHODS[method][0] != "stale"
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        agro_cli("train", str(args.config), *[a for s in settings for a in ("--set", s)],
+                 *(["--resume"] if resume else []))
         rows = read_metrics(run_dir)
     steps = [r for r in rows if "time_step" in r]
     curve = [[r["step"], r["eval/accuracy"]] for r in rows if "eval/accuracy" in r]
@@ -250,11 +255,16 @@ def train_cell(args, method: str, seed: int, run_dir: Path) -> dict:
     out.update(kl_to_reference(c, run_dir / "final", args.kl_samples, seed))
     if offline:
         out["offline_data"] = offline_stats(offline)
-    if not args.keep_models:
+    return out
+
+
+def clean_run(run_dir: Path, keep_models: bool) -> None:
+    """A written cell's checkpoints, and its final model unless kept (only once the cell is in --out: a cell
+    stopped before that is run again from what is on disk)."""
+    if not keep_models:
         shutil.rmtree(run_dir / "final", ignore_errors=True)
     for checkpoint in run_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
-    return out
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -301,6 +311,8 @@ def run(args) -> list[dict]:
             correct = round(row["accuracy"] * row["n"])
             row.update({"correct": correct, "ci95": wilson(correct, row["n"]), "seconds": round(time.time() - start, 1)})
             append(args.out, row)
+            if method != "pi_ref":
+                clean_run(Path(args.runs) / cell.replace("/", "-"), args.keep_models)
     rows = {r["cell"]: r for r in read_cells(args.out)}
     return [rows[cell] for cell in wanted]
 

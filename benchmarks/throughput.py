@@ -221,11 +221,6 @@ def matmul_peak(n: int, dtype: str, repeats: int = 3) -> float:
     return 2 * n**3 / best
 
 
-def native_bf16() -> bool:
-    """Whether this device computes bf16 matmuls natively (a GPU; a CPU with avx512_bf16 or AMX)."""
-    return DEVICE == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def synchronize() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -390,8 +385,10 @@ def main():
     s["trl_defaults"] = a.trl_defaults
     s["cache_implementation"] = a.cache_implementation
     s["trl_cache_implementation"] = a.trl_cache_implementation or a.cache_implementation
+    from agro.models import native_bf16
+
     s["dtype"] = a.dtype or ("float32" if DEVICE == "cpu" or a.model else "bfloat16")
-    s["bf16"] = bool(a.model) and not a.no_bf16 and native_bf16() and s["dtype"] == "float32"
+    s["bf16"] = bool(a.model) and not a.no_bf16 and native_bf16(DEVICE) and s["dtype"] == "float32"
     if DEVICE == "cuda":
         s["matmul_n"] = 8192
     if a.threads:

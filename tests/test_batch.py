@@ -55,3 +55,11 @@ def test_tensors_pad_to_the_longest_completion_and_take_pi_old_when_given():
     assert t["old_logprobs"] is t["logprobs_now"] and torch.equal(t["behavior_logprobs"], t["logprobs_now"])
     old = [torch.tensor([-0.125]), torch.tensor([-0.125, -0.375])]
     assert batch.tensors(gens, ["x"], now, old)["old_logprobs"].tolist() == [[-0.125, 0.0], [-0.125, -0.375]]
+
+
+def test_replay_keeps_members_out_of_the_loss_out():
+    """A sample of weight 0 (no reward, or cut under `mask`) comes back from replay with weight 0, not replay_weight."""
+    replay = ReplayBuffer(max_staleness=2, weight=0.5)
+    replay.add([gen("y", [7], step=0, reward=1.0), gen("y", [8], step=0, reward=0.0, weight=0.0)])
+    drawn = replay.sample("y", 1, 2, torch.Generator().manual_seed(0))
+    assert sorted((g.completion_ids[0], g.weight) for g in drawn) == [(7, 0.5), (8, 0.0)]

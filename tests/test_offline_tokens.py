@@ -79,6 +79,8 @@ def test_sampled_tokens_train_within_the_limit_that_cut_them(smollm2_tokenizer, 
     (group,) = pool.offline_by_group.values()
     assert [g.completion_ids for g in group] == [ids, ids2]
     assert group[0].behavior_logprobs.tolist() == [-1.0] * 6
+    with pytest.raises(data.DataError, match="field 'behavior_logprobs': has 5 values for 6 completion tokens"):
+        pool_of([{**rows[0], "behavior_logprobs": [-1.0] * 5}], tmp_path, objective="topr")  # sampled: exact
     old = [{k: v for k, v in rows[0].items() if k not in ("completion_ids", "behavior_logprobs")}]
     with pytest.raises(data.DataError, match=r"offline.jsonl:1: field 'completion': completion has \d+ tokens, "
                        "more than max_completion_length 6"):

@@ -94,19 +94,21 @@ def tiny_model(tmp_path_factory):
 
 def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeypatch, capsys):
     """Every regime with the tiny model: cells of the right shape; an interrupted training cell resumes from
-    its checkpoint; the offline data is generated once for the three offline methods; a rerun runs nothing."""
+    its checkpoint, an interrupted stale cell starts again (a resume would sample its in-flight batches with
+    newer weights); the offline data is generated once for the three offline methods; a rerun runs nothing."""
     calls = []
     real = study.agro_cli
 
     def spy(*argv):
         calls.append(argv)
-        if argv[0] == "train" and not calls_resumed and "--resume" not in argv and "objective=\"agro\"" in argv:
+        kind = "stale" if "lagged_generation=true" in argv else "agro" if "objective=\"agro\"" in argv else None
+        if argv[0] == "train" and kind and kind not in interrupted:
             real(*argv, "--set", "max_steps=1")  # the run stops after its first step, as if killed there
-            calls_resumed.append(True)
+            interrupted.append(kind)
             raise KeyboardInterrupt
         real(*argv)
 
-    calls_resumed = []
+    interrupted = []
     monkeypatch.setattr(study, "agro_cli", spy)
     out, runs = tmp_path / "cells.jsonl", tmp_path / "runs"
     argv = ["--methods", "pi_ref,agro,grpo_stale,agro_offline,kl_pg_offline,topr_offline", "--seeds", "0",
@@ -119,12 +121,15 @@ def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         study.main(argv)
     assert [json.loads(line)["method"] for line in out.read_text().splitlines()] == ["pi_ref"]
+    with pytest.raises(KeyboardInterrupt):
+        study.main(argv)
     assert study.main(argv) == 0
     cells = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cells"]
     assert [c["method"] for c in cells] == ["pi_ref", "agro", "grpo_stale", "agro_offline", "kl_pg_offline",
                                             "topr_offline"]
     trains = [a for a in calls if a[0] == "train"]
     assert sum("--resume" in a for a in trains) == 1  # the interrupted agro cell went on from its checkpoint
+    assert not any("--resume" in a and "lagged_generation=true" in a for a in trains)
     assert sum(a[0] == "generate" for a in calls) == 1 and len(list((runs / "offline").iterdir())) == 1
     reference = cells[0]
     for c in cells:
@@ -141,6 +146,10 @@ def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeyp
     resumed = [json.loads(line) for line in (runs / cells[1]["cell"].replace("/", "-") / "metrics.jsonl")
                .read_text().splitlines()]
     assert [r["step"] for r in resumed if "time_step" in r] == [1, 2]
+    restarted = [json.loads(line) for line in (runs / cells[2]["cell"].replace("/", "-") / "metrics.jsonl")
+                 .read_text().splitlines()]
+    assert [r["step"] for r in restarted if "time_step" in r] == [1, 2]  # one fresh run, not the first step again
+    assert not list((runs / cells[1]["cell"].replace("/", "-")).glob("checkpoint-*"))  # cleaned once written
     calls.clear()
     assert study.main(argv) == 0 and calls == []  # everything written: nothing runs again
     assert len(out.read_text().splitlines()) == 6

@@ -76,6 +76,7 @@ class ActorSpec:
     num_threads: int
     logprob_chunk_size: int
     bf16: bool = False  # sample and score under bfloat16 autocast, as the learner computes log-probs
+    device: str = "cpu"  # the learner's device: the actor process samples on the same one (its own weights)
 
 
 def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts: list[list[int]]) -> tuple:
@@ -84,11 +85,11 @@ def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts:
     completions = generator.generate(model, prompts, spec.num_generations)
     repeated = [p for p in prompts for _ in range(spec.num_generations)]
     logprobs = []
-    device_type = next(model.parameters()).device.type
-    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=spec.bf16):
+    device = next(model.parameters()).device
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.bf16):
         for start in range(0, len(completions), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
-            batch = collate(repeated[rows], completions[rows], spec.tokenizer.pad_token_id)
+            batch = collate(repeated[rows], completions[rows], spec.tokenizer.pad_token_id, device)
             lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
                                      spec.logprob_chunk_size).float()
             logprobs += [lp[i, : len(c)].tolist() for i, c in enumerate(completions[rows])]
@@ -102,7 +103,7 @@ def _actor_main(spec: ActorSpec, inbox, outbox, parent_pid: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # a Ctrl-C reaches the whole process group: the learner
         signal.signal(sig, signal.SIG_IGN)        # checkpoints and then stops this process itself
     torch.set_num_threads(spec.num_threads)
-    model = AutoModelForCausalLM.from_config(spec.model_config, dtype=spec.dtype).eval()
+    model = AutoModelForCausalLM.from_config(spec.model_config, dtype=spec.dtype).to(spec.device).eval()
     model.generation_config = spec.generation_config
     generator = HFGenerator(spec.tokenizer, spec.max_new_tokens, spec.temperature, spec.top_p, spec.batch_size,
                             bf16=spec.bf16)
@@ -147,7 +148,8 @@ class ActorProcess:
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Send the policy's weights after update `version` (copied: the learner keeps training its own)."""
-        self.inbox.put(("weights", version, {k: v.detach().clone() for k, v in state_dict.items()}))
+        # copied to host memory: the learner keeps training its own, and the actor loads them onto its device
+        self.inbox.put(("weights", version, {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}))
 
     def submit(self, index: int, prompts: list[list[int]]) -> None:
         """Ask for the batch the learner consumes at step `index`, sampled with the newest weights sent."""
@@ -270,7 +272,8 @@ def start_async_actor(config, policy, tokenizer, prompts: PromptPool, first_step
     model = merged_copy(policy) if config.use_peft else policy
     spec = ActorSpec(model.config, model.generation_config, tokenizer, DTYPES[config.torch_dtype],
                      config.max_completion_length, config.temperature, config.top_p, config.generation_batch_size,
-                     config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size, config.bf16)
+                     config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size, config.bf16,
+                     str(next(policy.parameters()).device))
     if config.lagged_generation:  # samples with the live policy (adapters and all): no merged copy to send
         return AsyncActor(LaggedProcess(spec, policy), tokenizer, prompts, config.max_staleness,
                           config.num_iterations, first_step, use_peft=False)

@@ -103,7 +103,9 @@ class ReplayBuffer:
         if not eligible or count <= 0:
             return []
         order = torch.randperm(len(eligible), generator=generator)[:count].tolist()
-        return [replace(eligible[i], source="replay", weight=self.weight) for i in order]
+        # a member out of the loss (weight 0: no reward, or cut under `mask`) stays out when replayed
+        return [replace(eligible[i], source="replay", weight=self.weight if eligible[i].weight > 0 else 0.0)
+                for i in order]
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_group.values())

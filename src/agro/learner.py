@@ -26,7 +26,7 @@ from agro.buffer import Generation
 from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.logprobs import CompletionLogprobs
-from agro.models import disable_dropout, load_model, load_weights
+from agro.models import disable_dropout, load_model, load_weights, native_bf16
 from agro.tokens import collate
 
 
@@ -60,7 +60,7 @@ class Learner:
         self.config, self.accelerator, self.pad_token_id = config, accelerator, pad_token_id
         self.world = accelerator.num_processes
         c = config
-        if c.bf16 and accelerator.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if c.bf16 and not native_bf16(accelerator.device.type):
             warnings.warn("agro: bf16 on a CPU without native bf16 (avx512_bf16 or AMX) is emulated, slower than "
                           "float32; set bf16: false", stacklevel=3)
         given, model = model, model if model is not None else load_model(c.model_name_or_path, c.torch_dtype,

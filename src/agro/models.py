@@ -18,6 +18,17 @@ from agro.model_sources import resolve_model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether the device computes bf16 matmuls natively: a GPU, or a CPU with avx512_bf16 or AMX (oneDNN's check;
+    a torch build without it counts as no)."""
+    if device_type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def load_model(path: str, dtype: str, trust_remote_code: bool):
     """A causal LM from safetensors weights only (pickled `.bin` weights are refused)."""
     path = resolve_model(path)

@@ -125,9 +125,11 @@ class PromptPool:
                           "with another tokenizer?): its behavior_logprobs, which count them, do not apply", report)
                 continue
             if needs_behavior and r.behavior_logprobs is not None:  # only they read them
-                if len(r.behavior_logprobs) not in (len(ids), len(ids) - 1):
+                # sampled ids count exactly; re-encoded text may lack the EOS the trainer appended (log μ 0 there)
+                allowed = (len(ids),) if sampled else (len(ids), len(ids) - 1)
+                if len(r.behavior_logprobs) not in allowed:
                     self._bad(where, "behavior_logprobs", f"has {len(r.behavior_logprobs)} values for "
-                              f"{len(ids) - 1} completion tokens", report)
+                              f"{len(ids) if sampled else len(ids) - 1} completion tokens", report)
                     continue
                 behavior = torch.tensor(r.behavior_logprobs + [0.0] * (len(ids) - len(r.behavior_logprobs)))
             elif needs_behavior:

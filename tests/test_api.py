@@ -7,7 +7,6 @@ import math
 import datasets
 import pytest
 from transformers import AutoModelForCausalLM, TrainerCallback
-from trl.rewards import accuracy_reward, get_soft_overlong_punishment, think_format_reward
 
 from agro import AGROConfig, AGROTrainer
 from agro.errors import AgroError
@@ -141,12 +140,13 @@ def test_bad_inputs_are_one_line_errors(assets, tmp_path):
 
 def test_trl_reward_functions_run_unchanged_on_chat_prompts():
     """TRL's own reward functions, as GRPOTrainer calls them: chat prompts give message-list completions."""
+    rewards = pytest.importorskip("trl.rewards")  # trl is in the bench extra, not in `make setup`
     chat = [{"role": "user", "content": "What is 1/2 + 1/4?"}]
     samples = Samples(prompts=[chat] * 3, completions=["<think>add</think>\\boxed{\\frac{3}{4}}", "\\boxed{0.75}", "\\boxed{5}"],
                       answers=[None] * 3, completion_ids=[[1, 2, 3], [1] * 20, [1]],
                       columns={"solution": ["$\\frac{3}{4}$"] * 3}, groups=[0, 0, 0])
     scorers = [RewardScorer(fn, timeout=30) for fn in
-               (accuracy_reward, think_format_reward, get_soft_overlong_punishment(20, 10))]
+               (rewards.accuracy_reward, rewards.think_format_reward, rewards.get_soft_overlong_punishment(20, 10))]
     with RewardFunctions(scorers) as functions:
         result = functions.score_samples(samples)
     assert result.by_function == {"accuracy_reward": [1.0, 1.0, 0.0], "think_format_reward": [1.0, 0.0, 0.0],

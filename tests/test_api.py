@@ -8,10 +8,11 @@ import datasets
 import pytest
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from agro import AGROConfig, AGROTrainer
+from agro import AGROConfig, AGROTrainer, run_inputs
+from agro.buffer import Generation
 from agro.errors import AgroError
 from agro.rewards import RewardScorer, Samples
-from agro.scoring import RewardFunctions
+from agro.scoring import RewardFunctions, score
 
 
 def rows(assets, extra=True):
@@ -178,3 +179,56 @@ def test_a_lambda_and_a_per_sample_callable_run_in_workers():
     with RewardScorer(lambda prompt, completion, answer: float(completion == answer)) as scorer:
         assert not scorer.batched
         assert scorer.score(["p", "p"], ["1", "2"], ["1", "1"]).rewards == [1.0, 0.0]
+
+
+def test_one_function_stops_early_only_once_the_whole_batch_is_over_the_fraction():
+    """Two functions, 5 groups, `a` fails on 3: 3 of 10 results failed, under 0.5, so `a` scores the other
+    two groups (it used to stop at 3 of its own 5 and leave them at a made-up 0.0)."""
+    def a(prompts, completions, **kwargs):
+        if completions[0].startswith("bad"):
+            raise RuntimeError("no")
+        return [1.0] * len(completions)
+
+    def b(prompts, completions, **kwargs):
+        return [0.5] * len(completions)
+
+    groups = [f"p{i // 2}" for i in range(10)]
+    samples = Samples(prompts=groups, completions=["bad" if i < 6 else "ok" for i in range(10)],
+                      answers=[None] * 10, groups=groups)
+    with RewardFunctions([RewardScorer(f, in_process=True) for f in (a, b)]) as functions:
+        result = functions.score_samples(samples, max_failure_fraction=0.5)
+        assert result.unscored == 0 and result.errors == 6
+        assert result.by_function["a"] == [0.0] * 6 + [1.0] * 4 and result.rewards[-1] == 1.5
+        assert result.first_failure == "a: sample 0: error: RuntimeError: no"
+        assert functions.score_samples(samples, max_failure_fraction=0.25).unscored > 0  # 6 of 10: over 0.25
+
+
+def test_scoring_a_step_leaves_out_unscored_metrics_and_keeps_none():
+    def big_or_none(prompts, completions, **kwargs):
+        return [1e30 if c == "big" else None for c in completions]
+
+    def one(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    gens = [Generation(group="g", prompt_ids=[1], completion_ids=[5, 2], source="on_policy", prompt="p",
+                       completion=c) for c in ("big", "small")]
+    with RewardFunctions([RewardScorer(f, in_process=True) for f in (big_or_none, one)]) as functions:
+        scored, metrics = score(functions, gens, 0, 1.0, {2})
+        assert metrics["reward_non_finite"] == 1 and [g.reward for g in scored] == [0.0, 1.0]
+        # the too-large value is zeroed; `one`'s rewards are kept, and big_or_none's None stays None
+        assert metrics["rewards/big_or_none/mean"] == 0.0 and "rewards/big_or_none/std" not in metrics
+        # rewards already known (a batch's later iterations, stored rewards): no call, no NaN, keys left out
+        _, again = score(functions, scored, 1, 1.0, {2})
+    assert not [k for k in again if k.startswith("rewards/")]
+    assert all(math.isfinite(v) for v in again.values())
+
+
+def test_a_python_function_that_cannot_run_is_named():
+    def broken(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    functions = run_inputs.RunInputs(reward_funcs=[broken]).reward_functions(AGROConfig(reward_timeout=5))
+    with functions:
+        functions.scorers[0].close()
+        with pytest.raises(AgroError, match=r"^reward function broken: RewardScorer is closed$"):
+            functions.score(["p"], ["c"], [None])

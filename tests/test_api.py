@@ -6,6 +6,7 @@ import math
 
 import datasets
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from agro import AGROConfig, AGROTrainer, run_inputs
@@ -232,3 +233,14 @@ def test_a_python_function_that_cannot_run_is_named():
         functions.scorers[0].close()
         with pytest.raises(AgroError, match=r"^reward function broken: RewardScorer is closed$"):
             functions.score(["p"], ["c"], [None])
+
+
+def test_a_forked_worker_runs_torch_on_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with RewardScorer(lambda prompts, completions, **kw: [float(torch.get_num_threads())] * len(completions),
+                          timeout=30) as scorer:
+            assert scorer.score(["p"], ["c"], [None]).rewards == [1.0]
+    finally:
+        torch.set_num_threads(threads)

@@ -174,6 +174,17 @@ def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step:
                   "reward_none": float(len(none)), **function_metrics(result.by_function)}
 
 
+def problem_samples(problems: list[data.Problem], k: int, texts: list[str],
+                    completion_ids: list[list[int]]) -> Samples:
+    """What reward functions see of k completions of each problem, problem-major (`agro eval`, `agro
+    generate`): its prompt, gold answer and columns; one group (one batched call) per problem."""
+    columns = [{"answer": p.answer, **p.columns} for p in problems for _ in range(k)]
+    names = list(dict.fromkeys(n for row in columns for n in row))
+    return Samples([p.prompt for p in problems for _ in range(k)], texts, [p.answer for p in problems for _ in range(k)],
+                   completion_ids=completion_ids, columns={n: [row.get(n) for row in columns] for n in names},
+                   groups=[i // k for i in range(len(texts))])
+
+
 def score_texts(scorer: RewardScorer | RewardFunctions, prompts: list[str], texts: list[str],
                 answers: list[str | None], cut: list[bool], truncated_completions: str,
                 on_result=None, samples: Samples | None = None) -> tuple[list[float], RewardResult]:

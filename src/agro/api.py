@@ -43,7 +43,8 @@ class AGROTrainer:
     peft_config: a `peft.LoraConfig`: its r, lora_alpha and target_modules (a list, or a string such as
         "all-linear"); any other setting changed from PEFT's default is refused (LoRA dropout is always 0, so
         that log-probs are a function of the weights).
-    callbacks: `transformers.TrainerCallback`s (`agro.callbacks`).
+    callbacks: `transformers.TrainerCallback`s; the hooks called and the one control flag honoured
+        (should_training_stop) are in `agro.callbacks`.
     """
 
     def __init__(self, model, reward_funcs=None, args: AGROConfig | None = None, train_dataset=None,

@@ -80,8 +80,9 @@ class RewardFunctions:
         for r in results:
             combined.errors, combined.timeouts = combined.errors + r.errors, combined.timeouts + r.timeouts
             combined.non_finite, combined.unscored = combined.non_finite + r.non_finite, combined.unscored + r.unscored
-        combined.first_failure = next((f"{name}: {r.first_failure}" for name, r in zip(self.names, results)
-                                       if r.first_failure), None)
+        several = len(results) > 1  # the first failure names its function
+        combined.first_failure = next((f"{name}: {r.first_failure}" if several else r.first_failure
+                                       for name, r in zip(self.names, results) if r.first_failure), None)
         combined.by_function = {name: r.rewards for name, r in zip(self.names, results)}
         return combined
 

@@ -163,6 +163,7 @@ def test_bad_inputs_are_one_line_errors(assets, tmp_path):
         (dict(args=types.SimpleNamespace(max_steps=2)), "args: expected an agro.AGROConfig, got a SimpleNamespace"),
         (dict(reward_funcs=[digits, 3]), "reward_funcs: expected spec strings or callables, got a int"),
         (dict(peft_config={"r": 4}), "peft_config: expected a peft.LoraConfig, got a dict"),
+        (dict(args=AGROConfig(reward_function=None)), "key 'reward_function': is null: the run's reward functions"),
         (dict(peft_config=LoraConfig(lora_dropout=0.05, bias="all", use_rslora=True)),
          "peft_config: lora_dropout=0.05, bias='all', use_rslora=True: not supported"),
     ]

@@ -118,7 +118,7 @@ def _run_train(args) -> int:
     from agro.api import AGROTrainer
 
     trainer = AGROTrainer(config.model_name_or_path, args=config)  # the Python API's trainer: one code path
-    metrics = trainer.train(resume_from_checkpoint=args.resume)
+    metrics = trainer.train(resume_from_checkpoint=args.resume).metrics
     trainer = trainer.engine
     if trainer.interrupted is not None:  # stopped by SIGTERM/SIGINT after saving: 128 + the signal, as a shell says
         if trainer.accelerator.is_main_process:

@@ -315,3 +315,25 @@ def test_records_keep_the_sampled_tokens_and_their_behaviour_logprobs(assets):
         with torch.no_grad():
             expected = completion_logprobs(model, batch.input_ids, batch.attention_mask, len(ids))[0].tolist()
         assert r.behavior_logprobs == pytest.approx(expected, abs=1e-5)
+
+
+def test_generate_scores_a_batched_reward_one_problem_a_call(assets):
+    """A batched reward gets one call (and one time limit) per problem, not one for every record."""
+    tokenizer = AutoTokenizer.from_pretrained(assets / "model")
+    model = AutoModelForCausalLM.from_pretrained(assets / "model").eval()
+    sampled = tokenizer("1+1=2", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+    class FixedSamples:
+        max_new_tokens = 20
+
+        def generate(self, model, prompts, num_generations):
+            return [sampled] * (len(prompts) * num_generations)
+
+    def group_size(prompts, completions, answer, **kwargs):
+        assert len(set(answer)) == 1  # the samples of one problem
+        return [float(len(completions))] * len(completions)
+
+    problems = [Problem(prompt=f"{a}+1=", answer=str(a + 1), category=None, id=str(a)) for a in range(3)]
+    with RewardScorer(group_size, in_process=True) as scorer:
+        records = generate_records(model, tokenizer, problems, 2, FixedSamples(), source="test", scorer=scorer)
+    assert [r.reward for r in records] == [2.0] * 6

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from test_real_model import smollm2_present
 
@@ -59,6 +60,8 @@ def test_completion_ids_load_back_and_bad_ones_are_one_line_errors(tmp_path):
     data.write_offline_records(path, [record])
     (loaded,), _ = data.load_offline_records(path)
     assert loaded.completion_ids == [7, 2] and "completion_ids" not in loaded.extra
+    numpy_ids = data.parse_offline_record({"prompt": "p", "completion": "c", "completion_ids": list(np.array([7, 2]))})
+    assert numpy_ids.completion_ids == [7, 2] and all(type(i) is int for i in numpy_ids.completion_ids)
     for bad, reason in (([], "non-empty list"), ([1, -2], "element 1 must be an integer >= 0"),
                         ([1, 2.0], "element 1"), ([True], "element 0"), ("12", "non-empty list")):
         with pytest.raises(data.DataError, match=f"field 'completion_ids': .*{reason}"):

@@ -44,7 +44,7 @@ def test_two_steps_of_smollm2_through_the_public_api(tmp_path):
     last = trainer.train()
     assert AutoModelForCausalLM.from_pretrained(out / "final") is not None
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and last["step"] == 2
+    assert [r["step"] for r in rows] == [1, 2] and last.global_step == 2
     for row in rows:
         assert row["rewards/level_bonus/mean"] == 3.0  # the column reached the function
         assert 0.0 <= row["rewards/brevity/mean"] <= 1.0 and row["reward_failures"] == 0

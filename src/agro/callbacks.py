@@ -4,10 +4,20 @@ Each hook is called as `callback.on_X(args, state, control, **kwargs)`: `args` i
 (it has TrainingArguments' names: output_dir, max_steps, logging_steps, save_steps, eval_steps, seed...),
 `state` a `transformers.TrainerState` (global_step = optimizer steps taken, max_steps, log_history: every
 logged row), `control` a `transformers.TrainerControl`; kwargs are model, processing_class, optimizer and
-lr_scheduler, plus `logs` (on_log) or `metrics` (on_evaluate). Hooks: on_train_begin, on_step_end, on_log,
-on_evaluate, on_save, on_train_end. A hook that sets `control.should_training_stop` ends the run after the
-step, as a finished one (checkpoint, final evaluation, final/). Trackers (TensorBoard, wandb) stay
-accelerate's (`agro.tracking`): callbacks are for the user's own code.
+lr_scheduler, plus `logs` (on_log) or `metrics` (on_evaluate).
+
+Hooks called: on_init_end (once the run's parts are built, at the first train, evaluate or save_model),
+on_train_begin, on_step_begin and on_step_end (around each optimizer step), on_log, on_evaluate, on_save,
+and on_train_end (at the end of a finished run, and when SIGTERM/SIGINT stops it after its checkpoint; not
+after an error). Not called: on_epoch_begin/end, on_substep_end, on_pre_optimizer_step, on_optimizer_step,
+on_prediction_step.
+
+Control flags: only `control.should_training_stop` is honoured: set by any hook, it ends the run after
+the current step as a finished one (checkpoint, final evaluation, final/). should_save, should_evaluate
+and should_log are ignored: checkpoints, evaluations and metric rows follow save_steps, eval_steps and
+logging_steps. `state.log_history` holds the rows logged since the trainer was built (not those of the
+run before a resume). Trackers (TensorBoard, wandb) stay accelerate's (`agro.tracking`): callbacks are for
+the user's own code.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ class Callbacks:
                                   is_local_process_zero=trainer.accelerator.is_local_main_process,
                                   is_world_process_zero=main)
         self.control = TrainerControl()
+        self.call("init_end", 0)
 
     def call(self, event: str, step: int, **kwargs) -> None:
         """`on_<event>` of every callback, at `step` optimizer steps; a returned control replaces the run's."""

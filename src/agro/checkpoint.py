@@ -145,10 +145,12 @@ def batch_files(path: Path) -> int:
 
 
 def write_training_args(path: Path, config, step: int) -> None:
-    """`agro.json`: what the model was trained with, the defaults `agro eval` and `agro generate` take."""
+    """`agro.json`: what the model was trained with, the defaults `agro eval` and `agro generate` take
+    (reward_function null: functions given in Python, which `agro eval` cannot default to)."""
     c = config
+    reward = absolute_spec(c.reward_function) if c.reward_function is not None else None
     args = {"prompt_template": c.prompt_template, "instruction": c.instruction, "system_prompt": c.system_prompt,
-            "reward_function": absolute_spec(c.reward_function), "max_completion_length": c.max_completion_length,
+            "reward_function": reward, "max_completion_length": c.max_completion_length,
             "truncated_completions": c.truncated_completions, "reward_timeout": c.reward_timeout, "step": step}
     (path / TRAINING_ARGS).write_text(json.dumps(args, indent=1) + "\n", encoding="utf-8")
 

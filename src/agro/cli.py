@@ -118,7 +118,7 @@ def _run_train(args) -> int:
     from agro.api import AGROTrainer
 
     trainer = AGROTrainer(config.model_name_or_path, args=config)  # the Python API's trainer: one code path
-    metrics = trainer.train(resume_from_checkpoint=args.resume)
+    metrics = trainer.train(resume_from_checkpoint=args.resume).metrics
     trainer = trainer.engine
     if trainer.interrupted is not None:  # stopped by SIGTERM/SIGINT after saving: 128 + the signal, as a shell says
         if trainer.accelerator.is_main_process:
@@ -207,11 +207,12 @@ def _add_prompt_flags(p) -> None:
                    + "the model's own)")
 
 
-def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> None:
+def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> dict:
     """Unset flags take what the model was trained with (`agro.json`, written by `agro train` into final/
     and checkpoints), else `defaults`; says which it took. A trained system prompt goes with the chat template
     only; the reasoning_gym reward with reasoning_gym: data only (else the data's default reward); a model
-    trained before truncated_completions existed scored its cut completions (keep)."""
+    trained before truncated_completions existed scored its cut completions (keep). Returns agro.json's
+    values ({} without one)."""
     from agro.config import default_reward
 
     path = Path(args.model) / "agro.json"
@@ -237,6 +238,12 @@ def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) ->
             setattr(args, key, defaults[key] if value is None else value)
     if taken:
         print(f"agro: as the model was trained ({path}): {', '.join(taken)}", file=sys.stderr)
+    return trained
+
+
+def _python_rewards(trained: dict) -> bool:
+    """The model was trained with reward functions given in Python (agro.json: reward_function null)."""
+    return "reward_function" in trained and trained["reward_function"] is None
 
 
 def _load_eval_problems(args):
@@ -264,8 +271,11 @@ def _load_eval_problems(args):
 def _run_eval(args) -> int:
     from agro.config import default_reward
 
-    _trained_defaults(args, (*PROMPT_KEYS, "reward", "max_completion_length", "truncated_completions",
-                             "reward_timeout"))
+    trained = _trained_defaults(args, (*PROMPT_KEYS, "reward", "max_completion_length", "truncated_completions",
+                                       "reward_timeout"))
+    if args.reward is None and _python_rewards(trained):
+        raise AgroError(f"{args.model}: trained with reward functions given in Python, which agro.json cannot name; "
+                        "give --reward")
     args.reward = args.reward or default_reward(args.data)
     problems = _load_eval_problems(args)  # before the heavy imports: a bad flag or record is reported at once
     import torch
@@ -354,7 +364,10 @@ def _run_generate(args) -> int:
         raise AgroError("--reward and --no-reward: choose one")
     keys = (*PROMPT_KEYS, "max_completion_length", "truncated_completions", "reward_timeout") + (
         () if args.no_reward else ("reward",))
-    _trained_defaults(args, keys)  # without a trained reward: no scoring
+    trained = _trained_defaults(args, keys)  # without a trained reward: no scoring
+    if args.reward is None and not args.no_reward and _python_rewards(trained):
+        print(f"agro: {args.model} was trained with reward functions given in Python: records are not scored "
+              "(give --reward to score them)", file=sys.stderr)
     problems = _load_eval_problems(args)
     count = write_generations(args, problems)
     print(f"agro: wrote {count} records to {args.out}")

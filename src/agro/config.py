@@ -41,7 +41,10 @@ class TrainConfig:
     use_peft: bool = _f(False, "train LoRA adapters; the reference is the base model with adapters disabled")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
-    lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA adapters")
+    lora_target_modules: list[str] | str = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA "
+                                              "adapters: a list of names (each matches the end of a module's name), "
+                                              "or one string as PEFT reads it: all-linear, or a regex that matches "
+                                              "the full name")
     # objective
     objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg | topr | asymre")
     beta: float = _f(0.05, "KL coefficient β (> 0)")
@@ -93,7 +96,10 @@ class TrainConfig:
     temperature: float = _f(1.0, "sampling temperature of on-policy generation")
     top_p: float = _f(1.0, "nucleus sampling threshold")
     generation_backend: str = _f("hf", "hf (transformers generate) | vllm (colocated, needs vllm and a GPU)")
-    generation_batch_size: int = _f(64, "sequences per generate call")
+    generation_batch_size: int = _f(64, "sequences per generate call (training and evaluation): a memory bound, "
+                                    "not how much is generated. Not TRL's meaning: TRL's generation_batch_size is "
+                                    "the completions of a generation round, which here is prompts_per_step × "
+                                    "num_generations")
     cache_implementation: str = _f("dynamic", "hf: generate's KV cache, dynamic | static (fixed size, the prompt "
                                    "and completion lengths; on a GPU transformers compiles its decoding step, "
                                    "slower at first, then faster: docs/performance.md)")
@@ -107,9 +113,11 @@ class TrainConfig:
                                  "at step s, whatever the timing): stale data for studies, no speed-up")
     vllm_gpu_memory_utilization: float = _f(0.3, "vllm: fraction of GPU memory for the colocated engine")
     # reward
-    reward_function: str = _f("auto", "auto (reasoning_gym for reasoning_gym: data, else math) | math | exact | "
-                              "reasoning_gym | module:function | path/file.py:function; math and exact score the "
-                              "stated answer, else the completion's last number (agro.answers)")
+    reward_function: str | None = _f("auto", "auto (reasoning_gym for reasoning_gym: data, else math) | math | "
+                                     "exact | reasoning_gym | module:function | path/file.py:function; math and "
+                                     "exact score the stated answer, else the completion's last number "
+                                     "(agro.answers); null: the run's functions were given in Python "
+                                     "(AGROTrainer's reward_funcs), as its config.yaml and agro.json record")
     truncated_completions: str = _f("zero", "a completion cut at max_completion_length: zero (reward 0) | mask (out "
                                     "of its group and the loss) | keep (scored as it is); docs/real_model.md")
     reward_timeout: float = _f(10.0, "seconds per reward call before it counts as failed (reward 0)")
@@ -241,6 +249,11 @@ def _coerce(name: str, value, where: str):
     elif typing.get_args(base) == (float,):
         if isinstance(value, list | tuple) and all(_is_finite(v) for v in value):
             return [float(v) for v in value]
+    elif isinstance(base, types.UnionType):  # list[str] | str: a string stays one (PEFT's all-linear, a regex)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return list(value)
     elif typing.get_origin(base) is list:
         if isinstance(value, str):
             value = [value]
@@ -248,7 +261,8 @@ def _coerce(name: str, value, where: str):
             return list(value)
     expected = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
                 dict: "a mapping of key: value"}.get(base, "a list of numbers" if typing.get_args(base) == (float,)
-                                                      else "a list of strings")
+                                                      else "a string or a list of strings"
+                                                      if isinstance(base, types.UnionType) else "a list of strings")
     raise AgroError(f"{where}: key '{name}': expected {expected}, got {value!r}")
 
 
@@ -330,6 +344,9 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
         fail("reward_weights", f"{len(config.reward_weights)} weights for one reward_function")
     if "reward_function" in given:  # Python reward functions: the trainer checks them
         return
+    if config.reward_function is None:
+        fail("reward_function", "is null: the run's reward functions were given in Python (AGROTrainer's "
+                                "reward_funcs); name one here")
     from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
 
     try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -341,12 +342,13 @@ def _check_logprobs(value: Any, bad: Callable[[str], DataError]) -> list[float]:
 
 
 def _check_token_ids(value: Any, bad: Callable[[str], DataError]) -> list[int]:
+    """Token ids as plain ints (numpy integers, common in pandas-built rows, included)."""
     if not isinstance(value, list) or not value:
         raise bad(f"must be a non-empty list of token ids, got {_show(value)}")
     for i, x in enumerate(value):
-        if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        if not isinstance(x, numbers.Integral) or isinstance(x, bool) or x < 0:
             raise bad(f"element {i} must be an integer >= 0, got {_show(x)}")
-    return value
+    return [int(x) for x in value]
 
 
 # ----------------------------------------------------------------------------- offline records

@@ -19,9 +19,9 @@ from agro import data, gym
 from agro.answers import is_truncated
 from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
-from agro.rewards import RewardScorer, Samples
+from agro.rewards import RewardScorer
 from agro.rollout import HFGenerator, generate_with_progress
-from agro.scoring import RewardFunctions, score_texts
+from agro.scoring import RewardFunctions, problem_samples, score_texts
 from agro.tokens import encode_prompt, eos_token_ids, prompt_text
 
 UNCATEGORIZED = "uncategorized"
@@ -49,11 +49,7 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer | R
     shown = [prompt_text(tokenizer, p.prompt) for p in problems]
     scored = len(cut) if truncated_completions == "keep" else cut.count(False)
     answers = [p.answer for p in problems for _ in range(k)]
-    columns = [{"answer": p.answer, **p.columns} for p in problems for _ in range(k)]
-    names = list(dict.fromkeys(n for row in columns for n in row))
-    samples = Samples([p.prompt for p in problems for _ in range(k)], texts, answers, completion_ids=completions,
-                      columns={n: [row.get(n) for row in columns] for n in names},
-                      groups=[i // k for i in range(len(texts))])
+    samples = problem_samples(problems, k, texts, completions)
     calls = scored * len(getattr(scorer, "scorers", [scorer]))  # on_result: once per sample and function
     with tqdm(total=calls, desc="score", unit="call", dynamic_ncols=True, disable=not progress) as bar:
         rewards, result = score_texts(scorer, [s for s in shown for _ in range(k)], texts, answers, cut,

@@ -21,7 +21,7 @@ from agro.logprobs import completion_logprobs
 from agro.models import load_for_inference
 from agro.rewards import open_scorer
 from agro.rollout import HFGenerator, generate_with_progress
-from agro.scoring import score_texts
+from agro.scoring import problem_samples, score_texts
 from agro.tokens import collate, encode_prompt, eos_token_ids, prompt_text
 
 
@@ -51,7 +51,8 @@ def generate_records(model, tokenizer, problems: list[Problem], num_generations:
         eos = eos_token_ids(tokenizer, model)
         rewards, _ = score_texts(scorer, [prompt_text(tokenizer, p.prompt) for p in owners], texts,
                                  [p.answer for p in owners], [is_truncated(c, eos) for c in completions],
-                                 truncated_completions)
+                                 truncated_completions,  # a batched function: one call (time limit) a problem
+                                 samples=problem_samples(problems, num_generations, texts, completions))
     return [
         OfflineRecord(prompt=p.prompt, completion=text, reward=r, answer=p.answer, source=source,
                       behavior_logprobs=lp or None, completion_ids=ids)

@@ -15,7 +15,10 @@ Two calling conventions, told apart by the signature (`is_batched`):
 
 A function named by a spec (`load_reward_function`) runs in ``spawn`` worker processes that import it; a
 function given as a callable (lambdas, closures and ``__main__`` functions included) runs in ``fork`` worker
-processes that inherit it (it must not use torch: a forked child cannot use the parent's thread pools).
+processes that inherit it. Workers are forked at start-up and again mid-training (replacements, extra
+workers), when the trainer's threads exist: a forked worker sets torch to one thread, as DataLoader
+workers do, but a callable should still keep clear of torch and other thread pools (tokenizers' parallel
+encoding included); give it as a spec string (a fresh ``spawn`` process) where it needs them.
 Either way a call that raises, returns a non-number (or a list of the wrong length), or runs past the
 time limit (its worker is then killed) fails: each of its samples scores 0 and counts as failed.
 """
@@ -60,6 +63,7 @@ def is_batched(fn: Callable) -> bool:
 def function_name(fn: Callable) -> str:
     """The name metrics use (`rewards/NAME/mean`, TRL's key): `__name__`, else the class name."""
     return getattr(fn, "__name__", type(fn).__name__)
+
 
 def load_reward_function(spec: str) -> RewardFn | Callable:
     """Resolve ``"exact"``, ``"math"``, ``"package.module:function"`` or ``"path/to/file.py:function"``.
@@ -128,7 +132,6 @@ POLL_INTERVAL = 0.1  # seconds between checks of busy workers (CPU use, deadline
 BLOCKED_WINDOW = 0.2  # a call that used under BLOCKED_CPU_SHARE of a CPU over this many seconds is blocked
 BLOCKED_CPU_SHARE = 0.1
 MAX_WORKERS = 32  # workers at most, counting the extra ones started while calls are blocked
-
 
 
 class ScoringInterrupted(Exception):
@@ -264,6 +267,8 @@ def _serve(conn: multiprocessing.connection.Connection, source: str | Callable, 
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its timeouts just mean "not equal"
     fn = source
+    if not isinstance(source, str) and "torch" in sys.modules:  # forked: the parent's OpenMP pool is not ours
+        sys.modules["torch"].set_num_threads(1)
     if isinstance(source, str):
         try:
             fn = load_reward_function(source)

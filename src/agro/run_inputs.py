@@ -13,7 +13,7 @@ from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.evaluate import load_eval_problems
 from agro.models import load_tokenizer
-from agro.rewards import RewardScorer
+from agro.rewards import RewardScorer, function_name
 from agro.scoring import RewardFunctions
 
 
@@ -49,14 +49,24 @@ class RunInputs:
         """Scorers of reward_funcs (default: the config's reward_function), weighted by reward_weights; their
         worker processes start now."""
         c = config
+        funcs = [c.reward_function] if self.reward_funcs is None else self.reward_funcs
+        where = [reward_source(fn, self.reward_funcs is not None) for fn in funcs]
         scorers = []
         try:
-            for fn in [c.reward_function] if self.reward_funcs is None else self.reward_funcs:
-                scorers.append(RewardScorer(fn, timeout=c.reward_timeout, num_workers=c.reward_workers))
-            return RewardFunctions(scorers, c.reward_weights)
-        except (ValueError, AgroError) as err:
+            for fn, named in zip(funcs, where):
+                try:
+                    scorers.append(RewardScorer(fn, timeout=c.reward_timeout, num_workers=c.reward_workers))
+                except ValueError as err:
+                    raise AgroError(f"{named}: {err}") from None
+            return RewardFunctions(scorers, c.reward_weights, where)
+        except AgroError:
             for scorer in scorers:
                 scorer.close()
-            if isinstance(err, AgroError):
-                raise
-            raise AgroError(f"config: key 'reward_function': {err}") from None
+            raise
+
+
+def reward_source(fn, given: bool) -> str:
+    """What an error of reward function `fn` names: the config key, or (given in Python) the function."""
+    if not given:
+        return "config: key 'reward_function'"
+    return f"reward function {fn!r}" if isinstance(fn, str) else f"reward function {function_name(fn)}"

@@ -30,11 +30,14 @@ class RewardFunctions:
     """Reward functions (`RewardScorer`s) and their weights, scored as one: `score_samples` gives Σ_k w_k r_k
     (None where no function gave a reward) and each function's rewards in `RewardResult.by_function`."""
 
-    def __init__(self, scorers: list[RewardScorer], weights: list[float] | None = None):
+    def __init__(self, scorers: list[RewardScorer], weights: list[float] | None = None,
+                 where: list[str] | None = None):
+        """`where`: what an error of each function names (default the config key reward_function)."""
         if weights is not None and len(weights) != len(scorers):
             raise AgroError(f"config: key 'reward_weights': {len(weights)} weights for {len(scorers)} reward "
                             "functions")
         self.scorers, self.weights = scorers, [1.0] * len(scorers) if weights is None else list(weights)
+        self.where = where or ["config: key 'reward_function'"] * len(scorers)
         names = [s.name for s in scorers]
         self.names = [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
 
@@ -58,9 +61,18 @@ class RewardFunctions:
 
     def score_samples(self, samples: Samples, max_failure_fraction: float | None = None,
                       on_result=None) -> RewardResult:
-        """Each function's rewards, and their weighted sum; failures of all functions counted together.
-        `on_result(index, status, detail)` as each (sample, function) settles."""
-        results = [scorer.score_samples(samples, max_failure_fraction, on_result) for scorer in self.scorers]
+        """Each function's rewards, and their weighted sum; failures of all functions counted together, against
+        max_failure_fraction of all (sample, function) results. `on_result(index, status, detail)` as each
+        (sample, function) settles. A function that cannot run (its workers cannot load it) is an AgroError."""
+        # one function stops early only once the batch as a whole is over the fraction: with K functions, more
+        # than K·f of its own n results failing is more than f of the n·K (no sample is left at a made-up 0)
+        own = None if max_failure_fraction is None else max_failure_fraction * len(self.scorers)
+        results = []
+        for scorer, where in zip(self.scorers, self.where):
+            try:
+                results.append(scorer.score_samples(samples, own, on_result))
+            except (ValueError, RuntimeError) as err:
+                raise AgroError(f"{where}: {str(err).splitlines()[0]}") from None
         combined = RewardResult(rewards=[None] * len(samples.completions))
         for i in range(len(samples.completions)):
             given = [(w, r.rewards[i]) for w, r in zip(self.weights, results) if r.rewards[i] is not None]
@@ -68,7 +80,9 @@ class RewardFunctions:
         for r in results:
             combined.errors, combined.timeouts = combined.errors + r.errors, combined.timeouts + r.timeouts
             combined.non_finite, combined.unscored = combined.non_finite + r.non_finite, combined.unscored + r.unscored
-            combined.first_failure = combined.first_failure or r.first_failure
+        several = len(results) > 1  # the first failure names its function
+        combined.first_failure = next((f"{name}: {r.first_failure}" if several else r.first_failure
+                                       for name, r in zip(self.names, results) if r.first_failure), None)
         combined.by_function = {name: r.rewards for name, r in zip(self.names, results)}
         return combined
 
@@ -88,13 +102,15 @@ class RewardFunctions:
 
 
 def function_metrics(by_function: dict[str, list[float | None]]) -> dict[str, float]:
-    """TRL's `rewards/NAME/mean` and `rewards/NAME/std` over the samples each function gave a reward (NaN: none)."""
+    """TRL's `rewards/NAME/mean` and `rewards/NAME/std` over the samples each function gave a reward now; a key
+    is left out, never NaN, where there are too few (none scored: a batch's later iterations, stored rewards)."""
     metrics = {}
     for name, rewards in by_function.items():
         given = [r for r in rewards if r is not None]
-        mean = sum(given) / len(given) if given else math.nan
-        var = sum((r - mean) ** 2 for r in given) / (len(given) - 1) if len(given) > 1 else math.nan
-        metrics[f"rewards/{name}/mean"], metrics[f"rewards/{name}/std"] = mean, math.sqrt(var) if given else math.nan
+        if given:
+            metrics[f"rewards/{name}/mean"] = mean = sum(given) / len(given)
+        if len(given) > 1:
+            metrics[f"rewards/{name}/std"] = math.sqrt(sum((r - mean) ** 2 for r in given) / (len(given) - 1))
     return metrics
 
 
@@ -112,8 +128,8 @@ def samples_of(gens: list[Generation], columns: dict[str, dict], prompts: dict[s
 def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step: int, max_failure_fraction: float,
           eos_ids: set[int], truncated_completions: str = "keep", columns: dict[str, dict] | None = None,
           prompts: dict[str, object] | None = None) -> tuple[list[Generation], dict[str, float]]:
-    """(`gens` with rewards, failure counts and each function's mean): the same keys every step. `step`: the
-    steps already taken; `columns` and `prompts`: the data columns and prompts of each prompt key (`samples_of`).
+    """(`gens` with rewards, failure counts and each function's mean): the same keys every step but each
+    function's (`function_metrics`). `step`: the steps already taken; `columns` and `prompts`: the data columns and prompts of each prompt key (`samples_of`).
 
     A cut completion (no EOS at its end) without a reward of its own scores 0 with no call under
     truncated_completions "zero"; under "mask" it is scored, and its weight is 0. A sample no function
@@ -134,18 +150,15 @@ def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step:
             tqdm.write(f"agro: step {step + 1}: reward call {index + 1} of {len(todo)} timed out ({detail})")
 
     if todo:
-        try:
-            result = rewards.score_samples(samples_of([gens[i] for i in todo], columns or {}, prompts or {}),
-                                           max_failure_fraction, report_timeout)
-        except (ValueError, RuntimeError) as err:  # the reward function cannot be loaded in its workers
-            raise AgroError(f"config: key 'reward_function': {str(err).splitlines()[0]}") from None
+        result = rewards.score_samples(samples_of([gens[i] for i in todo], columns or {}, prompts or {}),
+                                       max_failure_fraction, report_timeout)
     for i, r in enumerate(result.rewards[: len(todo)]):
         values = [r, *(v[i] for v in result.by_function.values())]
         big = next((v for v in values if v is not None and abs(v) > data.MAX_ABS_REWARD), None)
         if big is not None:  # the bound offline records have; 1e300 would be inf in float32
             result.record(i, "non_finite", 0.0, f"returned {big!r}, |reward| > {data.MAX_ABS_REWARD:g}")
-            for rewards_of in result.by_function.values():
-                rewards_of[i] = 0.0
+            for rewards_of in result.by_function.values():  # None (no reward from that function) stays None
+                rewards_of[i] = None if rewards_of[i] is None else 0.0
     scored = todo[: len(result.rewards)]
     none = [i for j, i in enumerate(scored) if result.rewards[j] is None]
     gens = with_values(gens, "reward", scored, [float(result.rewards[j] or 0.0) for j in range(len(scored))])
@@ -160,6 +173,17 @@ def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step:
     return gens, {"reward_failures": float(result.failures), "reward_timeouts": float(result.timeouts),
                   "reward_errors": float(result.errors), "reward_non_finite": float(result.non_finite),
                   "reward_none": float(len(none)), **function_metrics(result.by_function)}
+
+
+def problem_samples(problems: list[data.Problem], k: int, texts: list[str],
+                    completion_ids: list[list[int]]) -> Samples:
+    """What reward functions see of k completions of each problem, problem-major (`agro eval`, `agro
+    generate`): its prompt, gold answer and columns; one group (one batched call) per problem."""
+    columns = [{"answer": p.answer, **p.columns} for p in problems for _ in range(k)]
+    names = list(dict.fromkeys(n for row in columns for n in row))
+    return Samples([p.prompt for p in problems for _ in range(k)], texts, [p.answer for p in problems for _ in range(k)],
+                   completion_ids=completion_ids, columns={n: [row.get(n) for row in columns] for n in names},
+                   groups=[i // k for i in range(len(texts))])
 
 
 def score_texts(scorer: RewardScorer | RewardFunctions, prompts: list[str], texts: list[str],

@@ -246,6 +246,7 @@ class Trainer:
             while self.step < c.max_steps and self._stop_signal is None and not self.callbacks.should_stop:
                 start = (self.prompts.epoch, self.prompts.position, list(self.prompts.ahead), checkpoint.rng_state(),
                          self.batch, self.iteration)
+                self.callbacks.call("step_begin", self.step)
                 try:
                     metrics = self.train_step()
                 except ScoringInterrupted:  # before any update: back to the step's start, saved as the last step
@@ -298,6 +299,7 @@ class Trainer:
         saved = self.save_checkpoint() if self.step > 0 else None
         where = f"checkpoint saved at step {self.step}" if saved else "no step finished, nothing kept"
         tqdm.write(f"agro: received {signal.Signals(self.interrupted).name}; {where}")
+        self.callbacks.call("train_end", self.step)
         return last
 
     def _check_finite(self, metrics: dict) -> None:

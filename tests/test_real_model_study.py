@@ -153,3 +153,12 @@ def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeyp
     calls.clear()
     assert study.main(argv) == 0 and calls == []  # everything written: nothing runs again
     assert len(out.read_text().splitlines()) == 6
+
+
+def test_the_committed_tables_are_the_report_of_the_committed_cells(tmp_path):
+    """docs/real_model/study.md is `--report` of docs/real_model/cells.jsonl, as committed: no figure by hand."""
+    docs = SCRIPT.parents[1] / "docs" / "real_model"
+    committed = (docs / "study.md").read_text(encoding="utf-8")
+    assert committed == study.report(docs / "cells.jsonl", None) + "\n", (
+        "docs/real_model/study.md is out of date: python benchmarks/real_model.py --report "
+        "--out docs/real_model/cells.jsonl > docs/real_model/study.md")

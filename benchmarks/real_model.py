@@ -20,6 +20,8 @@ hyper-parameters and held-out problems; a method changes only these keys (`METHO
                    clips its ratio to the sampler: its π_old is the batch's behaviour log-probs, which the
                    lagged actor computes with the policy that sampled them (`agro.batch.sampling_logprobs`);
                    AGRO's default taper (clip) masks the same trust region.
+    agro_stale_no_taper   a diagnostic: agro_stale with `taper: none` (AGRO's loss on the stale samples as
+                   they are, no trust region)
     agro_offline,  offline only (num_generations 0): π_ref's own samples, num_generations per prompt for
     kl_pg_offline, max_steps × prompts_per_step training problems (one epoch), written once per task × seed by
     topr_offline   `agro generate` with rewards (temperature and length of the config) and re-used by all
@@ -71,6 +73,9 @@ METHODS: dict[str, tuple[str, dict]] = {
                              "max_staleness": STALENESS}),
     "grpo_stale": ("stale", {"objective": "grpo", "async_generation": True, "lagged_generation": True,
                              "max_staleness": STALENESS}),
+    # a diagnostic: agro_stale without the taper (pure AGRO on the stale samples)
+    "agro_stale_no_taper": ("stale", {"objective": "agro", "taper": "none", "async_generation": True,
+                                      "lagged_generation": True, "max_staleness": STALENESS}),
     "agro_offline": ("offline", {"objective": "agro"}),
     "kl_pg_offline": ("offline", {"objective": "kl_pg"}),
     "topr_offline": ("offline", {"objective": "topr"}),

@@ -410,6 +410,7 @@ def plot_cells(stats: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {"pi_ref": "black", **{m: f"C{i}" for i, m in enumerate(m for m in stats if m != "pi_ref")}}
     for method, s in stats.items():
         if method == "pi_ref":
             left.axhline(s["mean"], color="black", linestyle="--", label="pi_ref")
@@ -419,14 +420,15 @@ def plot_cells(stats: dict[str, dict], path: Path) -> None:
             for step, acc in r["curve"]:
                 by_step.setdefault(step, []).append(acc)
         steps = sorted(by_step)
-        left.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], marker="o", label=method)
+        left.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], marker="o", label=method,
+                  color=colors[method])
     left.set(xlabel="optimizer step", ylabel="held-out greedy accuracy (mean over seeds)")
     left.legend(fontsize=8)
-    for i, s in enumerate(stats.values()):
+    for i, (method, s) in enumerate(stats.items()):
         for j, r in enumerate(sorted(s["cells"], key=lambda r: r["seed"])):
             x = i + (j - (len(s["cells"]) - 1) / 2) * 0.12
             right.errorbar([x], [r["accuracy"]], yerr=[[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]],
-                           fmt="o", color=f"C{i}", capsize=3)
+                           fmt="o", color=colors[method], capsize=3)
     right.set_xticks(range(len(stats)), list(stats), rotation=30, ha="right")
     right.set(ylabel="final held-out accuracy (95% Wilson interval per seed)")
     fig.tight_layout()

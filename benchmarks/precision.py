@@ -42,7 +42,7 @@ def main() -> None:
 
     from agro.config import load_config
     from agro.logprobs import CompletionLogprobs
-    from agro.models import load_model, load_tokenizer, native_bf16
+    from agro.models import bf16_autocast, load_model, load_tokenizer, native_bf16
     from agro.prompts import PromptPool
     from agro.rollout import HFGenerator
     from agro.tokens import collate
@@ -59,11 +59,8 @@ def main() -> None:
     scorer = CompletionLogprobs(model)
     mask = rows.completion_mask
 
-    def autocast(bf16: bool):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-
     def forward_backward(bf16: bool):
-        with autocast(bf16):
+        with bf16_autocast("cpu", bf16):
             lp = scorer(rows.input_ids, rows.attention_mask, rows.num_completion_tokens, c.logprob_chunk_size)
         (lp.float() * mask).sum().backward()
         grad = torch.cat([q.grad.flatten() for q in model.parameters() if q.grad is not None])
@@ -71,7 +68,7 @@ def main() -> None:
         return lp.detach().float(), grad
 
     def reference(bf16: bool):
-        with torch.inference_mode(), autocast(bf16):
+        with torch.inference_mode(), bf16_autocast("cpu", bf16):
             return scorer(rows.input_ids, rows.attention_mask, rows.num_completion_tokens, c.logprob_chunk_size)
 
     def generation(bf16: bool):

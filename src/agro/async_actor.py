@@ -38,7 +38,7 @@ import torch.multiprocessing as mp
 from agro.actor import on_policy_generations
 from agro.buffer import Generation
 from agro.logprobs import completion_logprobs
-from agro.models import DTYPES, merged_copy
+from agro.models import DTYPES, bf16_autocast, merged_copy
 from agro.prompts import PromptPool
 from agro.rollout import HFGenerator
 from agro.tokens import collate
@@ -86,7 +86,7 @@ def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts:
     repeated = [p for p in prompts for _ in range(spec.num_generations)]
     logprobs = []
     device = next(model.parameters()).device
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.bf16):
+    with torch.inference_mode(), bf16_autocast(device.type, spec.bf16):
         for start in range(0, len(completions), spec.batch_size):
             rows = slice(start, start + spec.batch_size)
             batch = collate(repeated[rows], completions[rows], spec.tokenizer.pad_token_id, device)

@@ -26,7 +26,7 @@ from agro.buffer import Generation
 from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.logprobs import CompletionLogprobs
-from agro.models import disable_dropout, load_model, load_weights, native_bf16
+from agro.models import bf16_autocast, disable_dropout, load_model, load_weights, native_bf16
 from agro.tokens import collate
 
 
@@ -63,8 +63,9 @@ class Learner:
         if c.bf16 and not native_bf16(accelerator.device.type):
             warnings.warn("agro: bf16 on a CPU without native bf16 (avx512_bf16 or AMX) is emulated, slower than "
                           "float32; set bf16: false", stacklevel=3)
-        given, model = model, model if model is not None else load_model(c.model_name_or_path, c.torch_dtype,
-                                                                          c.trust_remote_code)
+        given = model
+        if model is None:
+            model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
         if c.use_peft:
             from peft import LoraConfig, get_peft_model
 
@@ -125,9 +126,7 @@ class Learner:
         the backward pass runs in the dtypes of this forward)."""
         batch = collate([g.prompt_ids for g in gens], [g.completion_ids for g in gens],
                         self.pad_token_id, self.accelerator.device)
-        precision = torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16) if self.config.bf16 \
-            else nullcontext()  # (not autocast(enabled=False), which would undo accelerate's mixed precision)
-        with precision:
+        with bf16_autocast(self.accelerator.device.type, self.config.bf16):
             return model(batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
                          self.config.logprob_chunk_size)
 

@@ -7,6 +7,7 @@ Pickled `.bin` weights are refused (`use_safetensors=True`): loading them runs a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,6 +28,12 @@ def native_bf16(device_type: str) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def bf16_autocast(device_type: str, enabled: bool = True):
+    """The `bf16` precision: bfloat16 autocast on `device_type` when enabled, else a no-op context (not
+    autocast(enabled=False), which would switch off an enclosing autocast, such as accelerate's)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def load_model(path: str, dtype: str, trust_remote_code: bool):

@@ -11,6 +11,7 @@ from transformers import GenerationConfig
 
 from agro.errors import AgroError
 from agro.kv_cache import empty_cache, preallocate, shared_prefill
+from agro.models import bf16_autocast
 from agro.tokens import cut_at_eos, eos_token_ids, left_pad
 
 
@@ -56,7 +57,7 @@ class HFGenerator:
         if not self.bf16:
             with torch.inference_mode():
                 return self._generate(model, prompts, num_generations, do_sample)
-        with torch.no_grad(), torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+        with torch.no_grad(), bf16_autocast(next(model.parameters()).device.type):
             return self._generate(model, prompts, num_generations, do_sample)
 
     def _generate(self, model, prompts: list[list[int]], num_generations: int, do_sample: bool) -> list[list[int]]:

@@ -78,10 +78,7 @@ class AGROTrainer:
         given = tuple(key for key, value in (("train_data", train_dataset), ("offline_data", offline_dataset),
                                              ("eval_data", eval_dataset), ("reward_function", funcs))
                       if value is not None)
-        self.args = check(args, given)
-        if funcs is not None and args.reward_weights is not None and len(args.reward_weights) != len(funcs):
-            raise AgroError(f"config: key 'reward_weights': {len(args.reward_weights)} weights for {len(funcs)} "
-                            "reward functions")
+        self.args = check(args, given, reward_count=1 if funcs is None else len(funcs))
         self.inputs = RunInputs(
             model=model if loaded else None, tokenizer=processing_class,
             problems=None if train_dataset is None else _rows(data.load_problem_rows, train_dataset, "train_dataset",

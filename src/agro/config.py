@@ -270,17 +270,19 @@ def _is_finite(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check(config: TrainConfig, given: tuple[str, ...] = ()) -> TrainConfig:
+def check(config: TrainConfig, given: tuple[str, ...] = (), reward_count: int = 1) -> TrainConfig:
     """Check a config made in Python (`AGROConfig(...)`) as `load_config` checks a file's: every value's type
     (coerced as YAML's are) and bound. `given`: the inputs passed as Python objects instead of config keys
-    (train_data, offline_data, eval_data, reward_function)."""
+    (train_data, offline_data, eval_data, reward_function); `reward_count`: how many reward functions
+    reward_weights weighs."""
     for name in FIELDS:
         setattr(config, name, _coerce(name, getattr(config, name), "AGROConfig"))
-    _validate(config, {}, given)
+    _validate(config, {}, given, reward_count)
     return config
 
 
-def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...] = ()) -> None:
+def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...] = (),
+              reward_count: int = 1) -> None:
     def fail(key: str, message: str):
         raise AgroError(f"{where.get(key, 'config')}: key '{key}': {message}")
 
@@ -340,8 +342,9 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
     if config.objective != "grpo" and config.loss_type != "grpo":
         fail("loss_type", f"applies to objective grpo only (objective is '{config.objective}'; AGRO's loss scale is "
                           "agro_loss_type)")
-    if config.reward_weights is not None and "reward_function" not in given and len(config.reward_weights) != 1:
-        fail("reward_weights", f"{len(config.reward_weights)} weights for one reward_function")
+    if config.reward_weights is not None and len(config.reward_weights) != reward_count:
+        fail("reward_weights", f"{len(config.reward_weights)} weights for {reward_count} reward "
+                               f"function{'s' if reward_count != 1 else ''}")
     if "reward_function" in given:  # Python reward functions: the trainer checks them
         return
     if config.reward_function is None:

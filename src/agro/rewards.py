@@ -160,6 +160,20 @@ class Samples:
         if len(lengths) > 1:
             raise ValueError(f"prompts, completions, answers and columns differ in length: {sorted(lengths)}")
 
+    @classmethod
+    def of_texts(cls, prompts: list, completions: list[str], answers: list[str | None]) -> Samples:
+        """Texts with their gold answers, which batched functions get as the `answer` column."""
+        return cls(prompts, completions, answers, columns={"answer": answers})
+
+    def subset(self, indices: list[int]) -> Samples:
+        """The samples at `indices`, in that order."""
+        def pick(values):
+            return None if values is None else [values[i] for i in indices]
+
+        return Samples(pick(self.prompts), pick(self.completions), pick(self.answers), pick(self.prompt_texts),
+                       pick(self.completion_ids), {name: pick(v) for name, v in self.columns.items()},
+                       pick(self.groups))
+
     def per_sample(self, i: int) -> tuple:
         """The arguments (prompt text, completion, answer) of a per-sample call."""
         return (self.prompt_texts or self.prompts)[i], self.completions[i], self.answers[i]
@@ -421,8 +435,7 @@ class RewardScorer:
     ) -> RewardResult:
         """Rewards for aligned lists of prompts, completions and gold answers (`score_samples`; a batched
         function gets the answers as the `answer` column)."""
-        samples = Samples(prompts, completions, answers, columns={"answer": answers})
-        return self.score_samples(samples, max_failure_fraction, on_result)
+        return self.score_samples(Samples.of_texts(prompts, completions, answers), max_failure_fraction, on_result)
 
     def score_samples(
         self,

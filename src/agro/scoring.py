@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
@@ -56,8 +57,7 @@ class RewardFunctions:
     def score(self, prompts: list[str], completions: list[str], answers: list[str | None],
               max_failure_fraction: float | None = None, on_result=None) -> RewardResult:
         """`score_samples` of texts with their gold answers (the `answer` column)."""
-        return self.score_samples(Samples(prompts, completions, answers, columns={"answer": answers}),
-                                  max_failure_fraction, on_result)
+        return self.score_samples(Samples.of_texts(prompts, completions, answers), max_failure_fraction, on_result)
 
     def score_samples(self, samples: Samples, max_failure_fraction: float | None = None,
                       on_result=None) -> RewardResult:
@@ -114,14 +114,19 @@ def function_metrics(by_function: dict[str, list[float | None]]) -> dict[str, fl
     return metrics
 
 
+def column_lists(rows: list[dict]) -> dict[str, list]:
+    """Per-sample column dicts as one list per column name (a column a row lacks is None there)."""
+    names = dict.fromkeys(name for row in rows for name in row)
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
 def samples_of(gens: list[Generation], columns: dict[str, dict], prompts: dict[str, object]) -> Samples:
     """What reward functions see of `gens`: the prompt as the data has it (`prompts` by prompt key; default the
     text), and the data columns of its prompt (`columns` by prompt key; a column a prompt lacks is None)."""
-    names = list(dict.fromkeys(name for g in gens for name in columns.get(g.group, {})))
     return Samples(prompts=[prompts.get(g.group, g.prompt) for g in gens], completions=[g.completion for g in gens],
                    answers=[g.answer for g in gens], prompt_texts=[g.prompt for g in gens],
                    completion_ids=[list(g.completion_ids) for g in gens],
-                   columns={n: [columns.get(g.group, {}).get(n) for g in gens] for n in names},
+                   columns=column_lists([columns.get(g.group, {}) for g in gens]),
                    groups=[g.group for g in gens])
 
 
@@ -179,10 +184,9 @@ def problem_samples(problems: list[data.Problem], k: int, texts: list[str],
                     completion_ids: list[list[int]]) -> Samples:
     """What reward functions see of k completions of each problem, problem-major (`agro eval`, `agro
     generate`): its prompt, gold answer and columns; one group (one batched call) per problem."""
-    columns = [{"answer": p.answer, **p.columns} for p in problems for _ in range(k)]
-    names = list(dict.fromkeys(n for row in columns for n in row))
     return Samples([p.prompt for p in problems for _ in range(k)], texts, [p.answer for p in problems for _ in range(k)],
-                   completion_ids=completion_ids, columns={n: [row.get(n) for row in columns] for n in names},
+                   completion_ids=completion_ids,
+                   columns=column_lists([{"answer": p.answer, **p.columns} for p in problems for _ in range(k)]),
                    groups=[i // k for i in range(len(texts))])
 
 
@@ -193,13 +197,8 @@ def score_texts(scorer: RewardScorer | RewardFunctions, prompts: list[str], text
     scores 0 without a call unless truncated_completions is "keep", as in `score`; no reward (None) is 0.
     `samples`: what batched functions see of them (default: the texts, and the answers as a column)."""
     todo = [i for i in range(len(texts)) if truncated_completions == "keep" or not cut[i]]
-    samples = samples or Samples(prompts, texts, answers, columns={"answer": answers})
-    picked = Samples(
-        [samples.prompts[i] for i in todo], [texts[i] for i in todo], [answers[i] for i in todo],
-        [prompts[i] for i in todo], None if samples.completion_ids is None else [samples.completion_ids[i] for i in todo],
-        {name: [values[i] for i in todo] for name, values in samples.columns.items()},
-        None if samples.groups is None else [samples.groups[i] for i in todo])
-    result = scorer.score_samples(picked, on_result=on_result)
+    samples = replace(samples or Samples.of_texts(prompts, texts, answers), prompt_texts=prompts)
+    result = scorer.score_samples(samples.subset(todo), on_result=on_result)
     rewards = [0.0] * len(texts)
     for i, r in zip(todo, result.rewards):
         rewards[i] = r or 0.0

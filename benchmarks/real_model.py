@@ -59,6 +59,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from real_model_screen import TASKS, append, done_cells  # noqa: E402
+from real_model_screen import agro as agro_cli  # noqa: E402  (`agro_cli(*argv)`: the agro command, checked)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "smollm2-135m-cpu.yaml"
@@ -130,10 +131,6 @@ def load(settings: list[str], config_path: Path):
     from agro.config import load_config
 
     return load_config(config_path, settings)
-
-
-def agro_cli(*argv: str) -> None:
-    subprocess.run([sys.executable, "-m", "agro.cli", *argv], check=True)
 
 
 def offline_data(args, seed: int) -> Path:

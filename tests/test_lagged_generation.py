@@ -2,28 +2,14 @@
 the learner's process, whatever the timing; GRPO's π_old is then the sampler's log-probs."""
 
 import pytest
-import torch
+from test_async_generation import run, without_times
 from test_trainer import overrides, read_metrics
 
 from agro.config import load_config
 from agro.errors import AgroError
-from agro.trainer import Trainer
 
 
-def run(assets, out, **extra):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return Trainer(load_config(None, overrides(assets, out, **extra))).train()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def without_times(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time_") and k != "tokens_per_s"} for r in rows]
-
-
-def test_each_batch_is_exactly_k_versions_old_and_runs_repeat(assets, tmp_path):
+def test_each_batch_is_exactly_k_versions_old_and_runs_repeat(assets, tmp_path, one_thread):
     settings = {"async_generation": "true", "lagged_generation": "true", "max_staleness": 2, "max_steps": 5,
                 "objective": "grpo", "save_steps": 0}
     run(assets, tmp_path / "a", **settings)

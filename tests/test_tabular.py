@@ -88,6 +88,25 @@ def test_sampled_reference_data_with_decaying_step(seed):
     assert final_kl(results, "kl_pg_exact") > 0.1
 
 
+def test_lagged_data_with_lag_0_is_on_policy():
+    """μ = π_{t−0} is π_t: the same run, bit for bit, for AGRO (its trust region masks nothing at ratio 1) and GRPO."""
+    common = {"actions": 6, "steps": 200, "lr": 0.5, "methods": ["agro", "grpo"]}
+    lagged = tabular.run(TabularConfig(**common, data="lagged", lag=0, taper="clip"))["methods"]
+    on_policy = tabular.run(TabularConfig(**common, data="on-policy"))["methods"]
+    assert lagged == on_policy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("taper", ["none", "behavior", "clip"])
+def test_lagged_data_keeps_agro_fixed_point(taper):
+    """Samples of the policy 4 updates old (asynchronous generation): π* is still where AGRO ends, with every
+    taper that acts on them, at the Figure-1 budget."""
+    results = tabular.run(TabularConfig(**FIGURE1, data="lagged", lag=4, taper=taper, methods=["agro"]))
+    assert final_kl(results, "agro") < 1e-6
+    curve = results["methods"]["agro"]["expected_reward"]
+    assert len(curve) == len(results["methods"]["agro"]["steps"]) and curve[-1] > curve[0]
+
+
 def test_sampled_is_deterministic_by_seed():
     config = TabularConfig(actions=5, mode="sampled", data="mixed", samples=8, steps=50, methods=["agro", "is_pg"])
     assert tabular.run(config)["methods"] == tabular.run(config)["methods"]
@@ -117,7 +136,8 @@ def test_cli_writes_results_and_plot(tmp_path):
         (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
         (["--methods", "agro,ppo"], "unknown method 'ppo'"),
         (["--taper", "token"], "--taper must be one of none, ref"),
-        (["--taper", "clip"], "--taper must be one of none, ref, behavior, got 'clip' (clip acts on"),
+        (["--taper", "clip"], "--taper clip acts on a run's own samples of earlier versions: it needs --data lagged"),
+        (["--data", "lagged", "--lag", "-1"], "--lag must be at least 0"),
         (["--data", "replay"], "--data must be one of"),
         (["--data", "fixed"], "--data fixed needs --mu"),
         (["--actions", "three"], "invalid int value"),

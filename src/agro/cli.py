@@ -45,13 +45,17 @@ def _add_tabular(sub) -> None:
     )
     p.add_argument("--actions", type=int, default=d.actions, help="number of actions K (≥ 2)")
     p.add_argument("--beta", type=float, default=d.beta, help="KL coefficient β (> 0)")
-    p.add_argument("--data", default=d.data, help="on-policy | reference | mixed | fixed")
+    p.add_argument("--data", default=d.data, help="on-policy | reference | mixed | fixed | lagged")
+    p.add_argument("--lag", type=int, default=d.lag, help="lagged: the data is π of `lag` updates before")
+    p.add_argument("--epsilon", type=float, default=d.epsilon, help="grpo, and agro with taper clip: clip range")
     p.add_argument("--alpha", type=float, default=d.alpha, help="mixed: fraction of data from π_ref")
     p.add_argument("--mu", type=_floats, default=None, help="fixed: data distribution, K comma-separated probabilities")
     p.add_argument("--mode", default=d.mode, help="exact (expected gradients) | sampled (M draws per step)")
     p.add_argument("--samples", type=int, default=d.samples, help="sampled: draws per step M")
     p.add_argument("--steps", type=int, default=d.steps, help="gradient steps")
     p.add_argument("--lr", type=float, default=d.lr, help="step size on the logits")
+    p.add_argument("--optimizer", default=d.optimizer, help="sgd (plain steps) | adam")
+    p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient's norm to this first")
     p.add_argument("--lr-decay", default=d.lr_decay, help="none | inverse_sqrt | inverse (lr/(1+t/τ))")
     p.add_argument("--lr-decay-steps", type=float, default=d.lr_decay_steps, help="τ of the decay")
     p.add_argument("--seed", type=int, default=d.seed, help="draws r ~ U(0,1) and π_ref logits ~ N(0,1)")
@@ -59,7 +63,7 @@ def _add_tabular(sub) -> None:
     p.add_argument("--ref-policy", type=_floats, default=None, help="K comma-separated π_ref probabilities")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--taper", default=d.taper, help="agro: none | ref (negative records weighted by min(1, π/π_ref) "
-                   "when no sample is fresh) | behavior (also by min(1, π/μ))")
+                   "when no sample is fresh) | behavior (also by min(1, π/μ)) | clip (lagged: a trust region on π/μ)")
     p.add_argument("--asymre-delta", type=float, default=d.asymre_delta, help="asymre: baseline shift δ below V̂^μ")
     p.add_argument("--out", type=Path, default=Path("runs/tabular"), help="output directory")
     p.set_defaults(func=_run_tabular)
@@ -77,7 +81,8 @@ def _run_tabular(args) -> int:
         lr_decay_steps=args.lr_decay_steps, seed=args.seed,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         mu=args.mu, reward=args.reward, ref_policy=args.ref_policy, taper=args.taper,
-        asymre_delta=args.asymre_delta,
+        asymre_delta=args.asymre_delta, lag=args.lag, epsilon=args.epsilon,
+        optimizer=args.optimizer, max_grad_norm=args.max_grad_norm,
     )
     config.validate()
     results = tabular.run(config)

@@ -8,7 +8,8 @@ per-sample weights μ(a), which turns the sample estimators into their expectati
 data distribution μ; in `sampled` mode M actions are drawn from μ each step.
 
 Data regimes (μ): `on-policy` (μ = π_t), `reference` (μ = π_ref), `mixed`
-(μ = α·π_ref + (1−α)·π_t) and `fixed` (a given μ).
+(μ = α·π_ref + (1−α)·π_t), `fixed` (a given μ) and `lagged` (μ = π_{max(0, t−lag)}: the run's own
+samples `lag` updates old, as asynchronous generation gives them; GRPO's π_old is that μ).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from agro import objectives
 from agro.errors import AgroError
 
 METHODS = ("agro", "kl_pg", "kl_pg_exact", "grpo", "is_pg", "topr", "asymre")
-DATA_REGIMES = ("on-policy", "reference", "mixed", "fixed")
-LAB_TAPERS = tuple(t for t in objectives.TAPERS if t != "clip")
+DATA_REGIMES = ("on-policy", "reference", "mixed", "fixed", "lagged")
 MODES = ("exact", "sampled")
+OPTIMIZERS = ("sgd", "adam")
 LR_DECAYS = ("none", "inverse_sqrt", "inverse")
 
 
@@ -50,6 +51,10 @@ class TabularConfig:
     ref_policy: list[float] | None = None
     taper: str = "ref"
     asymre_delta: float = 0.1
+    lag: int = 4
+    epsilon: float = 0.2
+    optimizer: str = "sgd"
+    max_grad_norm: float | None = None
 
     def validate(self) -> None:
         """Raise AgroError (one line) on any invalid setting."""
@@ -69,9 +74,18 @@ class TabularConfig:
             raise AgroError(f"--steps must be at least 1, got {self.steps}")
         if not self.lr > 0:
             raise AgroError(f"--lr must be > 0, got {self.lr}")
-        if self.taper not in LAB_TAPERS:
-            raise AgroError(f"--taper must be one of {', '.join(LAB_TAPERS)}, got {self.taper!r} (clip acts on a "
-                            "run's own samples of earlier versions; the lab samples the current π or a fixed μ)")
+        if self.taper not in objectives.TAPERS:
+            raise AgroError(f"--taper must be one of {', '.join(objectives.TAPERS)}, got {self.taper!r}")
+        if self.taper == "clip" and self.data != "lagged":
+            raise AgroError("--taper clip acts on a run's own samples of earlier versions: it needs --data lagged")
+        if self.lag < 0:
+            raise AgroError(f"--lag must be at least 0, got {self.lag}")
+        if not 0 < self.epsilon < 1:
+            raise AgroError(f"--epsilon must be in (0, 1), got {self.epsilon}")
+        if self.optimizer not in OPTIMIZERS:
+            raise AgroError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise AgroError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
         if self.lr_decay not in LR_DECAYS:
             raise AgroError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -127,9 +141,12 @@ def _learning_rate(config: TabularConfig, step: int) -> float:
     return config.lr
 
 
-def _data_distribution(config: TabularConfig, log_pi: torch.Tensor, log_ref: torch.Tensor) -> torch.Tensor:
-    """log μ for the regime, detached from the policy parameters."""
+def _data_distribution(config: TabularConfig, log_pi: torch.Tensor, log_ref: torch.Tensor,
+                       history: list[torch.Tensor]) -> torch.Tensor:
+    """log μ for the regime, detached from the policy parameters. `history`: log π of the steps so far."""
     log_pi = log_pi.detach()
+    if config.data == "lagged":
+        return history[max(0, len(history) - 1 - config.lag)]
     if config.data == "on-policy":
         return log_pi
     if config.data == "reference":
@@ -155,28 +172,33 @@ def _draw(config: TabularConfig, log_pi: torch.Tensor, log_ref: torch.Tensor, lo
 def method_loss(method: str, config: TabularConfig, batch: dict[str, torch.Tensor], log_pi: torch.Tensor,
                 log_ref: torch.Tensor):
     """The loss of `method` on a batch of one-token completions, from the objective registry (settings the
-    lab has: beta, taper, asymre_delta; the rest at the losses' defaults). Samples count as fresh (on-policy) when π draws some of them: data `on-policy` or `mixed`.
+    lab has: beta, taper, asymre_delta, epsilon; the rest at the losses' defaults). Samples count as fresh
+    (the run's own) when π draws some of them: data `on-policy`, `mixed` or `lagged`.
     """
     if method == "kl_pg_exact":  # the lab's own: the KL term exact instead of sampled
         common = {k: batch[k] for k in objectives.COMMON_INPUTS}
         return objectives.kl_pg_loss(**common, beta=0.0).loss + config.beta * kl(log_pi, log_ref)
     if method not in objectives.OBJECTIVES:
         raise AgroError(f"unknown method {method!r}")
-    fresh = torch.full_like(batch["group_ids"], config.data in ("on-policy", "mixed"), dtype=torch.bool)
+    fresh = torch.full_like(batch["group_ids"], config.data in ("on-policy", "mixed", "lagged"), dtype=torch.bool)
     return objectives.compute_loss(method, {**batch, "fresh": fresh}, config).loss
 
 
 def run_method(config: TabularConfig, problem: Bandit, method: str) -> dict:
-    """Plain gradient steps on the logits θ (π = softmax θ), started at π_ref."""
+    """Gradient steps on the logits θ (π = softmax θ), started at π_ref: plain steps θ −= lr·g, or Adam
+    (torch.optim.Adam, the LLM trainer's update without weight decay), after clipping ‖g‖ to max_grad_norm."""
     theta = problem.log_ref.clone().requires_grad_(True)
+    adam = torch.optim.Adam([theta], lr=config.lr) if config.optimizer == "adam" else None
     gen = torch.Generator().manual_seed(config.seed + 1)
     log_opt = problem.log_optimal
     kl_start = kl(problem.log_ref, log_opt).item()
     every = max(1, config.steps // config.log_points)
-    logged_steps, normalized = [0], [1.0]
+    logged_steps, normalized, rewards = [0], [1.0], [(problem.log_ref.exp() * problem.reward).sum().item()]
+    history: list[torch.Tensor] = []
     for step in range(1, config.steps + 1):
         log_pi = torch.log_softmax(theta, dim=0)
-        log_mu = _data_distribution(config, log_pi, problem.log_ref)
+        history = (history + [log_pi.detach()])[-(config.lag + 1):]
+        log_mu = _data_distribution(config, log_pi, problem.log_ref, history)
         if config.mode == "exact":
             actions = torch.arange(config.actions)
             weights, behavior = log_mu.exp(), log_mu
@@ -191,18 +213,28 @@ def run_method(config: TabularConfig, problem: Bandit, method: str) -> dict:
             "group_ids": torch.zeros(len(actions), dtype=torch.long),
             "weights": weights,
             "behavior_logprobs": behavior.unsqueeze(-1),
+            "old_logprobs": (behavior if config.data == "lagged" else log_pi[actions].detach()).unsqueeze(-1),
         }
         loss = method_loss(method, config, batch, log_pi, problem.log_ref)
         (grad,) = torch.autograd.grad(loss, theta)
-        with torch.no_grad():
-            theta -= _learning_rate(config, step - 1) * grad
+        if config.max_grad_norm is not None:
+            grad = grad * min(1.0, config.max_grad_norm / (grad.norm().item() + 1e-12))
+        if adam is not None:
+            theta.grad = grad
+            adam.param_groups[0]["lr"] = _learning_rate(config, step - 1)
+            adam.step()
+        else:
+            with torch.no_grad():
+                theta -= _learning_rate(config, step - 1) * grad
         if step % every == 0 or step == config.steps:
             with torch.no_grad():
                 log_pi = torch.log_softmax(theta, dim=0)
                 logged_steps.append(step)
                 normalized.append(kl(log_pi, log_opt).item() / kl_start)
+                rewards.append((log_pi.exp() * problem.reward).sum().item())
     final = torch.softmax(theta.detach(), dim=0)
-    return {"final_policy": final.tolist(), "normalized_kl": normalized, "steps": logged_steps}
+    return {"final_policy": final.tolist(), "normalized_kl": normalized, "expected_reward": rewards,
+            "steps": logged_steps}
 
 
 def run(config: TabularConfig) -> dict:

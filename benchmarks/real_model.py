@@ -54,6 +54,7 @@ import hashlib
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -334,24 +335,36 @@ def read_cells(path: Path) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict[str, dict]:
-    """Per method: its cells, the mean accuracy over seeds, and the pooled problems (seeds × n)."""
+    """Per method: its cells, the mean and standard deviation of accuracy over seeds, the pooled problems
+    (seeds × n), and the mean over seeds of each cell's mean held-out accuracy after step 0 (`curve_mean`: the
+    learning curve's level, less noisy than its last point)."""
     out: dict[str, dict] = {}
     for method in METHODS:
         cells = [r for r in rows if r["method"] == method]
         if cells:
             acc = [r["accuracy"] for r in cells]
-            out[method] = {"cells": cells, "mean": sum(acc) / len(acc), "min": min(acc), "max": max(acc),
-                           "n": sum(r["n"] for r in cells), "kl": mean([r["kl"] for r in cells])}
+            curve = [mean([a for step, a in r["curve"] if step > 0] or [r["accuracy"]]) for r in cells]
+            out[method] = {"cells": cells, "mean": mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else None,
+                           "min": min(acc), "max": max(acc), "n": sum(r["n"] for r in cells),
+                           "kl": mean([r["kl"] for r in cells]), "curve_mean": mean(curve)}
     return out
 
 
 def noise(a: dict, b: dict) -> float:
-    """Half-width of a 95% normal interval of the difference of two methods' mean accuracies, each a binomial
-    over its pooled problems (seeds × held-out problems). Seeds vary more than problems do when they share
-    the held-out set; the per-seed spread is reported beside it."""
-    def var(s):
+    """Half-width of a 95% normal interval of the difference of two methods' mean accuracies: the larger of
+    (1) each mean a binomial over its pooled problems (seeds × held-out problems), and (2) where both methods
+    have 2+ seeds, each mean's standard error over seeds, std/√seeds (what training's randomness adds; with
+    2–3 seeds a rough figure itself)."""
+    def binomial(s):
         return s["mean"] * (1 - s["mean"]) / s["n"]
-    return Z95 * math.sqrt(var(a) + var(b))
+
+    def over_seeds(s):
+        return s["std"] ** 2 / len(s["cells"])
+
+    width = math.sqrt(binomial(a) + binomial(b))
+    if a["std"] is not None and b["std"] is not None:
+        width = max(width, math.sqrt(over_seeds(a) + over_seeds(b)))
+    return Z95 * width
 
 
 GOALS = [  # (text, method, reference method(s), margin): met when method ≥ best reference + margin
@@ -395,10 +408,12 @@ def report(out: Path, plot: Path | None) -> str:
             lines.append(f"| {method} | {r['seed']} | {r['accuracy']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} | "
                          f"{r['n']} | {r['accuracy'] - start:+.3f} | {r['kl']:.3f} ± {r.get('kl_se', 0):.3f} | {curve} | "
                          f"{'–' if step is None else f'{step:.1f}'} |")
-    lines += ["", "| method | seeds | mean accuracy | min–max over seeds | mean KL(π‖π_ref) |", "|---|---|---|---|---|"]
+    lines += ["", "| method | seeds | accuracy, mean ± std over seeds | min–max over seeds | mean held-out accuracy "
+              "after step 0 | mean KL(π‖π_ref) |", "|---|---|---|---|---|---|"]
     for method, s in stats.items():
-        lines.append(f"| {method} | {len(s['cells'])} | {s['mean']:.3f} | {s['min']:.3f}–{s['max']:.3f} | "
-                     f"{s['kl']:.3f} |")
+        spread = "" if s["std"] is None else f" ± {s['std']:.3f}"
+        lines.append(f"| {method} | {len(s['cells'])} | {s['mean']:.3f}{spread} | {s['min']:.3f}–{s['max']:.3f} | "
+                     f"{s['curve_mean']:.3f} | {s['kl']:.3f} |")
     lines += ["", *goal_lines(stats)]
     if plot is not None:
         plot_cells(stats, plot)

@@ -1,7 +1,7 @@
 """Stale samples in the tabular lab: what 4 updates of lag cost AGRO and GRPO, with and without a trust region.
 
-    python benchmarks/tabular_lag.py                  # 20 seeds, both optimisers (about a minute)
-    python benchmarks/tabular_lag.py --seeds 5        # quick
+    python benchmarks/tabular_lag.py --out docs/real_model    # 20 seeds, both optimisers (10 s)
+    python benchmarks/tabular_lag.py --seeds 5                  # quick, prints only
 
 A miniature of issue 30's stale regime (docs/real_model.md): one prompt, K = 20 answers of which 2 are right
 (reward 1, the rest 0), π_ref holding 0.1 on the right ones, β = 0.05, groups of M = 8 samples, 40 steps. The data
@@ -10,7 +10,8 @@ candidate runs from π = π_ref with `adam` (lr 0.3, max_grad_norm 1: the LLM tr
 (plain steps, lr 1, no clipping); the lab's losses are the trainer's (`agro.objectives`). Reported: the expected
 reward E_π[r] after 10, 20 and 40 steps, mean ± std over seeds (seed s draws the samples), and the normalised
 KL(π‖π*) at the end. The last line printed is one JSON object {"settings":, "results": {OPTIMIZER: {CANDIDATE:
-{"steps":, "reward_mean":, "reward_std":, "normalized_kl_median":}}}}.
+{"steps":, "reward_mean":, "reward_std":, "normalized_kl_median":}}}}; with --out DIR it is also written to
+DIR/tabular_lag.json, and its table to DIR/tabular_lag.md (`markdown`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 
 from agro import tabular
 from agro.tabular import TabularConfig
@@ -42,27 +44,49 @@ def config(seed: int, steps: int, method: str, data: str, lag: int, taper: str, 
                          **optimizer)
 
 
+def measure(seeds: int, steps: int) -> dict:
+    checkpoints = [steps // 4, steps // 2, steps]
+    results: dict = {}
+    for opt_name, optimizer in OPTIMIZERS.items():
+        results[opt_name] = {}
+        for name, (method, data, lag, taper) in CANDIDATES.items():
+            runs = [tabular.run(config(s, steps, method, data, lag, taper, optimizer))["methods"][method]
+                    for s in range(seeds)]
+            at = [[r["expected_reward"][r["steps"].index(c)] for r in runs] for c in checkpoints]
+            results[opt_name][name] = {"steps": checkpoints, "reward_mean": [statistics.mean(v) for v in at],
+                                       "reward_std": [statistics.pstdev(v) for v in at],
+                                       "normalized_kl_median": statistics.median(r["normalized_kl"][-1] for r in runs)}
+    return {"settings": {"seeds": seeds, "steps": steps, "optimizers": OPTIMIZERS}, "results": results}
+
+
+def markdown(measured: dict) -> str:
+    """One table: a row per optimiser × candidate, E_π[r] (mean ± std over seeds) at each checkpoint."""
+    settings = measured["settings"]
+    first = next(iter(next(iter(measured["results"].values())).values()))
+    lines = [f"E_π[r] (mean ± std over {settings['seeds']} seeds) and the median normalised KL(π‖π*) at the end",
+             "", "| optimiser | candidate | " + " | ".join(f"step {c}" for c in first["steps"]) + " | KL/KL₀ |",
+             "|---|---|" + "---|" * len(first["steps"]) + "---|"]
+    for opt_name, rows in measured["results"].items():
+        for name, row in rows.items():
+            cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(row["reward_mean"], row["reward_std"]))
+            lines.append(f"| {opt_name} | {name} | {cells} | {row['normalized_kl_median']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=None, help="write tabular_lag.json and tabular_lag.md here")
     args = parser.parse_args()
-    checkpoints = [args.steps // 4, args.steps // 2, args.steps]
-    results: dict = {}
-    for opt_name, optimizer in OPTIMIZERS.items():
-        results[opt_name] = {}
-        print(f"\n{opt_name} ({optimizer}): E_π[r] after {checkpoints} steps, mean ± std over {args.seeds} seeds")
-        for name, (method, data, lag, taper) in CANDIDATES.items():
-            runs = [tabular.run(config(s, args.steps, method, data, lag, taper, optimizer))["methods"][method]
-                    for s in range(args.seeds)]
-            at = [[r["expected_reward"][r["steps"].index(c)] for r in runs] for c in checkpoints]
-            row = {"steps": checkpoints, "reward_mean": [statistics.mean(v) for v in at],
-                   "reward_std": [statistics.pstdev(v) for v in at],
-                   "normalized_kl_median": statistics.median(r["normalized_kl"][-1] for r in runs)}
-            results[opt_name][name] = row
-            cells = "  ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(row["reward_mean"], row["reward_std"]))
-            print(f"  {name:34s} {cells}   KL/KL0 {row['normalized_kl_median']:.2e}")
-    print(json.dumps({"settings": {**vars(args), "optimizers": OPTIMIZERS}, "results": results}))
+    measured = measure(args.seeds, args.steps)
+    table = markdown(measured)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "tabular_lag.json").write_text(json.dumps(measured) + "\n")
+        (args.out / "tabular_lag.md").write_text(table)
+    print(json.dumps(measured))
 
 
 if __name__ == "__main__":

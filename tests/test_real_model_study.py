@@ -4,6 +4,7 @@ written, and generates the offline data once."""
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,24 @@ def test_report_tables_goals_and_plot(tmp_path):
     out = tmp_path / "cells.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = study.report(out, tmp_path / "curves.png")
-    assert "| agro | 2 | 0.350 | 0.300–0.400 | 0.500 |" in text
+    assert "| agro | 2 | 0.350 ± 0.071 | 0.300–0.400 | 0.350 | 0.500 |" in text
+    assert "| grpo | 1 | 0.380 | 0.380–0.380 | 0.380 | 0.500 |" in text
     assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.350 vs grpo 0.380 (-0.030) | missed | -0.010 |" in text
     assert "| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050) | missed | -0.050 |" in text
     assert "| AGRO stale ≥ GRPO stale | not run |" in text
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_noise_is_the_larger_of_binomial_and_seed_spread():
+    def stats(accs, n=200):
+        rows = [{"method": "agro", "seed": i, "accuracy": a, "n": n, "curve": [[0, 0.1], [20, a]], "kl": 0.0}
+                for i, a in enumerate(accs)]
+        return study.summary(rows)["agro"]
+    steady, spread = stats([0.30, 0.30, 0.30]), stats([0.20, 0.30, 0.40])
+    binomial = study.Z95 * math.sqrt(2 * 0.3 * 0.7 / 600)
+    assert study.noise(steady, steady) == pytest.approx(binomial)  # no spread over seeds: the problems' noise
+    assert study.noise(spread, steady) == pytest.approx(study.Z95 * math.sqrt(0.1 ** 2 / 3))  # std 0.1 over 3 seeds
+    assert study.noise(stats([0.3]), spread) == pytest.approx(study.Z95 * math.sqrt(0.21 / 200 + 0.21 / 600))
 
 
 @pytest.fixture(scope="module")

@@ -257,6 +257,7 @@ def train_cell(args, method: str, seed: int, run_dir: Path) -> dict:
            "reward_curve": [[r["step"], r[f"reward/{source}"]] for r in steps if f"reward/{source}" in r],
            "staleness_mean": mean([r["staleness/mean"] for r in steps if "staleness/mean" in r]),
            "step_seconds_median": median([r["time_step"] for r in steps]),
+           "training": training_stats(steps, c.max_grad_norm),
            "clipped_ratio": [r["eval/clipped_ratio"] for r in rows if "eval/clipped_ratio" in r][-1],
            "objective": c.objective, "taper": c.taper if c.objective == "agro" else None, "beta": c.beta,
            "learning_rate": c.learning_rate, "num_generations": c.num_generations or c.offline_per_group,
@@ -280,6 +281,18 @@ def clean_run(run_dir: Path, keep_models: bool) -> None:
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def training_stats(steps: list[dict], max_grad_norm: float) -> dict:
+    """What the training batches looked like, averaged over a run's steps: the share of steps whose gradient norm
+    max_grad_norm rescaled, the share of groups whose rewards were all equal (no reward signal: only the KL term
+    moves AGRO there), and the sampled completions' mean length and share cut at the length limit."""
+    def over(key):
+        return mean([r[key] for r in steps if key in r])
+    return {"grad_clipped_share": mean([float(r["grad_norm"] > max_grad_norm) for r in steps if "grad_norm" in r]),
+            "grad_norm_median": median([r["grad_norm"] for r in steps if "grad_norm" in r]),
+            "zero_std_groups": over("frac_reward_zero_std"), "completion_length": over("objective/completion_length_mean"),
+            "cut_share": over("completions/clipped_ratio")}
 
 
 def mean(values: list[float]) -> float | None:
@@ -392,6 +405,24 @@ def goal_lines(stats: dict[str, dict]) -> list[str]:
     return lines
 
 
+def training_lines(stats: dict[str, dict]) -> list[str]:
+    """Per method, the mean over its cells of `training_stats` (cells that recorded it; "–" where the batches do
+    not say: offline records carry no cut flag)."""
+    def cell(values, digits):
+        known = [v for v in values if v is not None]
+        return f"{mean(known):.{digits}f}" if known else "–"
+    lines = ["| method (training batches, mean over seeds) | steps with the gradient norm clipped | groups with equal "
+             "rewards | completion length (tokens) | completions cut at the limit | median gradient norm |",
+             "|---|---|---|---|---|---|"]
+    for method, s in stats.items():
+        cells = [r["training"] for r in s["cells"] if r.get("training")]
+        if cells:
+            lines.append(f"| {method} | " + " | ".join(cell([c[k] for c in cells], d) for k, d in (
+                ("grad_clipped_share", 2), ("zero_std_groups", 2), ("completion_length", 1), ("cut_share", 2),
+                ("grad_norm_median", 2))) + " |")
+    return lines
+
+
 def report(out: Path, plot: Path | None) -> str:
     """Markdown tables (cells, methods, goals) of --out, and its plot; every figure is read from --out."""
     rows = read_cells(out)
@@ -414,6 +445,8 @@ def report(out: Path, plot: Path | None) -> str:
         spread = "" if s["std"] is None else f" ± {s['std']:.3f}"
         lines.append(f"| {method} | {len(s['cells'])} | {s['mean']:.3f}{spread} | {s['min']:.3f}–{s['max']:.3f} | "
                      f"{s['curve_mean']:.3f} | {s['kl']:.3f} |")
+    if any(r.get("training") for r in rows):
+        lines += ["", *training_lines(stats)]
     lines += ["", *goal_lines(stats)]
     if plot is not None:
         plot_cells(stats, plot)

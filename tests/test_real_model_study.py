@@ -68,7 +68,9 @@ def test_report_tables_goals_and_plot(tmp_path):
     def cell(method, seed, accuracy, start=0.1):
         return {"cell": f"t/{method}/{seed}", "method": method, "seed": seed, "accuracy": accuracy, "n": 200,
                 "ci95": study.wilson(round(accuracy * 200), 200), "curve": [[0, start], [10, accuracy]],
-                "accuracy_start": start, "kl": 0.5, "kl_se": 0.1, "step_seconds_median": 20.0}
+                "accuracy_start": start, "kl": 0.5, "kl_se": 0.1, "step_seconds_median": 20.0,
+                "training": {"grad_clipped_share": accuracy, "grad_norm_median": 2.0, "zero_std_groups": 0.5,
+                             "completion_length": 20.0, "cut_share": 0.25}}
     rows = [cell("pi_ref", 0, 0.1, 0.1), cell("agro", 0, 0.40), cell("agro", 1, 0.30), cell("grpo", 0, 0.38),
             cell("agro_offline", 0, 0.15), cell("topr_offline", 0, 0.30)]
     out = tmp_path / "cells.jsonl"
@@ -76,6 +78,7 @@ def test_report_tables_goals_and_plot(tmp_path):
     text = study.report(out, tmp_path / "curves.png")
     assert "| agro | 2 | 0.350 ± 0.071 | 0.300–0.400 | 0.350 | 0.500 |" in text
     assert "| grpo | 1 | 0.380 | 0.380–0.380 | 0.380 | 0.500 |" in text
+    assert "| agro | 0.35 | 0.50 | 20.0 | 0.25 | 2.00 |" in text  # training batches: the mean over seeds
     assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.350 vs grpo 0.380 (-0.030) | missed | -0.010 |" in text
     assert "| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050) | missed | -0.050 |" in text
     assert "| AGRO stale ≥ GRPO stale | not run |" in text

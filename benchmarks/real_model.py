@@ -22,9 +22,11 @@ hyper-parameters and held-out problems; a method changes only these keys (`METHO
                    AGRO's default taper (clip) masks the same trust region.
     agro_stale_no_taper   a diagnostic: agro_stale with `taper: none` (AGRO's loss on the stale samples as
                    they are, no trust region)
-    agro_dr_grpo,  diagnostics: agro and agro_stale with `agro_loss_type: dr_grpo` (the same loss ÷
-    agro_stale_dr_grpo    max_completion_length, so that max_grad_norm no longer rescales every step to the
-                   same norm; the direction of each step is unchanged)
+    agro_stale_dr_grpo    a diagnostic: agro_stale with `agro_loss_type: dr_grpo` (the same loss ÷
+                   max_completion_length, so that max_grad_norm no longer rescales every step to the same norm;
+                   the direction of each step is unchanged)
+    agro_stale_beta_0.01  a diagnostic: agro_stale with β 0.01 instead of 0.05 (a fifth of the KL term's pull;
+                   another objective, so not a candidate for the goals)
     agro_offline,  offline only (num_generations 0): π_ref's own samples, num_generations per prompt for
     kl_pg_offline, max_steps × prompts_per_step training problems (one epoch), written once per task × seed by
     topr_offline   `agro generate` with rewards (temperature and length of the config) and re-used by all
@@ -81,10 +83,11 @@ METHODS: dict[str, tuple[str, dict]] = {
     # a diagnostic: agro_stale without the taper (pure AGRO on the stale samples)
     "agro_stale_no_taper": ("stale", {"objective": "agro", "taper": "none", "async_generation": True,
                                       "lagged_generation": True, "max_staleness": STALENESS}),
-    # diagnostics: AGRO's loss at a token-mean scale (÷ max_completion_length), on-policy and stale
-    "agro_dr_grpo": ("on_policy", {"objective": "agro", "agro_loss_type": "dr_grpo"}),
+    # diagnostics of agro_stale: the loss at a token-mean scale (÷ max_completion_length); a fifth of the KL term
     "agro_stale_dr_grpo": ("stale", {"objective": "agro", "agro_loss_type": "dr_grpo", "async_generation": True,
                                      "lagged_generation": True, "max_staleness": STALENESS}),
+    "agro_stale_beta_0.01": ("stale", {"objective": "agro", "beta": 0.01, "async_generation": True,
+                                       "lagged_generation": True, "max_staleness": STALENESS}),
     "agro_offline": ("offline", {"objective": "agro"}),
     "kl_pg_offline": ("offline", {"objective": "kl_pg"}),
     "topr_offline": ("offline", {"objective": "topr"}),

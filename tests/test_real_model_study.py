@@ -42,12 +42,13 @@ def test_each_method_sets_only_its_own_keys(tmp_path):
                for m in study.METHODS if m != "pi_ref"}
     assert {m: c["objective"] for m, c in configs.items()} == {
         "agro": "agro", "grpo": "grpo", "agro_stale": "agro", "grpo_stale": "grpo", "agro_offline": "agro",
-        "kl_pg_offline": "kl_pg", "topr_offline": "topr", "agro_stale_no_taper": "agro", "agro_dr_grpo": "agro",
-        "agro_stale_dr_grpo": "agro"}
+        "kl_pg_offline": "kl_pg", "topr_offline": "topr", "agro_stale_no_taper": "agro", "agro_stale_dr_grpo": "agro",
+        "agro_stale_beta_0.01": "agro"}
     assert configs["agro_stale_no_taper"]["taper"] == "none" and configs["agro_stale"]["taper"] == "clip"
     assert {m: c["agro_loss_type"] for m, c in configs.items() if c["objective"] == "agro"} == {
         "agro": "sum", "agro_stale": "sum", "agro_offline": "sum", "agro_stale_no_taper": "sum",
-        "agro_dr_grpo": "dr_grpo", "agro_stale_dr_grpo": "dr_grpo"}
+        "agro_stale_dr_grpo": "dr_grpo", "agro_stale_beta_0.01": "sum"}
+    assert {m: c["beta"] for m, c in configs.items() if c["beta"] != 0.05} == {"agro_stale_beta_0.01": 0.01}
     for m, c in configs.items():
         stale, offline = "_stale" in m, m.endswith("_offline")
         assert c["async_generation"] == c["lagged_generation"] == stale
@@ -58,10 +59,10 @@ def test_each_method_sets_only_its_own_keys(tmp_path):
         assert c["seed"] == 3 and c["max_steps"] == 7 and c["eval_data_kwargs"]["size"] == 200
     method_keys = {"objective", "async_generation", "lagged_generation", "max_staleness", "num_generations",
                    "offline_data", "offline_per_group", "train_data", "train_data_kwargs", "reward_function", "taper",
-                   "agro_loss_type"}
+                   "agro_loss_type", "beta"}
     shared = [{k: v for k, v in c.items() if k not in method_keys} for c in configs.values()]
     assert all(s == shared[0] for s in shared)  # the same hyper-parameters, budget and held-out problems
-    assert shared[0]["learning_rate"] == 2e-5 and shared[0]["beta"] == 0.05  # from the base config
+    assert shared[0]["learning_rate"] == 2e-5 and configs["agro"]["beta"] == configs["grpo"]["beta"] == 0.05
 
 
 def test_report_tables_goals_and_plot(tmp_path):

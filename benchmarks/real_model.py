@@ -289,13 +289,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def training_stats(steps: list[dict], max_grad_norm: float) -> dict:
     """What the training batches looked like, averaged over a run's steps: the share of steps whose gradient norm
     max_grad_norm rescaled, the share of groups whose rewards were all equal (no reward signal: only the KL term
-    moves AGRO there), and the sampled completions' mean length and share cut at the length limit."""
+    moves AGRO there), and the sampled completions' mean length and share cut at the length limit (and that share
+    by step, `cut_curve`)."""
     def over(key):
         return mean([r[key] for r in steps if key in r])
     return {"grad_clipped_share": mean([float(r["grad_norm"] > max_grad_norm) for r in steps if "grad_norm" in r]),
             "grad_norm_median": median([r["grad_norm"] for r in steps if "grad_norm" in r]),
             "zero_std_groups": over("frac_reward_zero_std"), "completion_length": over("objective/completion_length_mean"),
-            "cut_share": over("completions/clipped_ratio")}
+            "cut_share": over("completions/clipped_ratio"),
+            "cut_curve": [[r["step"], r["completions/clipped_ratio"]] for r in steps if "completions/clipped_ratio" in r]}
 
 
 def mean(values: list[float]) -> float | None:
@@ -457,14 +459,15 @@ def report(out: Path, plot: Path | None) -> str:
 
 
 def plot_cells(stats: dict[str, dict], path: Path) -> None:
-    """Left: held-out accuracy by step, mean over seeds (π_ref dashed); right: final accuracy per method, each
-    seed a dot with its Wilson interval."""
+    """Left: held-out accuracy by step, mean over seeds (π_ref dashed); middle: final accuracy per method, each
+    seed a dot with its Wilson interval; right: the share of the training samples cut at the length limit, by
+    step, mean over seeds (methods that sample)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right, cut) = plt.subplots(1, 3, figsize=(18, 4.5))
     colors = {"pi_ref": "black", **{m: f"C{i}" for i, m in enumerate(m for m in stats if m != "pi_ref")}}
     for method, s in stats.items():
         if method == "pi_ref":
@@ -486,6 +489,16 @@ def plot_cells(stats: dict[str, dict], path: Path) -> None:
                            fmt="o", color=colors[method], capsize=3)
     right.set_xticks(range(len(stats)), list(stats), rotation=30, ha="right")
     right.set(ylabel="final held-out accuracy (95% Wilson interval per seed)")
+    for method, s in stats.items():
+        by_step = {}
+        for r in s["cells"]:
+            for step, share in (r.get("training") or {}).get("cut_curve", []):
+                by_step.setdefault(step, []).append(share)
+        if by_step:
+            steps = sorted(by_step)
+            cut.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], label=method, color=colors[method])
+    cut.set(xlabel="optimizer step", ylabel="training samples cut at the limit (seed mean)")
+    cut.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

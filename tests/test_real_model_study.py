@@ -71,7 +71,7 @@ def test_report_tables_goals_and_plot(tmp_path):
                 "ci95": study.wilson(round(accuracy * 200), 200), "curve": [[0, start], [10, accuracy]],
                 "accuracy_start": start, "kl": 0.5, "kl_se": 0.1, "step_seconds_median": 20.0,
                 "training": {"grad_clipped_share": accuracy, "grad_norm_median": 2.0, "zero_std_groups": 0.5,
-                             "completion_length": 20.0, "cut_share": 0.25}}
+                             "completion_length": 20.0, "cut_share": 0.25, "cut_curve": [[1, 0.5], [2, 0.0]]}}
     rows = [cell("pi_ref", 0, 0.1, 0.1), cell("agro", 0, 0.40), cell("agro", 1, 0.30), cell("grpo", 0, 0.38),
             cell("agro_offline", 0, 0.15), cell("topr_offline", 0, 0.30)]
     out = tmp_path / "cells.jsonl"

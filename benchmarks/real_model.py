@@ -288,13 +288,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def training_stats(steps: list[dict], max_grad_norm: float) -> dict:
     """What the training batches looked like, averaged over a run's steps: the share of steps whose gradient norm
-    max_grad_norm rescaled, the share of groups whose rewards were all equal (no reward signal: only the KL term
-    moves AGRO there), and the sampled completions' mean length and share cut at the length limit (and that share
-    by step, `cut_curve`)."""
+    max_grad_norm rescaled (None when clipping is off, max_grad_norm 0; skipped steps, whose norm is NaN, left out),
+    the share of groups whose rewards were all equal (no reward signal: only the KL term moves AGRO there), and the
+    sampled completions' mean length and share cut at the length limit (and that share by step, `cut_curve`)."""
     def over(key):
         return mean([r[key] for r in steps if key in r])
-    return {"grad_clipped_share": mean([float(r["grad_norm"] > max_grad_norm) for r in steps if "grad_norm" in r]),
-            "grad_norm_median": median([r["grad_norm"] for r in steps if "grad_norm" in r]),
+    norms = [r["grad_norm"] for r in steps if "grad_norm" in r and math.isfinite(r["grad_norm"])]
+    return {"grad_clipped_share": mean([float(g > max_grad_norm) for g in norms]) if max_grad_norm > 0 else None,
+            "grad_norm_median": median(norms),
             "zero_std_groups": over("frac_reward_zero_std"), "completion_length": over("objective/completion_length_mean"),
             "cut_share": over("completions/clipped_ratio"),
             "cut_curve": [[r["step"], r["completions/clipped_ratio"]] for r in steps if "completions/clipped_ratio" in r]}
@@ -370,19 +371,16 @@ def summary(rows: list[dict]) -> dict[str, dict]:
 
 def noise(a: dict, b: dict) -> float:
     """Half-width of a 95% normal interval of the difference of two methods' mean accuracies: the larger of
-    (1) each mean a binomial over its pooled problems (seeds × held-out problems), and (2) where both methods
-    have 2+ seeds, each mean's standard error over seeds, std/√seeds (what training's randomness adds; with
-    2–3 seeds a rough figure itself)."""
+    (1) each mean a binomial over its pooled problems (seeds × held-out problems), and (2) each mean's standard
+    error over seeds, std/√seeds, where it has 2+ seeds (what training's randomness adds; with 2–3 seeds a rough
+    figure itself), its binomial variance where it has one."""
     def binomial(s):
         return s["mean"] * (1 - s["mean"]) / s["n"]
 
     def over_seeds(s):
-        return s["std"] ** 2 / len(s["cells"])
+        return binomial(s) if s["std"] is None else s["std"] ** 2 / len(s["cells"])
 
-    width = math.sqrt(binomial(a) + binomial(b))
-    if a["std"] is not None and b["std"] is not None:
-        width = max(width, math.sqrt(over_seeds(a) + over_seeds(b)))
-    return Z95 * width
+    return Z95 * max(math.sqrt(binomial(a) + binomial(b)), math.sqrt(over_seeds(a) + over_seeds(b)))
 
 
 GOALS = [  # (text, method, reference method(s), margin): met when method ≥ best reference + margin
@@ -498,7 +496,8 @@ def plot_cells(stats: dict[str, dict], path: Path) -> None:
             steps = sorted(by_step)
             cut.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], label=method, color=colors[method])
     cut.set(xlabel="optimizer step", ylabel="training samples cut at the limit (seed mean)")
-    cut.legend(fontsize=8)
+    if cut.lines:
+        cut.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

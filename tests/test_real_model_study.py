@@ -95,7 +95,20 @@ def test_noise_is_the_larger_of_binomial_and_seed_spread():
     binomial = study.Z95 * math.sqrt(2 * 0.3 * 0.7 / 600)
     assert study.noise(steady, steady) == pytest.approx(binomial)  # no spread over seeds: the problems' noise
     assert study.noise(spread, steady) == pytest.approx(study.Z95 * math.sqrt(0.1 ** 2 / 3))  # std 0.1 over 3 seeds
-    assert study.noise(stats([0.3]), spread) == pytest.approx(study.Z95 * math.sqrt(0.21 / 200 + 0.21 / 600))
+    # one seed against three: its binomial variance beside the other's spread over seeds
+    assert study.noise(stats([0.3]), spread) == pytest.approx(study.Z95 * math.sqrt(0.21 / 200 + 0.1 ** 2 / 3))
+
+
+def test_training_stats_of_a_run():
+    steps = [{"step": 1, "grad_norm": 3.0, "frac_reward_zero_std": 0.5, "objective/completion_length_mean": 10.0,
+              "completions/clipped_ratio": 0.25},
+             {"step": 2, "grad_norm": 0.5, "frac_reward_zero_std": 1.0, "objective/completion_length_mean": 20.0,
+              "completions/clipped_ratio": 0.75},
+             {"step": 3, "grad_norm": float("nan"), "frac_reward_zero_std": 0.0}]  # a skipped step
+    stats = study.training_stats(steps, 1.0)
+    assert stats == {"grad_clipped_share": 0.5, "grad_norm_median": 3.0, "zero_std_groups": 0.5,
+                     "completion_length": 15.0, "cut_share": 0.5, "cut_curve": [[1, 0.25], [2, 0.75]]}
+    assert study.training_stats(steps, 0.0)["grad_clipped_share"] is None  # max_grad_norm 0: no clipping
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,43 @@ def test_lagged_data_with_lag_0_is_on_policy():
     assert lagged == on_policy
 
 
+@pytest.mark.parametrize("lag", [1, 3])
+def test_lagged_data_is_the_policy_lag_updates_before(lag, monkeypatch):
+    """At the step after t updates the data is π_{max(0, t − lag)}: every μ handed to the losses is one of the
+    policies seen, the right one."""
+    seen, data = [], []
+    real = tabular._data_distribution
+
+    def spy(config, log_pi, log_ref, history):
+        seen.append(log_pi.detach().clone())
+        data.append(real(config, log_pi, log_ref, history))
+        return data[-1]
+
+    monkeypatch.setattr(tabular, "_data_distribution", spy)
+    tabular.run(TabularConfig(actions=5, steps=8, lr=0.5, data="lagged", lag=lag, methods=["agro"], taper="none"))
+    assert [next(i for i, p in enumerate(seen) if torch.equal(p, mu)) for mu in data] == [
+        max(0, t - lag) for t in range(8)]
+    assert not torch.equal(seen[0], seen[-1])  # the policy moved: the lag is visible
+
+
+def test_adam_and_clipping_in_the_lab():
+    """Adam's first step is θ −= lr·sign(g) (m̂/√v̂ = g/|g|); a clipped plain step is θ −= lr·g·c/‖g‖. Softmax
+    gradients sum to 0 over the logits, so log π_1 − log π_ref, centred, is the step on θ itself."""
+    common = {"actions": 4, "steps": 1, "lr": 0.1, "methods": ["agro"], "data": "on-policy", "beta": 0.5}
+    start = tabular.make_bandit(TabularConfig(**common)).log_ref
+
+    def step(**extra):
+        moved = torch.tensor(tabular.run(TabularConfig(**common, **extra))["methods"]["agro"]["final_policy"],
+                             dtype=torch.float64).log()
+        return moved - start - (moved - start).mean()
+
+    adam = step(optimizer="adam")
+    gaps = adam - adam.min()
+    assert torch.all((gaps.abs() < 1e-6) | ((gaps - 0.2).abs() < 1e-6)) and gaps.max() > 0.19  # ±lr, both signs
+    assert step(max_grad_norm=1e-3).norm().item() == pytest.approx(0.1 * 1e-3, rel=1e-6)
+    assert step().norm().item() > 1e-3  # unclipped, the same step is longer
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("taper", ["none", "behavior", "clip"])
 def test_lagged_data_keeps_agro_fixed_point(taper):
@@ -138,6 +175,9 @@ def test_cli_writes_results_and_plot(tmp_path):
         (["--taper", "token"], "--taper must be one of none, ref"),
         (["--taper", "clip"], "--taper clip acts on a run's own samples of earlier versions: it needs --data lagged"),
         (["--data", "lagged", "--lag", "-1"], "--lag must be at least 0"),
+        (["--optimizer", "sgdm"], "--optimizer must be one of sgd, adam"),
+        (["--epsilon", "1.5"], "--epsilon must be in (0, 1)"),
+        (["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
         (["--data", "replay"], "--data must be one of"),
         (["--data", "fixed"], "--data fixed needs --mu"),
         (["--actions", "three"], "invalid int value"),

@@ -55,7 +55,7 @@ def _add_tabular(sub) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="gradient steps")
     p.add_argument("--lr", type=float, default=d.lr, help="step size on the logits")
     p.add_argument("--optimizer", default=d.optimizer, help="sgd (plain steps) | adam")
-    p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient's norm to this first")
+    p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient's norm to this first (default: no clipping)")
     p.add_argument("--lr-decay", default=d.lr_decay, help="none | inverse_sqrt | inverse (lr/(1+t/τ))")
     p.add_argument("--lr-decay-steps", type=float, default=d.lr_decay_steps, help="τ of the decay")
     p.add_argument("--seed", type=int, default=d.seed, help="draws r ~ U(0,1) and π_ref logits ~ N(0,1)")

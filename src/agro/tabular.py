@@ -143,7 +143,8 @@ def _learning_rate(config: TabularConfig, step: int) -> float:
 
 def _data_distribution(config: TabularConfig, log_pi: torch.Tensor, log_ref: torch.Tensor,
                        history: list[torch.Tensor]) -> torch.Tensor:
-    """log μ for the regime, detached from the policy parameters. `history`: log π of the steps so far."""
+    """log μ for the regime, detached from the policy parameters. `history` (lagged only): log π of the last
+    lag + 1 steps, the current one last."""
     log_pi = log_pi.detach()
     if config.data == "lagged":
         return history[max(0, len(history) - 1 - config.lag)]
@@ -173,7 +174,7 @@ def method_loss(method: str, config: TabularConfig, batch: dict[str, torch.Tenso
                 log_ref: torch.Tensor):
     """The loss of `method` on a batch of one-token completions, from the objective registry (settings the
     lab has: beta, taper, asymre_delta, epsilon; the rest at the losses' defaults). Samples count as fresh
-    (the run's own) when π draws some of them: data `on-policy`, `mixed` or `lagged`.
+    (the run's own samples, of this version or an earlier one) with data `on-policy`, `mixed` and `lagged`.
     """
     if method == "kl_pg_exact":  # the lab's own: the KL term exact instead of sampled
         common = {k: batch[k] for k in objectives.COMMON_INPUTS}
@@ -197,7 +198,8 @@ def run_method(config: TabularConfig, problem: Bandit, method: str) -> dict:
     history: list[torch.Tensor] = []
     for step in range(1, config.steps + 1):
         log_pi = torch.log_softmax(theta, dim=0)
-        history = (history + [log_pi.detach()])[-(config.lag + 1):]
+        if config.data == "lagged":
+            history = (history + [log_pi.detach()])[-(config.lag + 1):]
         log_mu = _data_distribution(config, log_pi, problem.log_ref, history)
         if config.mode == "exact":
             actions = torch.arange(config.actions)
@@ -213,8 +215,9 @@ def run_method(config: TabularConfig, problem: Bandit, method: str) -> dict:
             "group_ids": torch.zeros(len(actions), dtype=torch.long),
             "weights": weights,
             "behavior_logprobs": behavior.unsqueeze(-1),
-            "old_logprobs": (behavior if config.data == "lagged" else log_pi[actions].detach()).unsqueeze(-1),
         }
+        if config.data == "lagged":  # GRPO's π_old is the sampler (else the loss's default: π itself)
+            batch["old_logprobs"] = behavior.unsqueeze(-1)
         loss = method_loss(method, config, batch, log_pi, problem.log_ref)
         (grad,) = torch.autograd.grad(loss, theta)
         if config.max_grad_norm is not None:

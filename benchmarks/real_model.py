@@ -456,6 +456,16 @@ def report(out: Path, plot: Path | None) -> str:
     return "\n".join(lines)
 
 
+def mean_by_step(curves: list[list[list[float]]]) -> tuple[list[int], list[float]]:
+    """Curves of [step, value] pairs (one per seed) as the steps any of them has and the mean value there."""
+    by_step: dict[int, list[float]] = {}
+    for curve in curves:
+        for step, value in curve:
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    return steps, [mean(by_step[x]) for x in steps]
+
+
 def plot_cells(stats: dict[str, dict], path: Path) -> None:
     """Left: held-out accuracy by step, mean over seeds (π_ref dashed); middle: final accuracy per method, each
     seed a dot with its Wilson interval; right: the share of the training samples cut at the length limit, by
@@ -465,36 +475,26 @@ def plot_cells(stats: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right, cut) = plt.subplots(1, 3, figsize=(18, 4.5))
+    fig, (left, middle, cut) = plt.subplots(1, 3, figsize=(18, 4.5))
     colors = {"pi_ref": "black", **{m: f"C{i}" for i, m in enumerate(m for m in stats if m != "pi_ref")}}
     for method, s in stats.items():
         if method == "pi_ref":
             left.axhline(s["mean"], color="black", linestyle="--", label="pi_ref")
             continue
-        by_step: dict[int, list[float]] = {}
-        for r in s["cells"]:
-            for step, acc in r["curve"]:
-                by_step.setdefault(step, []).append(acc)
-        steps = sorted(by_step)
-        left.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], marker="o", label=method,
-                  color=colors[method])
+        left.plot(*mean_by_step([r["curve"] for r in s["cells"]]), marker="o", label=method, color=colors[method])
     left.set(xlabel="optimizer step", ylabel="held-out greedy accuracy (mean over seeds)")
     left.legend(fontsize=8)
     for i, (method, s) in enumerate(stats.items()):
         for j, r in enumerate(sorted(s["cells"], key=lambda r: r["seed"])):
             x = i + (j - (len(s["cells"]) - 1) / 2) * 0.12
-            right.errorbar([x], [r["accuracy"]], yerr=[[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]],
+            middle.errorbar([x], [r["accuracy"]], yerr=[[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]],
                            fmt="o", color=colors[method], capsize=3)
-    right.set_xticks(range(len(stats)), list(stats), rotation=30, ha="right")
-    right.set(ylabel="final held-out accuracy (95% Wilson interval per seed)")
+    middle.set_xticks(range(len(stats)), list(stats), rotation=30, ha="right")
+    middle.set(ylabel="final held-out accuracy (95% Wilson interval per seed)")
     for method, s in stats.items():
-        by_step = {}
-        for r in s["cells"]:
-            for step, share in (r.get("training") or {}).get("cut_curve", []):
-                by_step.setdefault(step, []).append(share)
-        if by_step:
-            steps = sorted(by_step)
-            cut.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], label=method, color=colors[method])
+        steps, shares = mean_by_step([(r.get("training") or {}).get("cut_curve", []) for r in s["cells"]])
+        if steps:
+            cut.plot(steps, shares, label=method, color=colors[method])
     cut.set(xlabel="optimizer step", ylabel="training samples cut at the limit (seed mean)")
     if cut.lines:
         cut.legend(fontsize=8)

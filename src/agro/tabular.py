@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -142,12 +143,12 @@ def _learning_rate(config: TabularConfig, step: int) -> float:
 
 
 def _data_distribution(config: TabularConfig, log_pi: torch.Tensor, log_ref: torch.Tensor,
-                       history: list[torch.Tensor]) -> torch.Tensor:
+                       history: deque[torch.Tensor]) -> torch.Tensor:
     """log μ for the regime, detached from the policy parameters. `history` (lagged only): log π of the last
-    lag + 1 steps, the current one last."""
+    lag + 1 steps at most, the current one last, so its first is π_{max(0, t−lag)}."""
     log_pi = log_pi.detach()
     if config.data == "lagged":
-        return history[max(0, len(history) - 1 - config.lag)]
+        return history[0]
     if config.data == "on-policy":
         return log_pi
     if config.data == "reference":
@@ -195,11 +196,11 @@ def run_method(config: TabularConfig, problem: Bandit, method: str) -> dict:
     kl_start = kl(problem.log_ref, log_opt).item()
     every = max(1, config.steps // config.log_points)
     logged_steps, normalized, rewards = [0], [1.0], [(problem.log_ref.exp() * problem.reward).sum().item()]
-    history: list[torch.Tensor] = []
+    history: deque[torch.Tensor] = deque(maxlen=config.lag + 1)
     for step in range(1, config.steps + 1):
         log_pi = torch.log_softmax(theta, dim=0)
         if config.data == "lagged":
-            history = (history + [log_pi.detach()])[-(config.lag + 1):]
+            history.append(log_pi.detach())
         log_mu = _data_distribution(config, log_pi, problem.log_ref, history)
         if config.mode == "exact":
             actions = torch.arange(config.actions)

@@ -27,6 +27,8 @@ hyper-parameters and held-out problems; a method changes only these keys (`METHO
                    the direction of each step is unchanged)
     agro_stale_beta_0.01  a diagnostic: agro_stale with β 0.01 instead of 0.05 (a fifth of the KL term's pull;
                    another objective, so not a candidate for the goals)
+    agro_dr_grpo,  agro and agro_offline at agro_stale_dr_grpo's scale, so that `--report` can put the goals to
+    agro_offline_dr_grpo  AGRO at either scale (each goal on the seeds both of its sides have)
     agro_offline,  offline only (num_generations 0): π_ref's own samples, num_generations per prompt for
     kl_pg_offline, max_steps × prompts_per_step training problems (one epoch), written once per task × seed by
     topr_offline   `agro generate` with rewards (temperature and length of the config) and re-used by all
@@ -70,7 +72,6 @@ from real_model_screen import agro as agro_cli  # noqa: E402  (`agro_cli(*argv)`
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "smollm2-135m-cpu.yaml"
 STALENESS = 4
-OFFLINE = ("agro_offline", "kl_pg_offline", "topr_offline")
 # method -> (regime, the config keys it sets); every other key is the base config's
 METHODS: dict[str, tuple[str, dict]] = {
     "pi_ref": ("reference", {}),
@@ -89,6 +90,9 @@ METHODS: dict[str, tuple[str, dict]] = {
     "agro_stale_beta_0.01": ("stale", {"objective": "agro", "beta": 0.01, "async_generation": True,
                                        "lagged_generation": True, "max_staleness": STALENESS}),
     "agro_offline": ("offline", {"objective": "agro"}),
+    # AGRO at the token-mean scale in the other two regimes, to tell whether the scale helps stale data only
+    "agro_dr_grpo": ("on_policy", {"objective": "agro", "agro_loss_type": "dr_grpo"}),
+    "agro_offline_dr_grpo": ("offline", {"objective": "agro", "agro_loss_type": "dr_grpo"}),
     "kl_pg_offline": ("offline", {"objective": "kl_pg"}),
     "topr_offline": ("offline", {"objective": "topr"}),
 }
@@ -313,7 +317,14 @@ def run(args) -> list[dict]:
     """Every asked-for cell not yet in --out, appended as it finishes; returns the asked-for cells of --out."""
     shared = base_settings(args)
     c = load(shared, args.config)
+    import torch
+
     from agro.evaluate import load_eval_problems
+    from agro.models import native_bf16
+
+    if c.bf16 and not native_bf16("cuda" if torch.cuda.is_available() else "cpu"):
+        print("real_model.py: warning: bf16 is emulated on this CPU (no avx512_bf16 or AMX), several times slower "
+              "than float32; --set bf16=false runs float32 (cells of another settings hash)", file=sys.stderr)
 
     n = len(load_eval_problems(c))
     if n < args.heldout:
@@ -329,7 +340,7 @@ def run(args) -> list[dict]:
             start = time.time()
             row = {"cell": cell, "task": args.task, "task_kwargs": TASKS[args.task][1], "method": method,
                    "regime": METHODS[method][0], "seed": seed, "max_steps": args.max_steps,
-                   "settings": digest, "model": c.model_name_or_path}
+                   "settings": digest, "model": c.model_name_or_path, "bf16": c.bf16}
             if method == "pi_ref":
                 row.update(evaluate_reference(load([*shared, f"seed={seed}"], args.config)))
                 row.update({"curve": [[0, row["accuracy"]]], "kl": 0.0, "kl_se": 0.0})
@@ -390,21 +401,38 @@ GOALS = [  # (text, method, reference method(s), margin): met when method ≥ be
     ("AGRO offline ≥ best of KL-PG and TOPR offline − 0.03", "agro_offline", ("kl_pg_offline", "topr_offline"), -0.03),
     ("AGRO offline ≥ π_ref + 0.10", "agro_offline", ("pi_ref",), 0.10),
 ]
+# the same goals for AGRO at the token-mean scale (agro_loss_type dr_grpo): each AGRO method its dr_grpo cell
+DR_GRPO = {"agro": "agro_dr_grpo", "agro_stale": "agro_stale_dr_grpo", "agro_offline": "agro_offline_dr_grpo"}
 
 
-def goal_lines(stats: dict[str, dict]) -> list[str]:
-    lines = ["| goal | measured | met? | margin | 95% noise of the difference |", "|---|---|---|---|---|"]
+def on_seeds(stats: dict[str, dict], method: str, seeds: set[int]) -> dict:
+    """A method's summary over the cells of `seeds` only."""
+    return summary([r for r in stats[method]["cells"] if r["seed"] in seeds])[method]
+
+
+def goal_lines(stats: dict[str, dict], rename: dict[str, str] | None = None) -> list[str]:
+    """The goals, each on the seeds both of its sides have (same seed: same training problems and offline
+    data), `rename` mapping the AGRO methods to the ones compared in their place."""
+    rename = rename or {}
+    lines = ["| goal | measured (seeds both sides have) | met? | margin | 95% noise of the difference |",
+             "|---|---|---|---|---|"]
     for text, method, refs, margin in GOALS:
-        present = [r for r in refs if r in stats]
-        if method not in stats or not present:
+        method, refs = rename.get(method, method), tuple(rename.get(r, r) for r in refs)
+        sides = {}
+        for ref in (r for r in refs if r in stats and method in stats):
+            seeds = {r["seed"] for r in stats[method]["cells"]} & {r["seed"] for r in stats[ref]["cells"]}
+            if seeds:
+                sides[ref] = (on_seeds(stats, method, seeds), on_seeds(stats, ref, seeds), sorted(seeds))
+        if not sides:
             lines.append(f"| {text} | not run | – | – | – |")
             continue
-        best = max(present, key=lambda r: stats[r]["mean"])
-        diff = stats[method]["mean"] - stats[best]["mean"]
+        best = max(sides, key=lambda r: sides[r][1]["mean"])
+        ours, theirs, seeds = sides[best]
+        diff = ours["mean"] - theirs["mean"]
         slack = diff - margin
-        lines.append(f"| {text} | {method} {stats[method]['mean']:.3f} vs {best} {stats[best]['mean']:.3f} "
-                     f"({diff:+.3f}) | {'met' if slack >= 0 else 'missed'} | {slack:+.3f} | "
-                     f"±{noise(stats[method], stats[best]):.3f} |")
+        lines.append(f"| {text} | {method} {ours['mean']:.3f} vs {best} {theirs['mean']:.3f} ({diff:+.3f}; seeds "
+                     f"{','.join(map(str, seeds))}) | {'met' if slack >= 0 else 'missed'} | {slack:+.3f} | "
+                     f"±{noise(ours, theirs):.3f} |")
     return lines
 
 
@@ -450,7 +478,10 @@ def report(out: Path, plot: Path | None) -> str:
                      f"{s['curve_mean']:.3f} | {s['kl']:.3f} |")
     if any(r.get("training") for r in rows):
         lines += ["", *training_lines(stats)]
-    lines += ["", *goal_lines(stats)]
+    lines += ["", "The goals, AGRO as configured (`agro_loss_type: sum`):", "", *goal_lines(stats)]
+    if any(m in stats for m in DR_GRPO.values()):
+        lines += ["", "The same goals, AGRO at the token-mean scale (`agro_loss_type: dr_grpo`):", "",
+                  *goal_lines(stats, DR_GRPO)]
     if plot is not None:
         plot_cells(stats, plot)
     return "\n".join(lines)

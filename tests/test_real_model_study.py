@@ -43,14 +43,15 @@ def test_each_method_sets_only_its_own_keys(tmp_path):
     assert {m: c["objective"] for m, c in configs.items()} == {
         "agro": "agro", "grpo": "grpo", "agro_stale": "agro", "grpo_stale": "grpo", "agro_offline": "agro",
         "kl_pg_offline": "kl_pg", "topr_offline": "topr", "agro_stale_no_taper": "agro", "agro_stale_dr_grpo": "agro",
-        "agro_stale_beta_0.01": "agro"}
+        "agro_stale_beta_0.01": "agro", "agro_dr_grpo": "agro", "agro_offline_dr_grpo": "agro"}
     assert configs["agro_stale_no_taper"]["taper"] == "none" and configs["agro_stale"]["taper"] == "clip"
     assert {m: c["agro_loss_type"] for m, c in configs.items() if c["objective"] == "agro"} == {
         "agro": "sum", "agro_stale": "sum", "agro_offline": "sum", "agro_stale_no_taper": "sum",
-        "agro_stale_dr_grpo": "dr_grpo", "agro_stale_beta_0.01": "sum"}
+        "agro_stale_dr_grpo": "dr_grpo", "agro_stale_beta_0.01": "sum", "agro_dr_grpo": "dr_grpo",
+        "agro_offline_dr_grpo": "dr_grpo"}
     assert {m: c["beta"] for m, c in configs.items() if c["beta"] != 0.05} == {"agro_stale_beta_0.01": 0.01}
     for m, c in configs.items():
-        stale, offline = "_stale" in m, m.endswith("_offline")
+        stale, offline = study.METHODS[m][0] == "stale", study.METHODS[m][0] == "offline"
         assert c["async_generation"] == c["lagged_generation"] == stale
         assert c["max_staleness"] == (4 if stale else 1)
         assert c["num_generations"] == (0 if offline else 8) and c["offline_per_group"] == (8 if offline else 4)
@@ -73,16 +74,26 @@ def test_report_tables_goals_and_plot(tmp_path):
                 "training": {"grad_clipped_share": accuracy, "grad_norm_median": 2.0, "zero_std_groups": 0.5,
                              "completion_length": 20.0, "cut_share": 0.25, "cut_curve": [[1, 0.5], [2, 0.0]]}}
     rows = [cell("pi_ref", 0, 0.1, 0.1), cell("agro", 0, 0.40), cell("agro", 1, 0.30), cell("grpo", 0, 0.38),
-            cell("agro_offline", 0, 0.15), cell("topr_offline", 0, 0.30)]
+            cell("agro_offline", 0, 0.15), cell("topr_offline", 0, 0.30), cell("grpo_stale", 0, 0.30),
+            cell("agro_dr_grpo", 0, 0.30), cell("agro_stale_dr_grpo", 0, 0.35), cell("agro_stale_dr_grpo", 1, 0.50)]
     out = tmp_path / "cells.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = study.report(out, tmp_path / "curves.png")
     assert "| agro | 2 | 0.350 ± 0.071 | 0.300–0.400 | 0.350 | 0.500 |" in text
     assert "| grpo | 1 | 0.380 | 0.380–0.380 | 0.380 | 0.500 |" in text
     assert "| agro | 0.35 | 0.50 | 20.0 | 0.25 | 2.00 |" in text  # training batches: the mean over seeds
-    assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.350 vs grpo 0.380 (-0.030) | missed | -0.010 |" in text
-    assert "| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050) | missed | -0.050 |" in text
-    assert "| AGRO stale ≥ GRPO stale | not run |" in text
+    # a goal compares the seeds both sides have: agro's seed 0 against grpo's only seed
+    assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.400 vs grpo 0.380 (+0.020; seeds 0) | met | +0.040 |" in text
+    assert ("| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050; seeds 0) | missed | -0.050 |"
+            in text)
+    sums, dr_grpo = text.split("The same goals, AGRO at the token-mean scale")
+    assert "| AGRO stale ≥ GRPO stale | not run |" in sums
+    # the same goals with each AGRO method replaced by its dr_grpo cell, again on the seeds both sides have
+    assert ("| AGRO stale ≥ GRPO stale | agro_stale_dr_grpo 0.350 vs grpo_stale 0.300 (+0.050; seeds 0) | met | "
+            "+0.050 |") in dr_grpo
+    assert ("| AGRO stale within 0.03 of AGRO on-policy | agro_stale_dr_grpo 0.350 vs agro_dr_grpo 0.300 (+0.050; "
+            "seeds 0) | met | +0.080 |") in dr_grpo
+    assert "| AGRO offline ≥ π_ref + 0.10 | not run |" in dr_grpo
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -199,3 +210,20 @@ def test_the_committed_tables_are_the_report_of_the_committed_cells(tmp_path):
     assert committed == study.report(docs / "cells.jsonl", None) + "\n", (
         "docs/real_model/study.md is out of date: python benchmarks/real_model.py --report "
         "--out docs/real_model/cells.jsonl > docs/real_model/study.md")
+
+
+@pytest.mark.parametrize("native, bf16, warned", [(False, "true", True), (False, "false", False), (True, "true", False)])
+def test_emulated_bf16_is_warned_before_any_cell(tiny_model, tmp_path, monkeypatch, capsys, native, bf16, warned):
+    """A CPU without native bf16 runs the config's bf16 emulated (several times slower than float32): the study
+    says so once, up front, where a cell's own warning would scroll by; each cell records its precision."""
+    import agro.models
+
+    monkeypatch.setattr(agro.models, "native_bf16", lambda device_type: native)
+    out = tmp_path / "cells.jsonl"
+    assert study.main(["--methods", "pi_ref", "--seeds", "0", "--heldout", "4", "--task", "chain_sum_2",
+                       "--model", str(tiny_model), "--out", str(out), "--runs", str(tmp_path / "runs"),
+                       "--set", "prompt_template=raw", "--set", "instruction=null", "--set", "max_prompt_length=128",
+                       "--set", "max_completion_length=4", "--set", "num_threads=1", "--set", f"bf16={bf16}"]) == 0
+    err = capsys.readouterr().err
+    assert ("bf16 is emulated on this CPU" in err) == warned
+    assert json.loads(out.read_text())["bf16"] == (bf16 == "true")

@@ -294,12 +294,26 @@ def training_stats(steps: list[dict], max_grad_norm: float) -> dict:
     """What the training batches looked like, averaged over a run's steps: the share of steps whose gradient norm
     max_grad_norm rescaled (None when clipping is off, max_grad_norm 0; skipped steps, whose norm is NaN, left out),
     the share of groups whose rewards were all equal (no reward signal: only the KL term moves AGRO there), and the
-    sampled completions' mean length and share cut at the length limit (and that share by step, `cut_curve`)."""
+    sampled completions' mean length and share cut at the length limit (and that share by step, `cut_curve`).
+
+    `equal_reward_steps`: the share of steps where every group's rewards were equal (for AGRO the KL term's pull
+    alone); `equal_reward_step_ratio`: the gradient norm that reached the optimiser, min(‖g‖, max_grad_norm), on
+    those steps ÷ that on the other steps. Near 1 when clipping makes every step full-size; None when either kind
+    of step is missing."""
     def over(key):
         return mean([r[key] for r in steps if key in r])
-    norms = [r["grad_norm"] for r in steps if "grad_norm" in r and math.isfinite(r["grad_norm"])]
+    finite = [r for r in steps if "grad_norm" in r and math.isfinite(r["grad_norm"])]
+    norms = [r["grad_norm"] for r in finite]
+
+    def applied(kind):
+        return mean([min(r["grad_norm"], max_grad_norm) if max_grad_norm > 0 else r["grad_norm"] for r in finite
+                     if "frac_reward_zero_std" in r and (r["frac_reward_zero_std"] == 1.0) == kind])
+    equal, signal = applied(True), applied(False)
     return {"grad_clipped_share": mean([float(g > max_grad_norm) for g in norms]) if max_grad_norm > 0 else None,
             "grad_norm_median": median(norms),
+            "equal_reward_steps": mean([float(r["frac_reward_zero_std"] == 1.0) for r in steps
+                                        if "frac_reward_zero_std" in r]),
+            "equal_reward_step_ratio": equal / signal if equal is not None and signal else None,
             "zero_std_groups": over("frac_reward_zero_std"), "completion_length": over("objective/completion_length_mean"),
             "cut_share": over("completions/clipped_ratio"),
             "cut_curve": [[r["step"], r["completions/clipped_ratio"]] for r in steps if "completions/clipped_ratio" in r]}
@@ -410,6 +424,26 @@ def on_seeds(stats: dict[str, dict], method: str, seeds: set[int]) -> dict:
     return summary([r for r in stats[method]["cells"] if r["seed"] in seeds])[method]
 
 
+def scale_lines(stats: dict[str, dict]) -> list[str]:
+    """AGRO's two loss scales paired by seed (same seed: same problems, same first samples, same offline data):
+    per regime, the change d_s = accuracy(dr_grpo) − accuracy(sum) on each seed both have, its mean ± std, and on
+    how many seeds it is positive. Pairing removes what the seed does to both (seed 4's stale batches, say)."""
+    lines = ["| AGRO, `sum` → `dr_grpo` | seeds | paired change, mean ± std | change on each seed | seeds where "
+             "`dr_grpo` is higher |", "|---|---|---|---|---|"]
+    for sums, dr_grpo in DR_GRPO.items():
+        if sums not in stats or dr_grpo not in stats:
+            continue
+        by_seed = {r["seed"]: r["accuracy"] for r in stats[sums]["cells"]}
+        changes = {r["seed"]: r["accuracy"] - by_seed[r["seed"]] for r in stats[dr_grpo]["cells"] if r["seed"] in by_seed}
+        if changes:
+            seeds = sorted(changes)
+            d = [changes[s] for s in seeds]
+            spread = f" ± {statistics.stdev(d):.3f}" if len(d) > 1 else ""
+            lines.append(f"| {sums} → {dr_grpo} | {','.join(map(str, seeds))} | {mean(d):+.3f}{spread} | "
+                         f"{', '.join(f'{x:+.3f}' for x in d)} | {sum(x > 0 for x in d)} of {len(d)} |")
+    return lines
+
+
 def goal_lines(stats: dict[str, dict], rename: dict[str, str] | None = None) -> list[str]:
     """The goals, each on the seeds both of its sides have (same seed: same training problems and offline
     data), `rename` mapping the AGRO methods to the ones compared in their place."""
@@ -443,14 +477,16 @@ def training_lines(stats: dict[str, dict]) -> list[str]:
         known = [v for v in values if v is not None]
         return f"{mean(known):.{digits}f}" if known else "–"
     lines = ["| method (training batches, mean over seeds) | steps with the gradient norm clipped | groups with equal "
-             "rewards | completion length (tokens) | completions cut at the limit | median gradient norm |",
-             "|---|---|---|---|---|---|"]
+             "rewards | completion length (tokens) | completions cut at the limit | median gradient norm | steps where "
+             "every group's rewards are equal | their step size ÷ other steps' |",
+             "|---|---|---|---|---|---|---|---|"]
     for method, s in stats.items():
         cells = [r["training"] for r in s["cells"] if r.get("training")]
         if cells:
             lines.append(f"| {method} | " + " | ".join(cell([c[k] for c in cells], d) for k, d in (
                 ("grad_clipped_share", 2), ("zero_std_groups", 2), ("completion_length", 1), ("cut_share", 2),
-                ("grad_norm_median", 2))) + " |")
+                ("grad_norm_median", 2))) + " | " + " | ".join(cell([c.get(k) for c in cells], 2) for k in (
+                "equal_reward_steps", "equal_reward_step_ratio")) + " |")
     return lines
 
 
@@ -481,7 +517,7 @@ def report(out: Path, plot: Path | None) -> str:
     lines += ["", "The goals, AGRO as configured (`agro_loss_type: sum`):", "", *goal_lines(stats)]
     if any(m in stats for m in DR_GRPO.values()):
         lines += ["", "The same goals, AGRO at the token-mean scale (`agro_loss_type: dr_grpo`):", "",
-                  *goal_lines(stats, DR_GRPO)]
+                  *goal_lines(stats, DR_GRPO), "", "The two scales on the same seeds:", "", *scale_lines(stats)]
     if plot is not None:
         plot_cells(stats, plot)
     return "\n".join(lines)

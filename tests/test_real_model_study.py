@@ -76,12 +76,15 @@ def test_report_tables_goals_and_plot(tmp_path):
     rows = [cell("pi_ref", 0, 0.1, 0.1), cell("agro", 0, 0.40), cell("agro", 1, 0.30), cell("grpo", 0, 0.38),
             cell("agro_offline", 0, 0.15), cell("topr_offline", 0, 0.30), cell("grpo_stale", 0, 0.30),
             cell("agro_dr_grpo", 0, 0.30), cell("agro_stale_dr_grpo", 0, 0.35), cell("agro_stale_dr_grpo", 1, 0.50)]
+    rows[-1]["training"] = {**rows[-1]["training"], "equal_reward_steps": 0.1, "equal_reward_step_ratio": 0.2}
     out = tmp_path / "cells.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = study.report(out, tmp_path / "curves.png")
     assert "| agro | 2 | 0.350 ± 0.071 | 0.300–0.400 | 0.350 | 0.500 |" in text
     assert "| grpo | 1 | 0.380 | 0.380–0.380 | 0.380 | 0.500 |" in text
-    assert "| agro | 0.35 | 0.50 | 20.0 | 0.25 | 2.00 |" in text  # training batches: the mean over seeds
+    assert "| agro | 0.35 | 0.50 | 20.0 | 0.25 | 2.00 | – | – |" in text  # training batches: the mean over seeds
+    # one seed of two recorded the steps without a reward signal
+    assert "| agro_stale_dr_grpo | 0.42 | 0.50 | 20.0 | 0.25 | 2.00 | 0.10 | 0.20 |" in text
     # a goal compares the seeds both sides have: agro's seed 0 against grpo's only seed
     assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.400 vs grpo 0.380 (+0.020; seeds 0) | met | +0.040 |" in text
     assert ("| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050; seeds 0) | missed | -0.050 |"
@@ -94,6 +97,9 @@ def test_report_tables_goals_and_plot(tmp_path):
     assert ("| AGRO stale within 0.03 of AGRO on-policy | agro_stale_dr_grpo 0.350 vs agro_dr_grpo 0.300 (+0.050; "
             "seeds 0) | met | +0.080 |") in dr_grpo
     assert "| AGRO offline ≥ π_ref + 0.10 | not run |" in dr_grpo
+    # the two scales paired by seed: agro_dr_grpo's seed 0 against agro's seed 0; agro_stale has no sum cell
+    assert "| agro → agro_dr_grpo | 0 | -0.100 | -0.100 | 0 of 1 |" in dr_grpo
+    assert "agro_stale → " not in dr_grpo
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -117,9 +123,13 @@ def test_training_stats_of_a_run():
               "completions/clipped_ratio": 0.75},
              {"step": 3, "grad_norm": float("nan"), "frac_reward_zero_std": 0.0}]  # a skipped step
     stats = study.training_stats(steps, 1.0)
-    assert stats == {"grad_clipped_share": 0.5, "grad_norm_median": 3.0, "zero_std_groups": 0.5,
-                     "completion_length": 15.0, "cut_share": 0.5, "cut_curve": [[1, 0.25], [2, 0.75]]}
-    assert study.training_stats(steps, 0.0)["grad_clipped_share"] is None  # max_grad_norm 0: no clipping
+    # the step with equal rewards everywhere reached the optimiser at norm 0.5, the other at 3 clipped to 1
+    assert stats == {"grad_clipped_share": 0.5, "grad_norm_median": 3.0, "equal_reward_steps": 1 / 3,
+                     "equal_reward_step_ratio": 0.5, "zero_std_groups": 0.5, "completion_length": 15.0, "cut_share": 0.5,
+                     "cut_curve": [[1, 0.25], [2, 0.75]]}
+    unclipped = study.training_stats(steps, 0.0)
+    assert unclipped["grad_clipped_share"] is None and unclipped["equal_reward_step_ratio"] == pytest.approx(0.5 / 3)
+    assert study.training_stats(steps[:1], 1.0)["equal_reward_step_ratio"] is None  # no step without signal
 
 
 @pytest.fixture(scope="module")
@@ -203,13 +213,15 @@ def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeyp
     assert len(out.read_text().splitlines()) == 6
 
 
-def test_the_committed_tables_are_the_report_of_the_committed_cells(tmp_path):
-    """docs/real_model/study.md is `--report` of docs/real_model/cells.jsonl, as committed: no figure by hand."""
-    docs = SCRIPT.parents[1] / "docs" / "real_model"
+@pytest.mark.parametrize("folder", ["real_model", "real_model/fp32"])
+def test_the_committed_tables_are_the_report_of_the_committed_cells(folder):
+    """docs/real_model/study.md is `--report` of docs/real_model/cells.jsonl, as committed, and so is the float32
+    replication's in docs/real_model/fp32/: no figure by hand."""
+    docs = SCRIPT.parents[1] / "docs" / folder
     committed = (docs / "study.md").read_text(encoding="utf-8")
     assert committed == study.report(docs / "cells.jsonl", None) + "\n", (
-        "docs/real_model/study.md is out of date: python benchmarks/real_model.py --report "
-        "--out docs/real_model/cells.jsonl > docs/real_model/study.md")
+        f"docs/{folder}/study.md is out of date: python benchmarks/real_model.py --report "
+        f"--out docs/{folder}/cells.jsonl > docs/{folder}/study.md")
 
 
 @pytest.mark.parametrize("native, bf16, warned", [(False, "true", True), (False, "false", False), (True, "true", False)])
@@ -227,3 +239,14 @@ def test_emulated_bf16_is_warned_before_any_cell(tiny_model, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert ("bf16 is emulated on this CPU" in err) == warned
     assert json.loads(out.read_text())["bf16"] == (bf16 == "true")
+
+
+def test_the_two_loss_scales_are_paired_by_seed():
+    rows = [{"method": m, "seed": seed, "accuracy": a, "n": 200, "curve": [[0, 0.1], [20, a]], "kl": 0.0}
+            for m, seed, a in [("agro_stale", 0, 0.20), ("agro_stale", 1, 0.40), ("agro_stale", 2, 0.30),
+                               ("agro_stale_dr_grpo", 0, 0.30), ("agro_stale_dr_grpo", 1, 0.35),
+                               ("agro_stale_dr_grpo", 3, 0.90)]]  # seed 3 has no sum cell: left out
+    lines = study.scale_lines(study.summary(rows))
+    std = math.sqrt(((0.1 - 0.025) ** 2 + (-0.05 - 0.025) ** 2) / 1)
+    assert lines[2] == (f"| agro_stale → agro_stale_dr_grpo | 0,1 | +0.025 ± {std:.3f} | +0.100, -0.050 | 1 of 2 |")
+    assert len(lines) == 3  # no on-policy or offline pair

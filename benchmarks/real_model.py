@@ -22,13 +22,13 @@ hyper-parameters and held-out problems; a method changes only these keys (`METHO
                    AGRO's default taper (clip) masks the same trust region.
     agro_stale_no_taper   a diagnostic: agro_stale with `taper: none` (AGRO's loss on the stale samples as
                    they are, no trust region)
-    agro_stale_dr_grpo    a diagnostic: agro_stale with `agro_loss_type: dr_grpo` (the same loss ÷
-                   max_completion_length, so that max_grad_norm no longer rescales every step to the same norm;
-                   the direction of each step is unchanged)
     agro_stale_beta_0.01  a diagnostic: agro_stale with β 0.01 instead of 0.05 (a fifth of the KL term's pull;
                    another objective, so not a candidate for the goals)
-    agro_dr_grpo,  agro and agro_offline at agro_stale_dr_grpo's scale, so that `--report` can put the goals to
-    agro_offline_dr_grpo  AGRO at either scale (each goal on the seeds both of its sides have)
+    agro_dr_grpo, agro_stale_dr_grpo, agro_offline_dr_grpo
+                   agro, agro_stale and agro_offline with `agro_loss_type: dr_grpo` (the same loss ÷
+                   max_completion_length, so that max_grad_norm no longer rescales every step to the same norm;
+                   each step's direction is unchanged): `--report` puts the goals to AGRO at either scale (each
+                   goal on the seeds both of its sides have) and pairs the two scales by seed
     agro_offline,  offline only (num_generations 0): π_ref's own samples, num_generations per prompt for
     kl_pg_offline, max_steps × prompts_per_step training problems (one epoch), written once per task × seed by
     topr_offline   `agro generate` with rewards (temperature and length of the config) and re-used by all
@@ -84,9 +84,10 @@ METHODS: dict[str, tuple[str, dict]] = {
     # a diagnostic: agro_stale without the taper (pure AGRO on the stale samples)
     "agro_stale_no_taper": ("stale", {"objective": "agro", "taper": "none", "async_generation": True,
                                       "lagged_generation": True, "max_staleness": STALENESS}),
-    # diagnostics of agro_stale: the loss at a token-mean scale (÷ max_completion_length); a fifth of the KL term
+    # agro_stale with the loss at a token-mean scale (÷ max_completion_length)
     "agro_stale_dr_grpo": ("stale", {"objective": "agro", "agro_loss_type": "dr_grpo", "async_generation": True,
                                      "lagged_generation": True, "max_staleness": STALENESS}),
+    # a diagnostic: a fifth of the KL term
     "agro_stale_beta_0.01": ("stale", {"objective": "agro", "beta": 0.01, "async_generation": True,
                                        "lagged_generation": True, "max_staleness": STALENESS}),
     "agro_offline": ("offline", {"objective": "agro"}),
@@ -296,23 +297,24 @@ def training_stats(steps: list[dict], max_grad_norm: float) -> dict:
     the share of groups whose rewards were all equal (no reward signal: only the KL term moves AGRO there), and the
     sampled completions' mean length and share cut at the length limit (and that share by step, `cut_curve`).
 
-    `equal_reward_steps`: the share of steps where every group's rewards were equal (for AGRO the KL term's pull
-    alone); `equal_reward_step_ratio`: the gradient norm that reached the optimiser, min(‖g‖, max_grad_norm), on
-    those steps ÷ that on the other steps. Near 1 when clipping makes every step full-size; None when either kind
-    of step is missing."""
+    `equal_reward_steps`: the share of the updates (steps with a finite, non-zero gradient) where every group's
+    rewards were equal, for AGRO the KL term's pull alone; `equal_reward_step_ratio`: the gradient norm that
+    reached the optimiser, min(‖g‖, max_grad_norm), on those updates ÷ that on the others. Near 1 when clipping
+    makes every step full-size; None when either kind is missing. A zero gradient (a first step at π = π_ref
+    whose rewards are all equal) moved nothing and is left out of both."""
     def over(key):
         return mean([r[key] for r in steps if key in r])
     finite = [r for r in steps if "grad_norm" in r and math.isfinite(r["grad_norm"])]
     norms = [r["grad_norm"] for r in finite]
+    updates = [r for r in finite if r["grad_norm"] > 0 and "frac_reward_zero_std" in r]
 
     def applied(kind):
-        return mean([min(r["grad_norm"], max_grad_norm) if max_grad_norm > 0 else r["grad_norm"] for r in finite
-                     if "frac_reward_zero_std" in r and (r["frac_reward_zero_std"] == 1.0) == kind])
+        return mean([min(r["grad_norm"], max_grad_norm) if max_grad_norm > 0 else r["grad_norm"] for r in updates
+                     if (r["frac_reward_zero_std"] == 1.0) == kind])
     equal, signal = applied(True), applied(False)
     return {"grad_clipped_share": mean([float(g > max_grad_norm) for g in norms]) if max_grad_norm > 0 else None,
             "grad_norm_median": median(norms),
-            "equal_reward_steps": mean([float(r["frac_reward_zero_std"] == 1.0) for r in steps
-                                        if "frac_reward_zero_std" in r]),
+            "equal_reward_steps": mean([float(r["frac_reward_zero_std"] == 1.0) for r in updates]),
             "equal_reward_step_ratio": equal / signal if equal is not None and signal else None,
             "zero_std_groups": over("frac_reward_zero_std"), "completion_length": over("objective/completion_length_mean"),
             "cut_share": over("completions/clipped_ratio"),
@@ -452,15 +454,17 @@ def goal_lines(stats: dict[str, dict], rename: dict[str, str] | None = None) -> 
              "|---|---|---|---|---|"]
     for text, method, refs, margin in GOALS:
         method, refs = rename.get(method, method), tuple(rename.get(r, r) for r in refs)
-        sides = {}
-        for ref in (r for r in refs if r in stats and method in stats):
+        sides, ran = {}, [r for r in refs if r in stats and method in stats]
+        for ref in ran:
             seeds = {r["seed"] for r in stats[method]["cells"]} & {r["seed"] for r in stats[ref]["cells"]}
             if seeds:
                 sides[ref] = (on_seeds(stats, method, seeds), on_seeds(stats, ref, seeds), sorted(seeds))
         if not sides:
-            lines.append(f"| {text} | not run | – | – | – |")
+            lines.append(f"| {text} | {'no seed in common' if ran else 'not run'} | – | – | – |")
             continue
-        best = max(sides, key=lambda r: sides[r][1]["mean"])
+        # the hardest reference: each is compared on its own common seeds, so the smallest difference, not the
+        # highest reference mean
+        best = min(sides, key=lambda r: sides[r][0]["mean"] - sides[r][1]["mean"])
         ours, theirs, seeds = sides[best]
         diff = ours["mean"] - theirs["mean"]
         slack = diff - margin
@@ -475,10 +479,11 @@ def training_lines(stats: dict[str, dict]) -> list[str]:
     not say: offline records carry no cut flag)."""
     def cell(values, digits):
         known = [v for v in values if v is not None]
-        return f"{mean(known):.{digits}f}" if known else "–"
+        part = f" ({len(known)} of {len(values)} seeds)" if 0 < len(known) < len(values) else ""
+        return f"{mean(known):.{digits}f}{part}" if known else "–"
     lines = ["| method (training batches, mean over seeds) | steps with the gradient norm clipped | groups with equal "
              "rewards | completion length (tokens) | completions cut at the limit | median gradient norm | steps where "
-             "every group's rewards are equal | their step size ÷ other steps' |",
+             "every group's rewards are equal | their clipped gradient norm ÷ other steps' |",
              "|---|---|---|---|---|---|---|---|"]
     for method, s in stats.items():
         cells = [r["training"] for r in s["cells"] if r.get("training")]
@@ -491,7 +496,8 @@ def training_lines(stats: dict[str, dict]) -> list[str]:
 
 
 def report(out: Path, plot: Path | None) -> str:
-    """Markdown tables (cells, methods, goals) of --out, and its plot; every figure is read from --out."""
+    """Markdown tables of --out (cells, methods, training batches, the goals for AGRO at either loss scale, the two
+    scales paired by seed), and its plot; every figure is read from --out."""
     rows = read_cells(out)
     if not rows:
         raise UsageError(f"{out}: no cells to report")

@@ -84,7 +84,7 @@ def test_report_tables_goals_and_plot(tmp_path):
     assert "| grpo | 1 | 0.380 | 0.380–0.380 | 0.380 | 0.500 |" in text
     assert "| agro | 0.35 | 0.50 | 20.0 | 0.25 | 2.00 | – | – |" in text  # training batches: the mean over seeds
     # one seed of two recorded the steps without a reward signal
-    assert "| agro_stale_dr_grpo | 0.42 | 0.50 | 20.0 | 0.25 | 2.00 | 0.10 | 0.20 |" in text
+    assert "| agro_stale_dr_grpo | 0.42 | 0.50 | 20.0 | 0.25 | 2.00 | 0.10 (1 of 2 seeds) | 0.20 (1 of 2 seeds) |" in text
     # a goal compares the seeds both sides have: agro's seed 0 against grpo's only seed
     assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.400 vs grpo 0.380 (+0.020; seeds 0) | met | +0.040 |" in text
     assert ("| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050; seeds 0) | missed | -0.050 |"
@@ -121,12 +121,14 @@ def test_training_stats_of_a_run():
               "completions/clipped_ratio": 0.25},
              {"step": 2, "grad_norm": 0.5, "frac_reward_zero_std": 1.0, "objective/completion_length_mean": 20.0,
               "completions/clipped_ratio": 0.75},
-             {"step": 3, "grad_norm": float("nan"), "frac_reward_zero_std": 0.0}]  # a skipped step
+             {"step": 3, "grad_norm": float("nan"), "frac_reward_zero_std": 0.0},  # a skipped step
+             {"step": 4, "grad_norm": 0.0, "frac_reward_zero_std": 1.0}]  # nothing to move: not an update
     stats = study.training_stats(steps, 1.0)
-    # the step with equal rewards everywhere reached the optimiser at norm 0.5, the other at 3 clipped to 1
-    assert stats == {"grad_clipped_share": 0.5, "grad_norm_median": 3.0, "equal_reward_steps": 1 / 3,
-                     "equal_reward_step_ratio": 0.5, "zero_std_groups": 0.5, "completion_length": 15.0, "cut_share": 0.5,
-                     "cut_curve": [[1, 0.25], [2, 0.75]]}
+    # of the two updates, the one with equal rewards everywhere reached the optimiser at norm 0.5, the other at 3
+    # clipped to 1
+    assert stats == {"grad_clipped_share": 1 / 3, "grad_norm_median": 0.5, "equal_reward_steps": 0.5,
+                     "equal_reward_step_ratio": 0.5, "zero_std_groups": 0.625, "completion_length": 15.0,
+                     "cut_share": 0.5, "cut_curve": [[1, 0.25], [2, 0.75]]}
     unclipped = study.training_stats(steps, 0.0)
     assert unclipped["grad_clipped_share"] is None and unclipped["equal_reward_step_ratio"] == pytest.approx(0.5 / 3)
     assert study.training_stats(steps[:1], 1.0)["equal_reward_step_ratio"] is None  # no step without signal
@@ -225,7 +227,7 @@ def test_the_committed_tables_are_the_report_of_the_committed_cells(folder):
 
 
 @pytest.mark.parametrize("native, bf16, warned", [(False, "true", True), (False, "false", False), (True, "true", False)])
-def test_emulated_bf16_is_warned_before_any_cell(tiny_model, tmp_path, monkeypatch, capsys, native, bf16, warned):
+def test_emulated_bf16_is_warned_and_each_cell_records_its_precision(tiny_model, tmp_path, monkeypatch, capsys, native, bf16, warned):
     """A CPU without native bf16 runs the config's bf16 emulated (several times slower than float32): the study
     says so once, up front, where a cell's own warning would scroll by; each cell records its precision."""
     import agro.models
@@ -250,3 +252,17 @@ def test_the_two_loss_scales_are_paired_by_seed():
     std = math.sqrt(((0.1 - 0.025) ** 2 + (-0.05 - 0.025) ** 2) / 1)
     assert lines[2] == (f"| agro_stale → agro_stale_dr_grpo | 0,1 | +0.025 ± {std:.3f} | +0.100, -0.050 | 1 of 2 |")
     assert len(lines) == 3  # no on-policy or offline pair
+
+
+def test_a_goal_against_two_references_takes_the_harder_on_their_own_seeds():
+    """AGRO offline 0.40, 0.20, 0.20 (seeds 0–2); KL-PG 0.30 on all three, TOPR 0.32 on seed 0 only. Against TOPR
+    (seed 0) AGRO is 0.08 ahead; against KL-PG (seeds 0–2) 0.033 behind: the goal is put to KL-PG, and missed."""
+    rows = [{"method": m, "seed": seed, "accuracy": a, "n": 200, "curve": [[0, 0.1], [20, a]], "kl": 0.0}
+            for m, seed, a in [("agro_offline", 0, 0.40), ("agro_offline", 1, 0.20), ("agro_offline", 2, 0.20),
+                               ("kl_pg_offline", 0, 0.30), ("kl_pg_offline", 1, 0.30), ("kl_pg_offline", 2, 0.30),
+                               ("topr_offline", 0, 0.32), ("grpo_stale", 7, 0.3), ("agro_stale", 6, 0.3)]]
+    text = "\n".join(study.goal_lines(study.summary(rows)))
+    assert ("| AGRO offline ≥ best of KL-PG and TOPR offline − 0.03 | agro_offline 0.267 vs kl_pg_offline 0.300 "
+            "(-0.033; seeds 0,1,2) | missed | -0.003 |") in text
+    assert "| AGRO stale ≥ GRPO stale | no seed in common |" in text
+    assert "| AGRO on-policy ≥ GRPO − 0.02 | not run |" in text

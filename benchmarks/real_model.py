@@ -549,7 +549,9 @@ def plot_cells(stats: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, middle, cut) = plt.subplots(1, 3, figsize=(18, 4.5))
-    colors = {"pi_ref": "black", **{m: f"C{i}" for i, m in enumerate(m for m in stats if m != "pi_ref")}}
+    # one colour a method (the default cycle repeats after 10): tab20's 10 dark hues, then their light ones
+    colors = {"pi_ref": "black", **{m: plt.get_cmap("tab20")((2 * i + i // 10) % 20)
+                                    for i, m in enumerate(m for m in stats if m != "pi_ref")}}
     for method, s in stats.items():
         if method == "pi_ref":
             left.axhline(s["mean"], color="black", linestyle="--", label="pi_ref")

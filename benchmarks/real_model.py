@@ -488,10 +488,9 @@ def training_lines(stats: dict[str, dict]) -> list[str]:
     for method, s in stats.items():
         cells = [r["training"] for r in s["cells"] if r.get("training")]
         if cells:
-            lines.append(f"| {method} | " + " | ".join(cell([c[k] for c in cells], d) for k, d in (
+            lines.append(f"| {method} | " + " | ".join(cell([c.get(k) for c in cells], d) for k, d in (
                 ("grad_clipped_share", 2), ("zero_std_groups", 2), ("completion_length", 1), ("cut_share", 2),
-                ("grad_norm_median", 2))) + " | " + " | ".join(cell([c.get(k) for c in cells], 2) for k in (
-                "equal_reward_steps", "equal_reward_step_ratio")) + " |")
+                ("grad_norm_median", 2), ("equal_reward_steps", 2), ("equal_reward_step_ratio", 2))) + " |")
     return lines
 
 

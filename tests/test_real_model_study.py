@@ -243,11 +243,16 @@ def test_emulated_bf16_is_warned_and_each_cell_records_its_precision(tiny_model,
     assert json.loads(out.read_text())["bf16"] == (bf16 == "true")
 
 
+def final_cells(*cells: tuple[str, int, float]) -> list[dict]:
+    """Cells of (method, seed, final accuracy) on 200 problems, as the report reads them."""
+    return [{"method": m, "seed": seed, "accuracy": a, "n": 200, "curve": [[0, 0.1], [20, a]], "kl": 0.0}
+            for m, seed, a in cells]
+
+
 def test_the_two_loss_scales_are_paired_by_seed():
-    rows = [{"method": m, "seed": seed, "accuracy": a, "n": 200, "curve": [[0, 0.1], [20, a]], "kl": 0.0}
-            for m, seed, a in [("agro_stale", 0, 0.20), ("agro_stale", 1, 0.40), ("agro_stale", 2, 0.30),
-                               ("agro_stale_dr_grpo", 0, 0.30), ("agro_stale_dr_grpo", 1, 0.35),
-                               ("agro_stale_dr_grpo", 3, 0.90)]]  # seed 3 has no sum cell: left out
+    rows = final_cells(("agro_stale", 0, 0.20), ("agro_stale", 1, 0.40), ("agro_stale", 2, 0.30),
+                       ("agro_stale_dr_grpo", 0, 0.30), ("agro_stale_dr_grpo", 1, 0.35),
+                       ("agro_stale_dr_grpo", 3, 0.90))  # seed 3 has no sum cell: left out
     lines = study.scale_lines(study.summary(rows))
     std = math.sqrt(((0.1 - 0.025) ** 2 + (-0.05 - 0.025) ** 2) / 1)
     assert lines[2] == (f"| agro_stale → agro_stale_dr_grpo | 0,1 | +0.025 ± {std:.3f} | +0.100, -0.050 | 1 of 2 |")
@@ -257,10 +262,9 @@ def test_the_two_loss_scales_are_paired_by_seed():
 def test_a_goal_against_two_references_takes_the_harder_on_their_own_seeds():
     """AGRO offline 0.40, 0.20, 0.20 (seeds 0–2); KL-PG 0.30 on all three, TOPR 0.32 on seed 0 only. Against TOPR
     (seed 0) AGRO is 0.08 ahead; against KL-PG (seeds 0–2) 0.033 behind: the goal is put to KL-PG, and missed."""
-    rows = [{"method": m, "seed": seed, "accuracy": a, "n": 200, "curve": [[0, 0.1], [20, a]], "kl": 0.0}
-            for m, seed, a in [("agro_offline", 0, 0.40), ("agro_offline", 1, 0.20), ("agro_offline", 2, 0.20),
-                               ("kl_pg_offline", 0, 0.30), ("kl_pg_offline", 1, 0.30), ("kl_pg_offline", 2, 0.30),
-                               ("topr_offline", 0, 0.32), ("grpo_stale", 7, 0.3), ("agro_stale", 6, 0.3)]]
+    rows = final_cells(("agro_offline", 0, 0.40), ("agro_offline", 1, 0.20), ("agro_offline", 2, 0.20),
+                       ("kl_pg_offline", 0, 0.30), ("kl_pg_offline", 1, 0.30), ("kl_pg_offline", 2, 0.30),
+                       ("topr_offline", 0, 0.32), ("grpo_stale", 7, 0.3), ("agro_stale", 6, 0.3))
     text = "\n".join(study.goal_lines(study.summary(rows)))
     assert ("| AGRO offline ≥ best of KL-PG and TOPR offline − 0.03 | agro_offline 0.267 vs kl_pg_offline 0.300 "
             "(-0.033; seeds 0,1,2) | missed | -0.003 |") in text

@@ -214,7 +214,7 @@ def run_trl(method: str, prep: dict, job: dict) -> dict:
 
     from agro.data import load_problems
     from agro.demo import greedy_accuracy
-    from agro.rewards import load_reward_function
+    from agro.rewards.functions import load_reward_function
 
     iterations = TRL_ITERATIONS[method]
     g = job["group_size"]

@@ -17,7 +17,7 @@ import time
 import torch
 from throughput import SIZES, sweep  # the same models
 
-from agro.rollout import HFGenerator
+from agro.generators import HFGenerator
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
 
 

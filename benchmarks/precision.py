@@ -41,10 +41,10 @@ def main() -> None:
     a = p.parse_args()
 
     from agro.config import load_config
+    from agro.generators import HFGenerator
     from agro.logprobs import CompletionLogprobs
     from agro.models import bf16_autocast, load_model, load_tokenizer, native_bf16
     from agro.prompts import PromptPool
-    from agro.rollout import HFGenerator
     from agro.tokens import collate
 
     c = load_config(a.config, [f"model_name_or_path={a.model}"] if a.model else [])

@@ -17,8 +17,8 @@ import time
 import torch
 from throughput import SIZES, sweep  # the same two models
 
+from agro.generators import HFGenerator
 from agro.logprobs import completion_logprobs
-from agro.rollout import HFGenerator
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
 
 

@@ -18,7 +18,7 @@ hyper-parameters and held-out problems; a method changes only these keys (`METHO
                    re-uses a prompt's samples only when the prompt comes back within k steps, which it never
                    does with 1,000 training problems; so the lag is made exact and repeatable instead. GRPO
                    clips its ratio to the sampler: its π_old is the batch's behaviour log-probs, which the
-                   lagged actor computes with the policy that sampled them (`agro.batch.sampling_logprobs`);
+                   lagged actor computes with the policy that sampled them (`agro.assembly.sampling_logprobs`);
                    AGRO's default taper (clip) masks the same trust region.
     agro_stale_no_taper   a diagnostic: agro_stale with `taper: none` (AGRO's loss on the stale samples as
                    they are, no trust region)
@@ -194,7 +194,7 @@ def evaluate_reference(c) -> dict:
 
     from agro.evaluate import evaluate, load_eval_problems
     from agro.models import load_for_inference
-    from agro.rewards import RewardScorer
+    from agro.rewards.functions import RewardScorer
 
     if c.num_threads:
         torch.set_num_threads(c.num_threads)
@@ -212,9 +212,9 @@ def kl_to_reference(c, model_dir: Path, samples: int, seed: int) -> dict:
     import torch
 
     from agro.evaluate import load_eval_problems
+    from agro.generators import HFGenerator
     from agro.logprobs import completion_logprobs
     from agro.models import load_for_inference
-    from agro.rollout import HFGenerator
     from agro.tokens import collate, encode_prompt
 
     if c.num_threads:

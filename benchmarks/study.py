@@ -46,9 +46,9 @@ from transformers import AutoModelForCausalLM
 
 from agro.config import load_config
 from agro.demo import demo_config_path, greedy_accuracy, task_overrides, write_offline, write_task_data
+from agro.generators import HFGenerator
 from agro.logprobs import completion_logprobs
 from agro.objectives import OBJECTIVES
-from agro.rollout import HFGenerator
 from agro.tasks import TASK_NAMES, get_task
 from agro.tokens import collate, encode_prompt
 from agro.trainer import Trainer

@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from agro import tabular
+import agro.tabular as tabular
 from agro.tabular import TabularConfig
 
 CANDIDATES = {

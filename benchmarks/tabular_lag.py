@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from agro import tabular
+import agro.tabular as tabular
 from agro.tabular import TabularConfig
 
 CANDIDATES = {  # name: (method, data, lag, taper)

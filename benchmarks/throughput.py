@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from agro.rewards import load_reward_function
+from agro.rewards.functions import load_reward_function
 
 if TYPE_CHECKING:
     from agro.trainer import Trainer
@@ -125,7 +125,7 @@ def build_model_assets(root: Path, name: str, completion_length: int) -> tuple[P
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from agro.gym import load_entries
-    from agro.model_sources import resolve_model
+    from agro.models import resolve_model
 
     source = Path(resolve_model(name))
     (root / "model").mkdir()

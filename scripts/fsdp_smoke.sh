@@ -9,7 +9,7 @@ python3 - $D <<'PY'
 import json, sys, torch
 from pathlib import Path
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems
-from agro.rollout import HFGenerator
+from agro.generators import HFGenerator
 root = Path(sys.argv[1]); torch.manual_seed(0)
 tok = build_tokenizer(); m = build_model(ArithmeticTask(hidden_size=64, num_layers=2, num_heads=2), tok)
 m.save_pretrained(root / "model"); tok.save_pretrained(root / "model")

@@ -65,7 +65,7 @@ import torch
 from agro.config import load_config
 from agro.models import load_model, load_tokenizer
 from agro.prompts import PromptPool
-from agro.rollout import make_generator
+from agro.generators import make_generator
 
 c = load_config("configs/smollm2-135m-gpu.yaml", ["report_to=none"])
 tokenizer = load_tokenizer(c.model_name_or_path, False)

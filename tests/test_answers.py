@@ -1,4 +1,4 @@
-"""What small models answer (agro.answers) on real SmolLM2-135M-Instruct completions, and what a completion
+"""What small models answer (agro.rewards.answers) on real SmolLM2-135M-Instruct completions, and what a completion
 cut at the length limit counts for in scoring (truncated_completions) and in the step's metrics."""
 
 import json
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from agro import gym
-from agro.answers import final_answer, is_truncated, last_number
-from agro.buffer import Generation
-from agro.rewards import RewardScorer, load_reward_function
-from agro.scoring import completion_metrics, score
+import agro.gym as gym
+from agro.records import Generation
+from agro.rewards.answers import final_answer, is_truncated, last_number
+from agro.rewards.functions import RewardScorer, load_reward_function
+from agro.rewards.scoring import completion_metrics, score
 
 FIXTURES = [json.loads(line) for line in (Path(__file__).parent / "data" / "smollm2_completions.jsonl").open()]
 

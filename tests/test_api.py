@@ -16,11 +16,11 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
 from agro import AGROConfig, AGROTrainer, run_inputs
-from agro.buffer import Generation
 from agro.cli import main
 from agro.errors import AgroError
-from agro.rewards import RewardScorer, Samples
-from agro.scoring import RewardFunctions, score
+from agro.records import Generation
+from agro.rewards.functions import RewardScorer, Samples
+from agro.rewards.scoring import RewardFunctions, score
 
 
 def rows(assets, extra=True):

@@ -9,8 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from agro.async_actor import ActorBatch, ActorDied, ActorProcess, ActorSpec, AsyncActor, _sample
+from agro.generators import HFGenerator
 from agro.logprobs import completion_logprobs
-from agro.rollout import HFGenerator
 from agro.tasks.arithmetic import build_tokenizer
 from agro.tokens import collate
 

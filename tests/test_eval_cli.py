@@ -18,9 +18,9 @@ from transformers import (
 from agro.cli import main
 from agro.data import Problem, load_offline_records, load_problems
 from agro.evaluate import evaluate
-from agro.generate import generate_records
 from agro.logprobs import completion_logprobs
-from agro.rewards import RewardScorer
+from agro.rewards.functions import RewardScorer
+from agro.sample_records import generate_records
 from agro.tokens import collate, encode_prompt
 
 DATA = Path(__file__).parent / "data"
@@ -137,7 +137,7 @@ def test_gold_is_the_last_box_and_equivalent_forms_count(math_scorer):
 def test_eval_cli_writes_the_exact_accuracy(model_dir, tmp_path, capsys, monkeypatch):
     problems, _ = load_problems(GENERIC)
     texts = [[other_form(p.answer, right=i % 2 == 1)] for i, p in enumerate(problems)]
-    monkeypatch.setattr("agro.rollout.make_generator", lambda backend, tok, *a, **kw: GoldGenerator(tok, texts))
+    monkeypatch.setattr("agro.generators.make_generator", lambda backend, tok, *a, **kw: GoldGenerator(tok, texts))
     out = tmp_path / "eval.json"
     rc, stdout, err = run(["eval", "--model", model_dir, "--data", GENERIC, "--reward", "exact", "--out", out], capsys)
     assert rc == 0, err

@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from agro import data, gym
+import agro.data as data
+import agro.gym as gym
 from agro.cli import main
 from agro.config import load_config
 from agro.errors import AgroError
-from agro.rewards import load_reward_function
+from agro.rewards.functions import load_reward_function
 
 SMALL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}  # 200 distinct questions in all
 

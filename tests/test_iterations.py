@@ -8,10 +8,10 @@ import pytest
 import torch
 from test_trainer import final_weights, overrides, read_metrics
 
-import agro.batch
+import agro.assembly
 import agro.objectives
-import agro.scoring
-from agro import objectives
+import agro.objectives as objectives
+import agro.rewards.scoring
 from agro.actor import Actor
 from agro.cli import main
 from agro.config import load_config
@@ -141,7 +141,7 @@ def test_replay_and_offline_members_are_reused_over_the_iterations(assets, tmp_p
     stay the same over its iterations; rewards and reference log-probs are computed once; on-policy samples
     keep the generating policy's log-probs as behaviour log-probs; replay staleness counts optimizer steps."""
     seen, unscored, unreferenced = [], [], []
-    tensors, score, reference = agro.batch.tensors, agro.scoring.score, Learner.with_reference
+    tensors, score, reference = agro.assembly.tensors, agro.rewards.scoring.score, Learner.with_reference
 
     def capture(gens, keys, logprobs_now, old_logprobs=None):
         t = tensors(gens, keys, logprobs_now, old_logprobs)
@@ -156,8 +156,8 @@ def test_replay_and_offline_members_are_reused_over_the_iterations(assets, tmp_p
         unreferenced.append(sum(g.ref_logprobs is None for g in gens))
         return reference(self, gens)
 
-    monkeypatch.setattr(agro.batch, "tensors", capture)
-    monkeypatch.setattr(agro.scoring, "score", count_score)
+    monkeypatch.setattr(agro.assembly, "tensors", capture)
+    monkeypatch.setattr(agro.rewards.scoring, "score", count_score)
     monkeypatch.setattr(Learner, "with_reference", count_reference)
     rollouts = count_rollouts(monkeypatch)
     out = tmp_path / "run"

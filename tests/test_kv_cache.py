@@ -4,11 +4,11 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_rollout import MODELS, PROMPTS, TOKENIZER, model_named
+from test_generators import MODELS, PROMPTS, TOKENIZER, model_named
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from agro.generators import HFGenerator
 from agro.kv_cache import PreallocatedLayer, preallocate
-from agro.rollout import HFGenerator
 
 OPERATIONS = st.lists(st.one_of(
     st.tuples(st.just("update"), st.integers(1, 5)),

@@ -16,7 +16,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from agro import kv_cache
+import agro.kv_cache as kv_cache
 from agro.errors import AgroError
 from agro.logprobs import completion_logprobs, logit_softcap, naive_token_logprobs, token_logprobs
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agro import objectives
+import agro.objectives as objectives
 
 BETA = 0.3
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_real_model import smollm2_present
 
-from agro import data
+import agro.data as data
 from agro.config import load_config
 from agro.tokens import completion_token_ids
 

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 import agro.checkpoint
+import agro.checkpoint as checkpoint
 import agro.models
-import agro.scoring
+import agro.rewards.scoring
 import agro.trainer
-from agro import checkpoint
 from agro.cli import main
 from agro.config import TrainConfig, load_config
 from agro.learner import Learner
@@ -170,12 +170,12 @@ def test_a_hanging_reward_is_reported_waited_for_in_parallel_and_stops_the_step(
     another, 4 time limits of 3 s would take 12 s."""
     said = []
 
-    class Stamped(agro.scoring.tqdm):
+    class Stamped(agro.rewards.scoring.tqdm):
         @classmethod
         def write(cls, text, *args, **kwargs):
             said.append((time.monotonic(), text))
 
-    monkeypatch.setattr(agro.scoring, "tqdm", Stamped)
+    monkeypatch.setattr(agro.rewards.scoring, "tqdm", Stamped)
     timeout = 3
     start = time.monotonic()
     rc, _, err = cli(train_args(assets, tmp_path / "run", reward_function=SLEEPS, reward_timeout=timeout), capsys)

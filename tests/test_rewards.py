@@ -1,4 +1,4 @@
-"""Tests for agro.verifiers (answer equivalence, the built-in rewards) and agro.rewards (reward loading, the
+"""Tests for agro.rewards.verifiers (answer equivalence, the built-in rewards) and agro.rewards.functions (reward loading, the
 time-limited scorer)."""
 
 import concurrent.futures
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agro.answers import extract_answer
-from agro.rewards import RewardResult, RewardScorer, ScoringInterrupted, load_reward_function
-from agro.verifiers import exact_answer_reward, exact_numeric_equal, math_equal, math_reward
+from agro.rewards.answers import extract_answer
+from agro.rewards.functions import RewardResult, RewardScorer, ScoringInterrupted, load_reward_function
+from agro.rewards.verifiers import exact_answer_reward, exact_numeric_equal, math_equal, math_reward
 
 TESTS_DIR = Path(__file__).parent
 REWARD_FNS_FILE = TESTS_DIR / "reward_fns.py"
@@ -477,7 +477,7 @@ def test_scorer_argument_and_state_errors():
 
 def test_workers_exit_when_the_parent_is_killed_mid_call():
     parent_script = textwrap.dedent(f"""
-        from agro.rewards import RewardScorer
+        from agro.rewards.functions import RewardScorer
         if __name__ == "__main__":
             scorer = RewardScorer({BY_COMPLETION!r}, timeout=600)
             print(int(scorer.score(["p"], ["pid"], [None]).rewards[0]), flush=True)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from agro import tabular
+import agro.tabular as tabular
 from agro.cli import main
 from agro.tabular import TabularConfig
 

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import agro.batch
+import agro.assembly
 from agro.cli import main
 from agro.config import load_config
-from agro.rollout import HFGenerator
+from agro.generators import HFGenerator
 from agro.trainer import Trainer
 
 REWARD = f"{Path(__file__).parent / 'trainer_rewards.py'}:digit_fraction"
@@ -313,13 +313,13 @@ def test_cut_completions_score_zero_or_leave_the_step_and_are_logged(assets, tmp
     """truncated_completions reaches the step: every cut on-policy completion has reward 0 (zero) or weight 0
     (mask), and the step logs TRL's completions/clipped_ratio and frac_reward_zero_std."""
     seen = []
-    tensors = agro.batch.tensors
+    tensors = agro.assembly.tensors
 
     def capture(gens, keys, logprobs_now, old_logprobs=None):
         seen.append(list(gens))
         return tensors(gens, keys, logprobs_now, old_logprobs)
 
-    monkeypatch.setattr(agro.batch, "tensors", capture)
+    monkeypatch.setattr(agro.assembly, "tensors", capture)
     out = tmp_path / "run"
     trainer = Trainer(load_config(None, overrides(assets, out, max_steps=1, max_completion_length=4,
                                                   truncated_completions=rule)))
@@ -397,14 +397,14 @@ def test_behaviour_logprobs_are_paired_by_identity(assets, tmp_path, monkeypatch
     each on-policy sample gets its own log-probs (importance weight exactly 1) and a replayed sample
     carries the log-probs it had when it was fresh."""
     seen = []
-    tensors = agro.batch.tensors
+    tensors = agro.assembly.tensors
 
     def capture(gens, keys, logprobs_now, old_logprobs=None):
         t = tensors(gens, keys, logprobs_now, old_logprobs)
         seen.append((list(gens), t))
         return t
 
-    monkeypatch.setattr(agro.batch, "tensors", capture)
+    monkeypatch.setattr(agro.assembly, "tensors", capture)
     config = load_config(None, overrides(assets, tmp_path / "run", objective="is_pg", train_data=assets / "two.jsonl",
                                          offline_data=assets / "offline.jsonl", offline_per_group=2,
                                          replay_per_group=2, replay_max_staleness=2, max_steps=2, save_steps=0))

@@ -6,7 +6,7 @@ each generation batch.
 
 This actor is synchronous: it samples with the learner's own policy module (no copy), so syncing is
 recording the version, and it leaves `behavior_logprobs` unset: the learner's first forward pass over the
-batch is under the same weights and supplies them (`agro.batch.with_behavior`), which saves a pass. The
+batch is under the same weights and supplies them (`agro.assembly.with_behavior`), which saves a pass. The
 asynchronous actor (`agro.async_actor.AsyncActor`: its own process and weights, up to k versions behind)
 has the same two methods; it loads the weights in `sync_weights` and fills `behavior_logprobs` itself,
 since the learner's weights are no longer the sampler's.
@@ -14,8 +14,8 @@ since the learner's weights are no longer the sampler's.
 
 from __future__ import annotations
 
-from agro.buffer import Generation
 from agro.prompts import PromptPool
+from agro.records import Generation
 
 
 class Actor:
@@ -24,7 +24,7 @@ class Actor:
     def __init__(self, generator, tokenizer, prompts: PromptPool, num_generations: int, rank: int = 0,
                  world: int = 1):
         self.rank, self.world = rank, world
-        self.generator = generator  # agro.rollout.HFGenerator or agro.vllm_backend.VLLMGenerator
+        self.generator = generator  # agro.generators.HFGenerator or agro.vllm_backend.VLLMGenerator
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.num_generations = num_generations

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import TrainOutput
 
-from agro import checkpoint, data
+import agro.checkpoint as checkpoint
+import agro.data as data
 from agro.config import AGROConfig, check
 from agro.errors import AgroError
 from agro.models import merged_copy
@@ -35,7 +36,7 @@ class AGROTrainer:
     model: a built-in name, a .gguf file, a model directory or hub id, or a loaded `PreTrainedModel`.
     reward_funcs: one or a list of: per-sample spec strings (`math`, `exact`, `reasoning_gym`,
         `module:function`, `file.py:function`) or callables, per-sample `fn(prompt, completion, answer)` or
-        TRL's batched `fn(prompts, completions, completion_ids, **columns)` (`agro.rewards`); default: the
+        TRL's batched `fn(prompts, completions, completion_ids, **columns)` (`agro.rewards.functions`); default: the
         config's reward_function. Summed with `args.reward_weights`.
     offline_dataset: rows with `prompt` and `completion`, optional `reward`, `answer`, `source`,
         `behavior_logprobs` (`agro.data`).

@@ -36,11 +36,11 @@ import torch
 import torch.multiprocessing as mp
 
 from agro.actor import on_policy_generations
-from agro.buffer import Generation
+from agro.generators import HFGenerator
 from agro.logprobs import completion_logprobs
 from agro.models import DTYPES, bf16_autocast, merged_copy
 from agro.prompts import PromptPool
-from agro.rollout import HFGenerator
+from agro.records import Generation
 from agro.tokens import collate
 
 POLL_SECONDS = 0.5  # how often each side checks that the other is alive while waiting

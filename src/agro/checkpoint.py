@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from agro.errors import AgroError
-from agro.rewards import absolute_spec
+from agro.rewards.functions import absolute_spec
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_ARGS = "agro.json"  # in final/ and checkpoints: what `agro eval` / `agro generate` default to

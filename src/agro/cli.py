@@ -73,7 +73,7 @@ def _run_tabular(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from agro import tabular
+    import agro.tabular as tabular
 
     config = tabular.TabularConfig(
         actions=args.actions, beta=args.beta, data=args.data, alpha=args.alpha, mode=args.mode,
@@ -133,7 +133,7 @@ def _run_train(args) -> int:
                   file=sys.stderr)
         return 128 + trainer.interrupted
     if trainer.accelerator.is_main_process:
-        from agro import report
+        import agro.report as report
 
         summary = {k: v for k, v in metrics.items() if k in ("step", "loss", "kl", "reward/on_policy", "eval/accuracy")}
         print(f"agro: done; {summary}; outputs in {config.output_dir}")
@@ -253,7 +253,7 @@ def _python_rewards(trained: dict) -> bool:
 
 def _load_eval_problems(args):
     """Check the flags `agro eval` and `agro generate` share, then load the problem set."""
-    from agro import data
+    import agro.data as data
 
     for flag in ("num_samples", "num_generations", "max_completion_length", "batch_size"):
         if getattr(args, flag, 1) < 1:
@@ -288,9 +288,9 @@ def _run_eval(args) -> int:
     from rich.table import Table
 
     from agro.evaluate import evaluate
+    from agro.generators import make_generator
     from agro.models import load_for_inference
-    from agro.rewards import open_scorer
-    from agro.rollout import make_generator
+    from agro.rewards.functions import open_scorer
 
     with open_scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
@@ -361,7 +361,7 @@ def _add_generate(sub) -> None:
 
 
 def _run_generate(args) -> int:
-    from agro.generate import write_generations
+    from agro.sample_records import write_generations
 
     if args.out.exists():
         raise AgroError(f"{args.out}: already exists; choose another --out (nothing is overwritten)")

@@ -116,7 +116,7 @@ class TrainConfig:
     reward_function: str | None = _f("auto", "auto (reasoning_gym for reasoning_gym: data, else math) | math | "
                                      "exact | reasoning_gym | module:function | path/file.py:function; math and "
                                      "exact score the stated answer, else the completion's last number "
-                                     "(agro.answers); null: the run's functions were given in Python "
+                                     "(agro.rewards.answers); null: the run's functions were given in Python "
                                      "(AGROTrainer's reward_funcs), as its config.yaml and agro.json record")
     truncated_completions: str = _f("zero", "a completion cut at max_completion_length: zero (reward 0) | mask (out "
                                     "of its group and the loss) | keep (scored as it is); docs/real_model.md")
@@ -350,7 +350,9 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
     if config.reward_function is None:
         fail("reward_function", "is null: the run's reward functions were given in Python (AGROTrainer's "
                                 "reward_funcs); name one here")
-    from agro.rewards import load_reward_function  # imports the user's module: once the rest is known good
+    from agro.rewards.functions import (
+        load_reward_function,  # imports the user's module: once the rest is known good
+    )
 
     try:
         load_reward_function(config.reward_function)

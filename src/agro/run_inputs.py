@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agro import data
+import agro.data as data
 from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.evaluate import load_eval_problems
 from agro.models import load_tokenizer
-from agro.rewards import RewardScorer, function_name
-from agro.scoring import RewardFunctions
+from agro.rewards.functions import RewardScorer, function_name
+from agro.rewards.scoring import RewardFunctions
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from agro import objectives
+import agro.objectives as objectives
 from agro.errors import AgroError
 
 METHODS = ("agro", "kl_pg", "kl_pg_exact", "grpo", "is_pg", "topr", "asymre")

@@ -25,19 +25,23 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from agro import batch, checkpoint, scoring, tracking
+import agro.assembly as batch
+import agro.checkpoint as checkpoint
+import agro.rewards.scoring as scoring
+import agro.tracking as tracking
 from agro.actor import Actor
 from agro.async_actor import ActorDied, AsyncActor, start_async_actor
-from agro.buffer import GenerationBatch, ReplayBuffer
 from agro.callbacks import Callbacks
 from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
+from agro.generators import make_generator
 from agro.learner import Learner, check_distributed
 from agro.models import merged_copy
 from agro.prompts import PromptPool
-from agro.rewards import ScoringInterrupted
-from agro.rollout import make_generator
+from agro.records import GenerationBatch
+from agro.replay import ReplayBuffer
+from agro.rewards.functions import ScoringInterrupted
 from agro.run_inputs import RunInputs
 from agro.tokens import eos_token_ids
 

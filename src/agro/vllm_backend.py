@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from agro.errors import AgroError
-from agro.model_sources import resolve_model
+from agro.models import resolve_model
 from agro.tokens import cut_at_eos, eos_token_ids
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from agro.answers import is_truncated
 from agro.data import OfflineRecord, Problem, write_offline_records
+from agro.generators import HFGenerator, generate_with_progress
 from agro.logprobs import completion_logprobs
 from agro.models import load_for_inference
-from agro.rewards import open_scorer
-from agro.rollout import HFGenerator, generate_with_progress
-from agro.scoring import problem_samples, score_texts
+from agro.rewards.answers import is_truncated
+from agro.rewards.functions import open_scorer
+from agro.rewards.scoring import problem_samples, score_texts
 from agro.tokens import collate, encode_prompt, eos_token_ids, prompt_text
 
 

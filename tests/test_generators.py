@@ -11,9 +11,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from agro import kv_cache, rollout
+import agro.generators as generators
+import agro.kv_cache as kv_cache
+from agro.generators import HFGenerator
 from agro.kv_cache import shared_prefill
-from agro.rollout import HFGenerator
 from agro.tasks.arithmetic import build_tokenizer
 from agro.tokens import left_pad
 
@@ -67,7 +68,7 @@ def test_shared_prefill_is_the_per_sample_prefill(name):
 
 def test_generator_uses_the_shared_prefill_with_the_dynamic_cache_only(monkeypatch):
     calls = []
-    monkeypatch.setattr(rollout, "shared_prefill", lambda *args: calls.append(args[-1]) or shared_prefill(*args))
+    monkeypatch.setattr(generators, "shared_prefill", lambda *args: calls.append(args[-1]) or shared_prefill(*args))
     model = model_named("llama")
     HFGenerator(TOKENIZER, 4).generate(model, PROMPTS, 3)
     HFGenerator(TOKENIZER, 4).generate(model, PROMPTS, 1)  # one sample per prompt: nothing to share

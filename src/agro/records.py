@@ -1,14 +1,14 @@
-"""Generations from every source, the batch a step trains on, and the replay buffer that keeps
-earlier on-policy ones.
+"""The records a step trains on: one `Generation` per completion, from any source, and the `GenerationBatch`
+of a step.
 
 Every generation carries its source tag (`on_policy`, `replay`, `offline`), its loss weight and,
 when known, the log-probs of the policy that made it (used by importance-sampled baselines; AGRO
-ignores them). One group = one prompt, with any mix of sources.
+ignores them). One group = one prompt, with any mix of sources. Records are frozen: a stage that learns
+a value (reward, π_ref log-probs, behaviour log-probs) makes new ones (`with_values`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -19,7 +19,7 @@ SOURCES = ("on_policy", "replay", "offline")
 @dataclass(frozen=True)
 class Generation:
     """One completion of one prompt, as it flows through a step. Frozen: a stage that learns its reward or
-    log-probs makes a new record (`agro.batch.with_values`)."""
+    log-probs makes a new record (`with_values`)."""
 
     group: str  # prompt key
     prompt_ids: list[int]
@@ -70,49 +70,8 @@ class GenerationBatch:
         return cls(keys=state["keys"], generations=[Generation.from_state(s) for s in state["generations"]],
                    old_logprobs=[torch.tensor(lp, dtype=torch.float32) for lp in state["old_logprobs"]])
 
-
-class ReplayBuffer:
-    """Earlier on-policy generations per prompt, kept while at most `max_staleness` steps old.
-
-    Replayed generations keep the reward, reference log-probs and the generating policy's
-    log-probs computed when they were trained on, so nothing is recomputed but the current
-    policy's log-probs.
-    """
-
-    def __init__(self, max_staleness: int, weight: float):
-        self.max_staleness = max_staleness
-        self.weight = weight
-        self.by_group: dict[str, list[Generation]] = defaultdict(list)
-
-    def add(self, generations: list[Generation]) -> None:
-        for g in generations:
-            self.by_group[g.group].append(g)
-
-    def evict(self, step: int) -> None:
-        """Drop generations older than `max_staleness` steps at `step`."""
-        for key in list(self.by_group):
-            kept = [g for g in self.by_group[key] if step - g.step <= self.max_staleness]
-            if kept:
-                self.by_group[key] = kept
-            else:
-                del self.by_group[key]
-
-    def sample(self, group: str, step: int, count: int, generator: torch.Generator) -> list[Generation]:
-        """Up to `count` generations of `group` made before `step`, as replay copies."""
-        eligible = [g for g in self.by_group.get(group, []) if 0 < step - g.step <= self.max_staleness]
-        if not eligible or count <= 0:
-            return []
-        order = torch.randperm(len(eligible), generator=generator)[:count].tolist()
-        # a member out of the loss (weight 0: no reward, or cut under `mask`) stays out when replayed
-        return [replace(eligible[i], source="replay", weight=self.weight if eligible[i].weight > 0 else 0.0)
-                for i in order]
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.by_group.values())
-
-    def state(self) -> list[dict]:
-        return [g.to_state() for gens in self.by_group.values() for g in gens]
-
-    def load_state(self, state: list[dict]) -> None:
-        self.by_group.clear()
-        self.add([Generation.from_state(s) for s in state])
+def with_values(gens: list[Generation], field: str, indices: list[int], values: list) -> list[Generation]:
+    """`gens` with `field` = values[j] on the record at gens[indices[j]], as new records (a record at several
+    places: the last value, at every place). No indices: the same records."""
+    new = {id(gens[i]): replace(gens[i], **{field: v}) for i, v in zip(indices, values)}
+    return [new.get(id(g), g) for g in gens]

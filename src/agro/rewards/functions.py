@@ -1,6 +1,6 @@
 """How reward calls run: reward functions by name or as callables, their two calling conventions, and a
 scorer that runs them with a hard per-call time limit in worker processes, counting every failure. What
-a right answer is (equivalence, the built-in rewards) is `agro.verifiers`.
+a right answer is (equivalence, the built-in rewards) is `agro.rewards.verifiers`.
 
 Two calling conventions, told apart by the signature (`is_batched`):
 
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agro.errors import AgroError
-from agro.verifiers import BUILTIN_REWARDS, RewardFn, math_equal
+from agro.rewards.verifiers import BUILTIN_REWARDS, RewardFn, math_equal
 
 BATCHED_PARAMETERS = ("prompts", "completions", "completion_ids")
 

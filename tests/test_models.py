@@ -1,4 +1,4 @@
-"""Model sources (agro.model_sources): a .gguf file, or the built-in name, converted once into an ordinary model
+"""Model sources (agro.models): a .gguf file, or the built-in name, converted once into an ordinary model
 folder in the cache; the errors a missing package or a missing or corrupt file give. The GGUF here is a tiny
 Llama with a byte-level BPE vocabulary that the test writes itself in llama.cpp's layout."""
 
@@ -14,10 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from agro import model_sources
+import agro.models as models
 from agro.cli import main
 from agro.errors import AgroError
-from agro.model_sources import resolve_model
+from agro.models import resolve_model
 
 gguf = pytest.importorskip("gguf")
 
@@ -98,7 +98,7 @@ def test_a_gguf_converts_to_a_folder_every_tool_reads(tiny, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.chat_template == TEMPLATE and tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.decode(tokenizer("hello world").input_ids) == "hello world"
-    assert json.loads((folder / model_sources.COMPLETE).read_text())["source"] == str(path.resolve())
+    assert json.loads((folder / models.COMPLETE).read_text())["source"] == str(path.resolve())
 
 
 def test_later_uses_load_the_cached_folder(tiny, tmp_path, monkeypatch):
@@ -108,7 +108,7 @@ def test_later_uses_load_the_cached_folder(tiny, tmp_path, monkeypatch):
     def refuse(*args):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(model_sources, "write_hf_folder", refuse)
+    monkeypatch.setattr(models, "write_hf_folder", refuse)
     assert resolve_model(str(path), tmp_path) == first
     path.touch()  # a changed file (new modification time) converts again
     with pytest.raises(AssertionError, match="converted again"):
@@ -118,9 +118,9 @@ def test_later_uses_load_the_cached_folder(tiny, tmp_path, monkeypatch):
 def test_an_interrupted_conversion_is_not_used(tiny, tmp_path):
     path, _ = tiny
     folder = Path(resolve_model(str(path), tmp_path))
-    (folder / model_sources.COMPLETE).unlink()  # as if killed before the last file
+    (folder / models.COMPLETE).unlink()  # as if killed before the last file
     assert resolve_model(str(path), tmp_path) == str(folder)
-    assert (folder / model_sources.COMPLETE).is_file()
+    assert (folder / models.COMPLETE).is_file()
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -133,7 +133,7 @@ def test_two_processes_converting_at_once_leave_one_complete_folder(tiny, tmp_pa
     path, _ = tiny
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         a, b = pool.map(_convert, [(str(path), str(tmp_path))] * 2)
-    assert a == b and (Path(a) / model_sources.COMPLETE).is_file()
+    assert a == b and (Path(a) / models.COMPLETE).is_file()
     assert [p.name for p in tmp_path.iterdir()] == [Path(a).name]  # no staging folder left behind
     AutoModelForCausalLM.from_pretrained(a)
 
@@ -154,7 +154,7 @@ def test_a_linked_gguf_converts(tiny, tmp_path):
     (tmp_path / "blobs" / "3f2a9c").write_bytes(path.read_bytes())
     (tmp_path / "model.gguf").symlink_to(tmp_path / "blobs" / "3f2a9c")
     folder = Path(resolve_model(str(tmp_path / "model.gguf"), tmp_path / "cache"))
-    assert folder.name.startswith("model-") and (folder / model_sources.COMPLETE).is_file()
+    assert folder.name.startswith("model-") and (folder / models.COMPLETE).is_file()
 
 
 def test_other_names_pass_through(tmp_path):

@@ -3,8 +3,9 @@ new version (the value computed at its later place) at both places."""
 
 import torch
 
-from agro import batch
-from agro.buffer import Generation, ReplayBuffer
+import agro.assembly as assembly
+from agro.records import Generation, with_values
+from agro.replay import ReplayBuffer
 
 
 def gen(group: str, completion: list[int], source: str = "on_policy", **kw) -> Generation:
@@ -14,18 +15,18 @@ def gen(group: str, completion: list[int], source: str = "on_policy", **kw) -> G
 def test_with_values_makes_new_records_and_keeps_shared_places_shared():
     a, b = gen("x", [3]), gen("y", [4, 5])
     gens = [a, b, a]  # `a` at two places: a prompt drawn twice in one step
-    out = batch.with_values(gens, "reward", [0, 1, 2], [0.1, 0.2, 0.3])
+    out = with_values(gens, "reward", [0, 1, 2], [0.1, 0.2, 0.3])
     assert a.reward is None and b.reward is None  # the inputs are untouched
     assert out[0] is out[2] and out[0].reward == 0.3 and out[1].reward == 0.2
-    assert batch.latest([a, b], gens, out) == [out[2], out[1]]
-    assert all(x is y for x, y in zip(batch.with_values(gens, "reward", [], []), gens))
+    assert assembly.latest([a, b], gens, out) == [out[2], out[1]]
+    assert all(x is y for x, y in zip(with_values(gens, "reward", [], []), gens))
 
 
 def test_with_behavior_fills_only_on_policy_samples_without_their_own():
     own = torch.tensor([-1.0])
     gens = [gen("x", [3]), gen("x", [4], source="offline", behavior_logprobs=own), gen("x", [5], source="offline")]
     now = [torch.tensor([-0.5]), torch.tensor([-0.6]), torch.tensor([-0.7])]
-    out = batch.with_behavior(gens, now)
+    out = assembly.with_behavior(gens, now)
     assert out[0].behavior_logprobs is now[0] and out[1].behavior_logprobs is own and out[2].behavior_logprobs is None
 
 
@@ -37,7 +38,7 @@ def test_assemble_orders_groups_and_draws_from_the_generator_only():
     replay.add([gen("y", [7], step=0)])
 
     def build():
-        return batch.assemble(keys, on_policy, offline, replay, 1, 2, 1, batch.group_rng(0, 1, 0))
+        return assembly.assemble(keys, on_policy, offline, replay, 1, 2, 1, assembly.group_rng(0, 1, 0))
 
     first, second = build(), build()
     assert [g.completion_ids for g in first] == [g.completion_ids for g in second]
@@ -50,11 +51,11 @@ def test_tensors_pad_to_the_longest_completion_and_take_pi_old_when_given():
     gens = [gen("x", [1], reward=1.0, ref_logprobs=torch.tensor([-1.0])),
             gen("x", [1, 2], reward=0.0, ref_logprobs=torch.tensor([-1.0, -2.0]))]
     now = [torch.tensor([-0.5]), torch.tensor([-0.5, -0.25])]
-    t = batch.tensors(gens, ["x"], now)
+    t = assembly.tensors(gens, ["x"], now)
     assert t["mask"].tolist() == [[1.0, 0.0], [1.0, 1.0]]
     assert t["old_logprobs"] is t["logprobs_now"] and torch.equal(t["behavior_logprobs"], t["logprobs_now"])
     old = [torch.tensor([-0.125]), torch.tensor([-0.125, -0.375])]
-    assert batch.tensors(gens, ["x"], now, old)["old_logprobs"].tolist() == [[-0.125, 0.0], [-0.125, -0.375]]
+    assert assembly.tensors(gens, ["x"], now, old)["old_logprobs"].tolist() == [[-0.125, 0.0], [-0.125, -0.375]]
 
 
 def test_replay_keeps_members_out_of_the_loss_out():

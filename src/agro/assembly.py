@@ -10,11 +10,11 @@ the value computed at the later place.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 
 import torch
 
-from agro.buffer import SOURCES, Generation, ReplayBuffer
+from agro.records import SOURCES, Generation, with_values
+from agro.replay import ReplayBuffer
 from agro.tokens import pad
 
 
@@ -41,12 +41,6 @@ def assemble(keys: list[str], on_policy: list[Generation], offline_by_group: dic
         out += by_key[key]
     return out
 
-
-def with_values(gens: list[Generation], field: str, indices: list[int], values: list) -> list[Generation]:
-    """`gens` with `field` = values[j] on the record at gens[indices[j]], as new records (a record at several
-    places: the last value, at every place). No indices: the same records."""
-    new = {id(gens[i]): replace(gens[i], **{field: v}) for i, v in zip(indices, values)}
-    return [new.get(id(g), g) for g in gens]
 
 
 def with_behavior(gens: list[Generation], logprobs: list[torch.Tensor]) -> list[Generation]:

@@ -1,11 +1,11 @@
 """What a right answer is: the gold answer of a problem, answer equivalence, and the built-in per-sample
-rewards. How reward calls run (worker processes, time limits, failure accounting) is `agro.rewards`; what
-a completion answers is `agro.answers`.
+rewards. How reward calls run (worker processes, time limits, failure accounting) is `agro.rewards.functions`; what
+a completion answers is `agro.rewards.answers`.
 
 A per-sample reward function is ``fn(prompt, completion, answer) -> float``, where ``answer`` is the gold
 answer of the prompt (a bare answer or a full solution) or None. Built-ins:
 
-* ``exact``: the final answer (`agro.answers.final_answer`: the stated one, else the last number)
+* ``exact``: the final answer (`agro.rewards.answers.final_answer`: the stated one, else the last number)
   equals the gold answer as an exact rational number (ints, decimals, ``a/b``, ``\\frac{a}{b}``, ``1,000``,
   percentages); cheap, cannot hang.
 * ``math``: the final answer is mathematically equivalent to the gold answer according to
@@ -18,7 +18,7 @@ This is ``math_verify``'s own rule, and ``exact_numeric_equal`` follows it.
 
 Why agro extracts answers and compares numbers itself instead of calling math_verify for everything:
 equivalence (``math``) is math_verify's; agro keeps two small parts of its own. `extract_answer` (in
-`agro.answers`) finds the *stated* answer of a completion or gold solution (last balanced box, GSM8K
+`agro.rewards.answers`) finds the *stated* answer of a completion or gold solution (last balanced box, GSM8K
 ``####``, "the answer is") in linear time on any text, where math_verify's extraction scans every LaTeX or
 expression it can parse and picks by its own priorities (a different answer on many completions, and
 sympy's cost on adversarial text); the trainer calls it on every sample. `exact_numeric_equal` (``exact``)
@@ -34,13 +34,13 @@ import threading
 from collections.abc import Callable
 from fractions import Fraction
 
-from agro import gym
-from agro.answers import extract_answer, final_answer, strip_math_delimiters
+import agro.gym as gym
+from agro.rewards.answers import extract_answer, final_answer, strip_math_delimiters
 
 RewardFn = Callable[[str, str, str | None], float]
 
 # ---------------------------------------------------------------------------------------------
-# Gold answers (what a completion answers: agro.answers)
+# Gold answers (what a completion answers: agro.rewards.answers)
 # ---------------------------------------------------------------------------------------------
 def _reference_answer(answer: str) -> str:
     """Gold answer as a bare answer: extracted when it is a full solution (boxed or ####), the entry's answer

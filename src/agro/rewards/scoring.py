@@ -1,6 +1,6 @@
 """Scoring a batch: several reward functions summed with weights, the rewards of generations that have
 none, a step's failure accounting, and what a completion cut at the length limit counts for
-(`truncated_completions`, `agro.answers`).
+(`truncated_completions`, `agro.rewards.answers`).
 
     r = Σ_k w_k r_k   over the functions k that gave the sample a reward (TRL's nansum)
 
@@ -8,7 +8,7 @@ A sample no function gave a reward (every one returned None) has none: it leaves
 loss (weight 0, as `truncated_completions: mask` does; TRL: NaN reward, advantage 0). A failed reward call
 (error, timeout, non-finite or |r| > data.MAX_ABS_REWARD) scores 0 and is counted; more than
 `max_reward_failure_fraction` of a step's (sample, function) results failing stops the run. The calls
-themselves (worker processes, time limits) are `agro.rewards.RewardScorer`'s.
+themselves (worker processes, time limits) are `agro.rewards.functions.RewardScorer`'s.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from agro import data
-from agro.answers import is_truncated
-from agro.batch import with_values
-from agro.buffer import Generation
+import agro.data as data
 from agro.errors import AgroError
-from agro.rewards import RewardResult, RewardScorer, Samples
+from agro.records import Generation, with_values
+from agro.rewards.answers import is_truncated
+from agro.rewards.functions import RewardResult, RewardScorer, Samples
 
 
 class RewardFunctions:

@@ -194,7 +194,7 @@ def evaluate_reference(c) -> dict:
 
     from agro.evaluate import evaluate, load_eval_problems
     from agro.models import load_for_inference
-    from agro.rewards.functions import RewardScorer
+    from agro.rewards.workers import RewardScorer
 
     if c.num_threads:
         torch.set_num_threads(c.num_threads)

@@ -9,8 +9,9 @@ import pytest
 import agro.gym as gym
 from agro.records import Generation
 from agro.rewards.answers import final_answer, is_truncated, last_number
-from agro.rewards.functions import RewardScorer, load_reward_function
+from agro.rewards.functions import load_reward_function
 from agro.rewards.scoring import completion_metrics, score
+from agro.rewards.workers import RewardScorer
 
 FIXTURES = [json.loads(line) for line in (Path(__file__).parent / "data" / "smollm2_completions.jsonl").open()]
 

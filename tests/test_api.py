@@ -19,8 +19,9 @@ from agro import AGROConfig, AGROTrainer, run_inputs
 from agro.cli import main
 from agro.errors import AgroError
 from agro.records import Generation
-from agro.rewards.functions import RewardScorer, Samples
-from agro.rewards.scoring import RewardFunctions, score
+from agro.rewards.functions import Samples
+from agro.rewards.scoring import WeightedRewards, score
+from agro.rewards.workers import RewardScorer
 
 
 def rows(assets, extra=True):
@@ -212,7 +213,7 @@ def test_trl_reward_functions_run_unchanged_on_chat_prompts():
                       columns={"solution": ["$\\frac{3}{4}$"] * 3}, groups=[0, 0, 0])
     scorers = [RewardScorer(fn, timeout=30) for fn in
                (rewards.accuracy_reward, rewards.think_format_reward, rewards.get_soft_overlong_punishment(20, 10))]
-    with RewardFunctions(scorers) as functions:
+    with WeightedRewards(scorers) as functions:
         result = functions.score_samples(samples)
     assert result.by_function == {"accuracy_reward": [1.0, 1.0, 0.0], "think_format_reward": [1.0, 0.0, 0.0],
                                   "soft_overlong_punishment_reward": [0.0, -1.0, 0.0]}
@@ -259,7 +260,7 @@ def test_one_function_stops_early_only_once_the_whole_batch_is_over_the_fraction
     groups = [f"p{i // 2}" for i in range(10)]
     samples = Samples(prompts=groups, completions=["bad" if i < 6 else "ok" for i in range(10)],
                       answers=[None] * 10, groups=groups)
-    with RewardFunctions([RewardScorer(f, in_process=True) for f in (a, b)]) as functions:
+    with WeightedRewards([RewardScorer(f, in_process=True) for f in (a, b)]) as functions:
         result = functions.score_samples(samples, max_failure_fraction=0.5)
         assert result.unscored == 0 and result.errors == 6
         assert result.by_function["a"] == [0.0] * 6 + [1.0] * 4 and result.rewards[-1] == 1.5
@@ -276,7 +277,7 @@ def test_scoring_a_step_leaves_out_unscored_metrics_and_keeps_none():
 
     gens = [Generation(group="g", prompt_ids=[1], completion_ids=[5, 2], source="on_policy", prompt="p",
                        completion=c) for c in ("big", "small")]
-    with RewardFunctions([RewardScorer(f, in_process=True) for f in (big_or_none, one)]) as functions:
+    with WeightedRewards([RewardScorer(f, in_process=True) for f in (big_or_none, one)]) as functions:
         scored, metrics = score(functions, gens, 0, 1.0, {2})
         assert metrics["reward_non_finite"] == 1 and [g.reward for g in scored] == [0.0, 1.0]
         # the too-large value is zeroed; `one`'s rewards are kept, and big_or_none's None stays None

@@ -19,7 +19,7 @@ from agro.cli import main
 from agro.data import Problem, load_offline_records, load_problems
 from agro.evaluate import evaluate
 from agro.logprobs import completion_logprobs
-from agro.rewards.functions import RewardScorer
+from agro.rewards.workers import RewardScorer
 from agro.sample_records import generate_records
 from agro.tokens import collate, encode_prompt
 

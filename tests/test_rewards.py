@@ -1,5 +1,5 @@
-"""Tests for agro.rewards.verifiers (answer equivalence, the built-in rewards) and agro.rewards.functions (reward loading, the
-time-limited scorer)."""
+"""Tests for agro.rewards.verifiers (answer equivalence, the built-in rewards), agro.rewards.functions (reward loading)
+and agro.rewards.workers (the time-limited scorer)."""
 
 import concurrent.futures
 import csv
@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agro.rewards.answers import extract_answer
-from agro.rewards.functions import RewardResult, RewardScorer, ScoringInterrupted, load_reward_function
+from agro.rewards.functions import RewardResult, load_reward_function
 from agro.rewards.verifiers import exact_answer_reward, exact_numeric_equal, math_equal, math_reward
+from agro.rewards.workers import RewardScorer, ScoringInterrupted
 
 TESTS_DIR = Path(__file__).parent
 REWARD_FNS_FILE = TESTS_DIR / "reward_fns.py"
@@ -477,7 +478,7 @@ def test_scorer_argument_and_state_errors():
 
 def test_workers_exit_when_the_parent_is_killed_mid_call():
     parent_script = textwrap.dedent(f"""
-        from agro.rewards.functions import RewardScorer
+        from agro.rewards.workers import RewardScorer
         if __name__ == "__main__":
             scorer = RewardScorer({BY_COMPLETION!r}, timeout=600)
             print(int(scorer.score(["p"], ["pid"], [None]).rewards[0]), flush=True)

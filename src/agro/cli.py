@@ -290,7 +290,7 @@ def _run_eval(args) -> int:
     from agro.evaluate import evaluate
     from agro.generators import make_generator
     from agro.models import load_for_inference
-    from agro.rewards.functions import open_scorer
+    from agro.rewards.workers import open_scorer
 
     with open_scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)

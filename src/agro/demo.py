@@ -26,7 +26,7 @@ from agro.data import load_problems
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.generators import HFGenerator
-from agro.rewards.functions import RewardScorer
+from agro.rewards.workers import RewardScorer
 from agro.sample_records import generate_records, write_atomic
 from agro.tasks import get_task
 

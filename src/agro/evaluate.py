@@ -21,14 +21,14 @@ from agro.config import TrainConfig
 from agro.data import Problem, prompt_key
 from agro.generators import HFGenerator, generate_with_progress
 from agro.rewards.answers import is_truncated
-from agro.rewards.functions import RewardScorer
-from agro.rewards.scoring import RewardFunctions, problem_samples, score_texts
+from agro.rewards.scoring import WeightedRewards, problem_samples, score_texts
+from agro.rewards.workers import RewardScorer
 from agro.tokens import encode_prompt, eos_token_ids, prompt_text
 
 UNCATEGORIZED = "uncategorized"
 
 
-def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer | RewardFunctions, max_new_tokens: int,
+def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer | WeightedRewards, max_new_tokens: int,
              num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, greedy: bool | None = None,
              batch_size: int = 64, generator=None, progress: bool = False,
              truncated_completions: str = "zero") -> dict:

@@ -13,8 +13,9 @@ from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.evaluate import load_eval_problems
 from agro.models import load_tokenizer
-from agro.rewards.functions import RewardScorer, function_name
-from agro.rewards.scoring import RewardFunctions
+from agro.rewards.functions import function_name
+from agro.rewards.scoring import WeightedRewards
+from agro.rewards.workers import RewardScorer
 
 
 @dataclass
@@ -29,7 +30,7 @@ class RunInputs:
     eval_problems: list[data.Problem] | None = None
     reward_funcs: list | None = None  # spec strings and callables
     callbacks: list = field(default_factory=list)  # transformers.TrainerCallback instances or classes
-    rewards: RewardFunctions | None = None  # the reward functions' scorers (`resolve`)
+    rewards: WeightedRewards | None = None  # the reward functions' scorers (`resolve`)
 
     def resolve(self, config: TrainConfig) -> RunInputs:
         """Every input but the model and data (loaded by `Learner` and `PromptPool`): the tokenizer, the held-out
@@ -45,7 +46,7 @@ class RunInputs:
         return RunInputs(self.model, tokenizer, self.problems, self.offline, eval_problems, self.reward_funcs,
                          self.callbacks, self.reward_functions(c))
 
-    def reward_functions(self, config: TrainConfig) -> RewardFunctions:
+    def reward_functions(self, config: TrainConfig) -> WeightedRewards:
         """Scorers of reward_funcs (default: the config's reward_function), weighted by reward_weights; their
         worker processes start now."""
         c = config
@@ -58,7 +59,7 @@ class RunInputs:
                     scorers.append(RewardScorer(fn, timeout=c.reward_timeout, num_workers=c.reward_workers))
                 except ValueError as err:
                     raise AgroError(f"{named}: {err}") from None
-            return RewardFunctions(scorers, c.reward_weights, where)
+            return WeightedRewards(scorers, c.reward_weights, where)
         except AgroError:
             for scorer in scorers:
                 scorer.close()

@@ -20,8 +20,8 @@ from agro.generators import HFGenerator, generate_with_progress
 from agro.logprobs import completion_logprobs
 from agro.models import load_for_inference
 from agro.rewards.answers import is_truncated
-from agro.rewards.functions import open_scorer
 from agro.rewards.scoring import problem_samples, score_texts
+from agro.rewards.workers import open_scorer
 from agro.tokens import collate, encode_prompt, eos_token_ids, prompt_text
 
 

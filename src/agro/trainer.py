@@ -41,7 +41,7 @@ from agro.models import merged_copy
 from agro.prompts import PromptPool
 from agro.records import GenerationBatch
 from agro.replay import ReplayBuffer
-from agro.rewards.functions import ScoringInterrupted
+from agro.rewards.workers import ScoringInterrupted
 from agro.run_inputs import RunInputs
 from agro.tokens import eos_token_ids
 

@@ -8,7 +8,7 @@ A sample no function gave a reward (every one returned None) has none: it leaves
 loss (weight 0, as `truncated_completions: mask` does; TRL: NaN reward, advantage 0). A failed reward call
 (error, timeout, non-finite or |r| > data.MAX_ABS_REWARD) scores 0 and is counted; more than
 `max_reward_failure_fraction` of a step's (sample, function) results failing stops the run. The calls
-themselves (worker processes, time limits) are `agro.rewards.functions.RewardScorer`'s.
+themselves (worker processes, time limits) are `agro.rewards.workers.RewardScorer`'s.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import agro.data as data
 from agro.errors import AgroError
 from agro.records import Generation, with_values
 from agro.rewards.answers import is_truncated
-from agro.rewards.functions import RewardResult, RewardScorer, Samples
+from agro.rewards.functions import RewardResult, Samples
+from agro.rewards.workers import RewardScorer
 
 
-class RewardFunctions:
+class WeightedRewards:
     """Reward functions (`RewardScorer`s) and their weights, scored as one: `score_samples` gives Σ_k w_k r_k
     (None where no function gave a reward) and each function's rewards in `RewardResult.by_function`."""
 
@@ -93,7 +94,7 @@ class RewardFunctions:
     def closed(self) -> bool:
         return any(scorer.closed for scorer in self.scorers)
 
-    def __enter__(self) -> RewardFunctions:
+    def __enter__(self) -> WeightedRewards:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -129,7 +130,7 @@ def samples_of(gens: list[Generation], columns: dict[str, dict], prompts: dict[s
                    groups=[g.group for g in gens])
 
 
-def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step: int, max_failure_fraction: float,
+def score(rewards: WeightedRewards | RewardScorer, gens: list[Generation], step: int, max_failure_fraction: float,
           eos_ids: set[int], truncated_completions: str = "keep", columns: dict[str, dict] | None = None,
           prompts: dict[str, object] | None = None) -> tuple[list[Generation], dict[str, float]]:
     """(`gens` with rewards, failure counts and each function's mean): the same keys every step but each
@@ -139,7 +140,7 @@ def score(rewards: RewardFunctions | RewardScorer, gens: list[Generation], step:
     truncated_completions "zero"; under "mask" it is scored, and its weight is 0. A sample no function
     gave a reward scores 0 with weight 0.
     """
-    rewards = rewards if isinstance(rewards, RewardFunctions) else RewardFunctions([rewards])
+    rewards = rewards if isinstance(rewards, WeightedRewards) else WeightedRewards([rewards])
     cut = [i for i, g in enumerate(gens) if is_truncated(g.completion_ids, eos_ids)]
     if truncated_completions == "zero":
         unscored = [i for i in cut if gens[i].reward is None]
@@ -189,7 +190,7 @@ def problem_samples(problems: list[data.Problem], k: int, texts: list[str],
                    groups=[i // k for i in range(len(texts))])
 
 
-def score_texts(scorer: RewardScorer | RewardFunctions, prompts: list[str], texts: list[str],
+def score_texts(scorer: RewardScorer | WeightedRewards, prompts: list[str], texts: list[str],
                 answers: list[str | None], cut: list[bool], truncated_completions: str,
                 on_result=None, samples: Samples | None = None) -> tuple[list[float], RewardResult]:
     """(rewards, the calls' result) of completions outside training (`agro eval`, `agro generate`): a cut one

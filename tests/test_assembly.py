@@ -18,7 +18,7 @@ def test_with_values_makes_new_records_and_keeps_shared_places_shared():
     out = with_values(gens, "reward", [0, 1, 2], [0.1, 0.2, 0.3])
     assert a.reward is None and b.reward is None  # the inputs are untouched
     assert out[0] is out[2] and out[0].reward == 0.3 and out[1].reward == 0.2
-    assert assembly.latest([a, b], gens, out) == [out[2], out[1]]
+    assert [out[at] for at in (0, 1)] == [out[2], out[1]]  # `a` and `b` found by position
     assert all(x is y for x, y in zip(with_values(gens, "reward", [], []), gens))
 
 
@@ -38,7 +38,7 @@ def test_assemble_orders_groups_and_draws_from_the_generator_only():
     replay.add([gen("y", [7], step=0)])
 
     def build():
-        return assembly.assemble(keys, on_policy, offline, replay, 1, 2, 1, assembly.group_rng(0, 1, 0))
+        return assembly.assemble(keys, on_policy, offline, replay, 1, 2, 1, assembly.group_rng(0, 1, 0)).generations
 
     first, second = build(), build()
     assert [g.completion_ids for g in first] == [g.completion_ids for g in second]

@@ -24,7 +24,6 @@ import agro.checkpoint as checkpoint
 import agro.data as data
 from agro.config import AGROConfig, check
 from agro.errors import AgroError
-from agro.models import merged_copy
 from agro.run_inputs import RunInputs
 from agro.trainer import Trainer
 
@@ -162,14 +161,8 @@ class AGROTrainer:
     def save_model(self, output_dir: str | Path | None = None) -> Path:
         """The policy (LoRA merged), its tokenizer and agro.json in `output_dir` (default args.output_dir), for
         `from_pretrained` and `agro eval`."""
-        engine, path = self.engine, Path(output_dir or self.args.output_dir)
-        state_dict = None if self.args.use_peft else engine.learner.full_state_dict()  # every process takes part
-        if engine.accelerator.is_main_process:
-            policy = merged_copy(engine.policy) if self.args.use_peft else engine.policy
-            policy.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
-            engine.tokenizer.save_pretrained(path)
-            checkpoint.write_training_args(path, self.args, engine.step)
-        engine.accelerator.wait_for_everyone()
+        path = Path(output_dir or self.args.output_dir)
+        self.engine.save_pretrained(path)
         return path
 
 

@@ -4,12 +4,14 @@ on and the tensors an objective reads.
 Nothing here changes a `Generation`: a stage that learns something about one (its reward, its π_ref
 log-probs, its behaviour log-probs) returns new records (`with_values`). A prompt drawn twice in one step
 (the epoch wrapped) puts the same record in the batch twice; both places get the same new record, carrying
-the value computed at the later place.
+the value computed at the later place. `assemble` says where the on-policy samples and offline records
+sit, so that their new versions are found by position once the step is done.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 
@@ -23,24 +25,37 @@ def group_rng(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 7919 + step * 104_729 + rank)
 
 
+class Assembled(NamedTuple):
+    """A step's groups, and where its on-policy samples and offline records sit in them: after the stages
+    that make new records, `generations[i]` at these positions are those records' new versions."""
+
+    generations: list[Generation]
+    on_policy: list[int]  # the position of each on-policy sample, in the actor's order
+    offline: list[tuple[int, int]]  # (position, index in its group's offline records) of each record drawn
+
+
 def assemble(keys: list[str], on_policy: list[Generation], offline_by_group: dict[str, list[Generation]],
              replay: ReplayBuffer, step: int, offline_per_group: int, replay_per_group: int,
-             rng: torch.Generator) -> list[Generation]:
+             rng: torch.Generator) -> Assembled:
     """Groups in key order: each prompt's on-policy samples + `offline_per_group` of its offline records (a
     random subset) + up to `replay_per_group` of its earlier samples, drawn from `rng` in that order."""
-    by_key = defaultdict(list)
-    for g in on_policy:
-        by_key[g.group].append(g)
-    out = []
+    by_key = defaultdict(list)  # key -> its members, each with where it came from: (record, source, index)
+    for j, g in enumerate(on_policy):
+        by_key[g.group].append((g, "on_policy", j))
+    out, on_policy_at, offline_at = [], [0] * len(on_policy), []
     for key in keys:
         offline = offline_by_group.get(key, [])
         if offline and offline_per_group:
             pick = torch.randperm(len(offline), generator=rng)[:offline_per_group].tolist()
-            by_key[key] += [offline[i] for i in pick]
-        by_key[key] += replay.sample(key, step, replay_per_group, rng)
-        out += by_key[key]
-    return out
-
+            by_key[key] += [(offline[i], "offline", i) for i in pick]
+        by_key[key] += [(g, "replay", None) for g in replay.sample(key, step, replay_per_group, rng)]
+        for g, source, i in by_key[key]:  # a key drawn twice: its members again, at new positions
+            if source == "on_policy":
+                on_policy_at[i] = len(out)
+            elif source == "offline":
+                offline_at.append((len(out), i))
+            out.append(g)
+    return Assembled(out, on_policy_at, offline_at)
 
 
 def with_behavior(gens: list[Generation], logprobs: list[torch.Tensor]) -> list[Generation]:
@@ -60,12 +75,6 @@ def staleness_metrics(gens: list[Generation], version: int) -> dict[str, float]:
     """How many updates the policy trained at `version` is ahead of the one that sampled its on-policy records."""
     lags = [version - g.step for g in gens if g.source == "on_policy"]
     return {"staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags))} if lags else {}
-
-
-def latest(records: list[Generation], before: list[Generation], after: list[Generation]) -> list[Generation]:
-    """The new versions of `records` (members of `before`), where `after` is `before` after `with_values`."""
-    position = {id(g): i for i, g in enumerate(before)}
-    return [after[position[id(g)]] for g in records]
 
 
 def tensors(gens: list[Generation], keys: list[str], logprobs_now: list[torch.Tensor],

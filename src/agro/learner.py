@@ -1,18 +1,22 @@
-"""The learner: the policy, its reference, the optimizer, and the update.
+"""The learner: the policy, its reference, the optimizer, and the update (`Learner.update`).
 
-    log π(y|x) per token (agro.logprobs) ─► objective (agro.objectives registry) ─► backward ─► AdamW
+    π_ref log-probs of new records (cached on them) ─► log π(y|x) per token (agro.logprobs)
+          ─► at a batch's first step: behaviour log-probs and π_old ─► loss tensors (agro.assembly)
+          ─► objective (agro.objectives registry) ─► backward ─► AdamW
 
-The policy's log-prob module is handed to accelerate (DDP, FSDP, DeepSpeed or as is). The reference is a
-frozen copy, or under LoRA the same weights with the adapters disabled. The gradient of a step is exact
-over its whole batch, accumulated over mini-batches (`backward`).
+The autograd graph never leaves the learner. The policy's log-prob module is handed to accelerate (DDP, FSDP,
+DeepSpeed or as is). The reference is a frozen copy, or under LoRA the same weights with the adapters
+disabled. The gradient of a step is exact over its whole batch, accumulated over mini-batches (`backward`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -20,12 +24,13 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
+import agro.assembly as assembly
 import agro.objectives as objectives
 from agro.config import TrainConfig
 from agro.errors import AgroError
 from agro.logprobs import CompletionLogprobs
-from agro.models import bf16_autocast, disable_dropout, load_model, load_weights, native_bf16
-from agro.records import Generation, with_values
+from agro.models import bf16_autocast, disable_dropout, load_model, load_weights, merged_copy, native_bf16
+from agro.records import Generation, GenerationBatch, with_values
 from agro.tokens import collate
 
 
@@ -47,6 +52,25 @@ def check_distributed(config: TrainConfig, accelerator: Accelerator) -> None:
                             "(num_generations: 0, no eval_data)")
         if config.use_peft:
             raise AgroError("config: key 'use_peft': LoRA under FSDP is not supported; use DDP or DeepSpeed")
+
+
+class Timer:
+    """Wall times of named phases, `with timer("time_reward"): ...`, in `times`. On a GPU a phase starts and
+    ends once the queued kernels are done, so that its time counts its kernels."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = self._now()
+        yield
+        self.times[name] = self._now() - start
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
 
 class Learner:
@@ -101,6 +125,33 @@ class Learner:
     def policy(self):
         """The policy causal LM, unwrapped (generation, evaluation, saving)."""
         return self.accelerator.unwrap_model(self.model).lm
+
+    def update(self, batch: GenerationBatch, first: bool) -> tuple[GenerationBatch, float, dict[str, float]]:
+        """One optimizer step on `batch` (rewards scored); `first`: the batch's first step.
+
+        π_ref log-probs of the records without (`with_reference`), the policy's log-probs, at the first
+        step the sampling policy's (behaviour log-probs, GRPO's π_old: `assembly.sampling_logprobs`), the
+        objective's gradient (`backward`) and the AdamW step (`step`). Returns `batch` with what was computed
+        (its later steps reuse it), the loss averaged over processes, and the step's metrics: the
+        optimizer's, each phase's time, the objective's (objective/*) and per source.
+        """
+        timer = Timer(self.accelerator.device)
+        with timer("time_reference"):
+            gens = self.with_reference(batch.generations)
+        with timer("time_policy"):
+            logprobs_now, graph = self.policy_logprobs(gens)
+            old = batch.old_logprobs
+            if first:  # the sampling policy's log-probs: behaviour log-probs (ratios, replay) and GRPO's π_old
+                gens = assembly.with_behavior(gens, logprobs_now)
+                old = assembly.sampling_logprobs(gens, logprobs_now)
+            t = assembly.tensors(gens, batch.keys, logprobs_now, old)
+            out = self.backward(gens, t, graph)
+        with timer("time_optimizer"):
+            loss, metrics = self.step(out)
+        metrics.update(timer.times)
+        metrics.update({f"objective/{k}": v for k, v in out.metrics.items()})
+        metrics.update(assembly.source_metrics(gens, t))
+        return GenerationBatch(batch.keys, gens, old), loss, metrics
 
     def logprobs(self, model: CompletionLogprobs, gens: list[Generation], rounds: int = 0) -> list[torch.Tensor]:
         """Per-token log-probs of each generation's completion under `model`, in mini-batches.
@@ -228,3 +279,13 @@ class Learner:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The policy LM's whole state dict (gathered under FSDP / ZeRO-3; call on every process)."""
         return {k.removeprefix("lm."): v for k, v in self.accelerator.get_state_dict(self.model).items()}
+
+    def save_policy(self, path: Path, merge_lora: bool = False) -> None:
+        """The policy's weights (safetensors) and config in `path`: as trained, or with `merge_lora` its LoRA
+        merged into the base weights (loadable with `from_pretrained`). Every process calls it (FSDP and
+        ZeRO-3 gather the full weights here); the main process writes."""
+        merge = merge_lora and self.config.use_peft
+        state_dict = None if merge else self.full_state_dict()
+        if self.accelerator.is_main_process:
+            policy = merged_copy(self.policy) if merge else self.policy
+            policy.save_pretrained(path, state_dict=state_dict, safe_serialization=True)

@@ -1,10 +1,10 @@
 """The training loop: one step reads as the data flows.
 
     prompts (PromptPool) ─► actor (on-policy generations) ─┐
-    offline records of the same prompts ───────────────────┤ batch.assemble (pure)
+    offline records of the same prompts ───────────────────┤ assembly.assemble (pure)
     replay of earlier generations (staleness-bounded) ─────┘
-          ─► scoring.score (rewards) ─► learner.with_reference (π_ref log-probs, cached)
-          ─► learner.policy_logprobs ─► batch.tensors ─► learner.backward (objective) ─► learner.step (AdamW)
+          ─► scoring.score (rewards) ─► learner.update (π_ref and policy log-probs, objective, AdamW)
+          ─► offline records back to the prompts, on-policy samples to the replay (by their positions)
           ─► metrics (tracking), checkpoints (checkpoint), evaluation (evaluate)
 
 Each process takes whole groups (a group is never split across processes); gradients are averaged across
@@ -16,8 +16,8 @@ steps: output_dir, signals (SIGTERM/SIGINT: checkpoint and stop), non-finite ste
 
 from __future__ import annotations
 
+import dataclasses
 import signal
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-import agro.assembly as batch
+import agro.assembly as assembly
 import agro.checkpoint as checkpoint
 import agro.rewards.scoring as scoring
 import agro.tracking as tracking
@@ -36,21 +36,13 @@ from agro.config import TrainConfig, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.generators import make_generator
-from agro.learner import Learner, check_distributed
-from agro.models import merged_copy
+from agro.learner import Learner, Timer, check_distributed
 from agro.prompts import PromptPool
 from agro.records import GenerationBatch
 from agro.replay import ReplayBuffer
 from agro.rewards.workers import ScoringInterrupted
 from agro.run_inputs import RunInputs
 from agro.tokens import eos_token_ids
-
-
-def _clock(device: torch.device) -> float:
-    """Wall time once the device's queued kernels are done, so that GPU phase times count them."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 class Trainer:
@@ -103,62 +95,41 @@ class Trainer:
         rewards, reference log-probs, and the log-probs before its first update: GRPO's π_old, and
         the behaviour log-probs of its on-policy samples.
         """
-        c = self.config
-        times = {}
-        t0 = _clock(self.accelerator.device)
-        first = self.batch is None
-        self.actor.sync_weights(self.policy, self.step)  # asynchronous: sent, and batches up to step + k submitted
-        if first:
-            keys, on_policy = self.actor.next_batch(self.step)
-            times["time_generation"] = _clock(self.accelerator.device) - t0
-            rng = batch.group_rng(c.seed, self.step, self.rank)
-            assembled = batch.assemble(keys, on_policy, self.prompts.offline_by_group, self.replay, self.step,
-                                       c.offline_per_group, c.replay_per_group, rng)
-            self.batch, self.iteration = GenerationBatch(keys, assembled), 0
-        else:
-            times["time_generation"] = 0.0
-        keys, gens = self.batch.keys, self.batch.generations
-        self.iteration += 1
-        t1 = _clock(self.accelerator.device)
-        gens, reward_metrics = scoring.score(self.scorer, gens, self.step, c.max_reward_failure_fraction,
-                                             self.eos_ids, c.truncated_completions, self.prompts.columns,
-                                             self.prompts.raw_prompts)
-        times["time_reward"] = _clock(self.accelerator.device) - t1
-        t1 = _clock(self.accelerator.device)
-        gens = self.learner.with_reference(gens)
-        times["time_reference"] = _clock(self.accelerator.device) - t1
-        t1 = _clock(self.accelerator.device)
-        logprobs_now, graph = self.learner.policy_logprobs(gens)
-        old = self.batch.old_logprobs
-        if first:  # the sampling policy's log-probs: behaviour log-probs (ratios, replay) and GRPO's π_old
-            gens = batch.with_behavior(gens, logprobs_now)
-            old = batch.sampling_logprobs(gens, logprobs_now)
-        self.batch = GenerationBatch(keys, gens, old)
-        tensors = batch.tensors(gens, keys, logprobs_now, old)
-        out = self.learner.backward(gens, tensors, graph)
-        times["time_policy"] = _clock(self.accelerator.device) - t1
-        t1 = _clock(self.accelerator.device)
-        loss, opt = self.learner.step(out)
-        times["time_optimizer"] = _clock(self.accelerator.device) - t1
-        self.step += 1
-        if first:  # offline records keep their reward and π_ref log-probs for later draws
-            offline = [g for g in assembled if g.source == "offline"]
-            self.prompts.keep_offline(offline, batch.latest(offline, assembled, gens))
-        if c.replay_per_group:
-            if first:  # only a new batch's on-policy samples join (with their reward and log-probs)
-                self.replay.add(batch.latest(on_policy, assembled, gens))
-            self.replay.evict(self.step)
-        if self.iteration >= c.num_iterations:
-            self.batch = None
-        elapsed = _clock(self.accelerator.device) - t0
+        c, first = self.config, self.batch is None
+        timer = Timer(self.accelerator.device)
+        with timer("time_step"):
+            with timer("time_generation"):
+                self.actor.sync_weights(self.policy, self.step)  # asynchronous: sent, and batches up to step + k
+                if first:
+                    keys, on_policy = self.actor.next_batch(self.step)
+            if first:
+                rng = assembly.group_rng(c.seed, self.step, self.rank)
+                assembled = assembly.assemble(keys, on_policy, self.prompts.offline_by_group, self.replay,
+                                              self.step, c.offline_per_group, c.replay_per_group, rng)
+                self.batch, self.iteration = GenerationBatch(keys, assembled.generations), 0
+            else:  # a later iteration generates nothing
+                timer.times["time_generation"] = 0.0
+            self.iteration += 1
+            with timer("time_reward"):
+                gens, reward_metrics = scoring.score(self.scorer, self.batch.generations, self.step,
+                                                     c.max_reward_failure_fraction, self.eos_ids,
+                                                     c.truncated_completions, self.prompts.columns,
+                                                     self.prompts.raw_prompts)
+            self.batch, loss, learned = self.learner.update(dataclasses.replace(self.batch, generations=gens), first)
+            gens = self.batch.generations
+            self.step += 1
+            if first:  # offline records keep their reward and π_ref log-probs for later draws
+                self.prompts.keep_offline([(gens[at], i) for at, i in assembled.offline])
+            if c.replay_per_group:
+                if first:  # only a new batch's on-policy samples join (with their reward and log-probs)
+                    self.replay.add([gens[at] for at in assembled.on_policy])
+                self.replay.evict(self.step)
+            if self.iteration >= c.num_iterations:
+                self.batch = None
         tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
-        metrics = {"step": self.step, "iteration": self.iteration, "loss": loss, **opt, **reward_metrics, **times,
-                   "time_step": elapsed, "tokens_per_s": tokens / elapsed, "num_generations": float(len(gens))}
-        metrics.update({f"objective/{k}": v for k, v in out.metrics.items()})
-        metrics.update(batch.source_metrics(gens, tensors))
-        metrics.update(batch.staleness_metrics(gens, self.step - 1))
-        metrics.update(scoring.completion_metrics(gens, self.eos_ids))
-        return metrics
+        return {"step": self.step, "iteration": self.iteration, "loss": loss, **reward_metrics, **timer.times,
+                "tokens_per_s": tokens / timer.times["time_step"], "num_generations": float(len(gens)), **learned,
+                **assembly.staleness_metrics(gens, self.step - 1), **scoring.completion_metrics(gens, self.eos_ids)}
 
     # ------------------------------------------------------------------ run, checkpoints, eval
 
@@ -177,9 +148,8 @@ class Trainer:
         if acc.is_main_process:
             checkpoint.staging_dir(self.output_dir, self.step)
         acc.wait_for_everyone()
-        state_dict = self.learner.full_state_dict()
+        self.learner.save_policy(staging)
         if acc.is_main_process:
-            self.policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             checkpoint.write_training_args(staging, self.config, self.step)
         checkpoint.save_states(staging, self.learner.optimizer, self.learner.scheduler, self._trainer_state(), self.rank,
                                None if self.batch is None else self.batch.to_state())
@@ -317,18 +287,23 @@ class Trainer:
         else:
             self.nonfinite_run = 0
 
-    def save_final(self) -> Path:
-        """`final/`: a model loadable with `from_pretrained` (LoRA merged into the base weights)."""
-        final = self.output_dir / "final"
-        self.accelerator.wait_for_everyone()
-        # every process takes part: FSDP and ZeRO-3 gather the full weights here
-        state_dict = None if self.config.use_peft else self.learner.full_state_dict()
+    def save_pretrained(self, path: Path) -> None:
+        """A model loadable with `from_pretrained` (LoRA merged into the base weights), its tokenizer and
+        agro.json (what `agro eval` defaults to) in `path`. Every process calls it; the main process writes."""
+        self.learner.save_policy(path, merge_lora=True)
         if self.accelerator.is_main_process:
-            policy = merged_copy(self.policy) if self.config.use_peft else self.policy
-            staging = checkpoint.staging_dir(self.output_dir, "final")
-            policy.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-            self.tokenizer.save_pretrained(staging)
-            checkpoint.write_training_args(staging, self.config, self.step)
+            self.tokenizer.save_pretrained(path)
+            checkpoint.write_training_args(path, self.config, self.step)
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self) -> Path:
+        """`final/`: `save_pretrained` into a staging directory, renamed in place of any earlier one."""
+        final, staging = self.output_dir / "final", self.output_dir / ".tmp-final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            checkpoint.staging_dir(self.output_dir, "final")
+        self.save_pretrained(staging)
+        if self.accelerator.is_main_process:
             checkpoint.replace_dir(staging, final)
         self.accelerator.wait_for_everyone()
         return final

@@ -91,11 +91,11 @@ def test_broken_copy_fails_naming_the_key(tmp_path, line, broken, message):
 
 
 def test_config_choices_are_the_objective_registry():
-    """config.py holds the choices (it does not import torch); the registry implements each objective named."""
+    """config.py takes the objectives from agro.objective_table (no torch); LOSSES implements each one named."""
     from agro.config import CHOICES
-    from agro.objectives import AGRO_LOSS_TYPES, OBJECTIVES, TAPERS
+    from agro.objectives import AGRO_LOSS_TYPES, LOSSES, TAPERS
 
-    assert tuple(OBJECTIVES) == CHOICES["objective"]
+    assert tuple(LOSSES) == CHOICES["objective"]
     assert TAPERS is CHOICES["taper"] and AGRO_LOSS_TYPES is CHOICES["agro_loss_type"]
 
 

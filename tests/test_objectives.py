@@ -5,11 +5,13 @@ of the vectorised helpers in agro.objectives.
 """
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import agro.objectives as objectives
+from agro.objective_table import OBJECTIVES
 
 BETA = 0.3
 
@@ -101,7 +103,6 @@ def test_agro_dr_grpo_loss_type_is_the_sum_over_a_constant():
     summed = objectives.agro_loss(*args, beta=BETA)
     torch.testing.assert_close(out.loss, summed.loss / 7)
     assert out.metrics == summed.metrics
-    from types import SimpleNamespace
     tensors = {k: batch[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids")}
     config = SimpleNamespace(beta=BETA, baseline="mean", taper="none", agro_loss_type="dr_grpo",
                              max_completion_length=5)
@@ -211,26 +212,24 @@ def test_grpo_group_of_one_has_zero_advantage():
     torch.testing.assert_close(grad_of(out, batch)[5], torch.zeros(6, dtype=torch.float64))
 
 
-LOSSES = {
-    "agro": lambda b, **k: objectives.agro_loss(**b, beta=BETA, **k),
-    "grpo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, **k),
-    "grpo_dapo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, loss_type="dapo", **k),
-    "grpo_bnpo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, loss_type="bnpo", **k),
-    "grpo_dr_grpo": lambda b, **k: objectives.grpo_loss(**b, beta=BETA, loss_type="dr_grpo", max_completion_length=9,
-                                                        **k),
-    "rloo": lambda b, **k: objectives.rloo_loss(**b, beta=BETA, **k),
-    "kl_pg": lambda b, **k: objectives.kl_pg_loss(**b, beta=BETA, **k),
-    "is_pg": lambda b, **k: objectives.is_pg_loss(**b, beta=BETA, **k),
-}
+# every objective by name (each loss at its defaults but beta), and GRPO's other aggregations
+LOSSES = {name: (name, "grpo") for name in OBJECTIVES} | {f"grpo_{t}": ("grpo", t) for t in ("dapo", "bnpo", "dr_grpo")}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_padding_length_and_masked_values_do_not_matter(name):
+    objective, loss_type = LOSSES[name]
+    settings = SimpleNamespace(beta=BETA, loss_type=loss_type, max_completion_length=9)
+
+    def loss(core, **kwargs):
+        return objectives.compute_loss(objective, {**core, **kwargs}, settings)
+
     batch = make_batch(seed=6)
     extra = 4
-    kwargs = {"behavior_logprobs": batch["behavior"]} if name == "is_pg" else {}
+    needs_behavior = OBJECTIVES[objective].needs_behavior
+    kwargs = {"behavior_logprobs": batch["behavior"]} if needs_behavior else {}
     core = {k: batch[k] for k in ("logprobs", "ref_logprobs", "mask", "rewards", "group_ids")}
-    out = LOSSES[name](core, **kwargs)
+    out = loss(core, **kwargs)
     grad = grad_of(out, batch)
 
     def pad(x, value):
@@ -241,8 +240,8 @@ def test_padding_length_and_masked_values_do_not_matter(name):
         "logprobs": wide_lp, "ref_logprobs": pad(batch["ref_logprobs"], 5.0), "mask": pad(batch["mask"], 0.0),
         "rewards": batch["rewards"], "group_ids": batch["group_ids"],
     }
-    wide_kwargs = {"behavior_logprobs": pad(batch["behavior"], 9.0)} if name == "is_pg" else {}
-    wide_out = LOSSES[name](wide, **wide_kwargs)
+    wide_kwargs = {"behavior_logprobs": pad(batch["behavior"], 9.0)} if needs_behavior else {}
+    wide_out = loss(wide, **wide_kwargs)
     (wide_grad,) = torch.autograd.grad(wide_out.loss, wide_lp)
     torch.testing.assert_close(wide_out.loss, out.loss)
     torch.testing.assert_close(wide_grad[:, :6], grad)
@@ -296,8 +295,6 @@ class _TRLStub:
     """The attributes TRL's GRPOTrainer._compute_loss reads, with its defaults (no entropy, vLLM, OPSM...)."""
 
     def __init__(self, loss_type, beta, epsilon, epsilon_high, max_completion_length, logprobs):
-        from types import SimpleNamespace
-
         self.loss_type, self.beta, self.max_completion_length = loss_type, beta, max_completion_length
         self.epsilon_low, self.epsilon_high = epsilon, epsilon_high
         self.top_entropy_quantile, self.off_policy_mask_threshold = 1.0, None

@@ -20,6 +20,7 @@ import yaml
 
 from agro.errors import AgroError
 from agro.gym import is_gym_source
+from agro.objective_table import OBJECTIVES
 
 
 def _f(default, help: str, **kw):
@@ -46,20 +47,20 @@ class TrainConfig:
                                               "or one string as PEFT reads it: all-linear, or a regex that matches "
                                               "the full name")
     # objective
-    objective: str = _f("agro", "agro | grpo | rloo | kl_pg | is_pg | topr | asymre")
+    objective: str = _f("agro", " | ".join(OBJECTIVES))
     beta: float = _f(0.05, "KL coefficient β (> 0)")
     baseline: str = _f("mean", "agro: mean | loo (leave-one-out) group baseline of the regularised reward")
     taper: str = _f("clip", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
-                    "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results.md) | behavior: "
+                    "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results/study.md) | behavior: "
                     "ref, and every negative-advantage sample of a known sampler μ (the async actor's, a batch's "
-                    "later iterations, replay) by min(1, π/μ) (keeps stale samples stable; docs/performance.md) | clip: "
+                    "later iterations, replay) by min(1, π/μ) (keeps stale samples stable; docs/guide/async.md) | clip: "
                     "behavior, except that the run's own samples of an earlier version (the async actor's, a "
                     "batch's later iterations) get a token trust region instead: no gradient on the tokens whose "
                     "π_t/μ_t is outside [1 − epsilon, 1 + epsilon_high] in the direction of their advantage")
     agro_loss_type: str = _f("sum", "agro: sum: −(1/N) Σ_i ρ_i A_i Σ_t log π, the estimator as written | dr_grpo: "
                              "the same ÷ max_completion_length (Dr. GRPO's constant): the same direction and fixed "
                              "point at a token-mean scale, so max_grad_norm rescales few steps, as for grpo (under "
-                             "AdamW it equals sum with max_grad_norm × max_completion_length; docs/efficiency.md)")
+                             "AdamW it equals sum with max_grad_norm × max_completion_length; docs/results/efficiency.md)")
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
     epsilon: float = _f(0.2, "grpo, and agro with taper clip: lower clip range of the ratio to the sampler (a ratio "
                              "≠ 1 needs num_iterations > 1 or async_generation)")
@@ -102,9 +103,9 @@ class TrainConfig:
                                     "num_generations")
     cache_implementation: str = _f("dynamic", "hf: generate's KV cache, dynamic | static (fixed size, the prompt "
                                    "and completion lengths; on a GPU transformers compiles its decoding step, "
-                                   "slower at first, then faster: docs/performance.md)")
+                                   "slower at first, then faster: docs/guide/gpus.md)")
     async_generation: bool = _f(False, "hf: generate in an actor process of its own while the learner trains, with "
-                                "weights at most max_staleness updates old (docs/performance.md)")
+                                "weights at most max_staleness updates old (docs/guide/async.md)")
     max_staleness: int = _f(1, "async_generation: the batch trained on at step s was sampled by the policy after "
                             "update s − max_staleness or later (0: the synchronous loop)")
     actor_threads: int = _f(1, "async_generation: torch CPU threads of the actor process")
@@ -119,7 +120,7 @@ class TrainConfig:
                                      "(agro.rewards.answers); null: the run's functions were given in Python "
                                      "(AGROTrainer's reward_funcs), as its config.yaml and agro.json record")
     truncated_completions: str = _f("zero", "a completion cut at max_completion_length: zero (reward 0) | mask (out "
-                                    "of its group and the loss) | keep (scored as it is); docs/real_model.md")
+                                    "of its group and the loss) | keep (scored as it is); docs/guide/data-and-rewards.md")
     reward_timeout: float = _f(10.0, "seconds per reward call before it counts as failed (reward 0)")
     reward_workers: int = _f(1, "worker processes for reward calls")
     max_reward_failure_fraction: float = _f(0.5, "abort when more than this fraction of a step's rewards fail")
@@ -172,7 +173,7 @@ def default_reward(data: str | None) -> str:
 # The one list of every choice and bound: objectives.py, data.py and cli.py read them from here (this module
 # does not import torch, so a bad config is reported in well under a second).
 CHOICES = {
-    "objective": ("agro", "grpo", "rloo", "kl_pg", "is_pg", "topr", "asymre"),  # agro.objectives.OBJECTIVES' keys
+    "objective": tuple(OBJECTIVES),  # agro.objective_table
     "baseline": ("mean", "loo"),
     "taper": ("none", "ref", "behavior", "clip"),
     "agro_loss_type": ("sum", "dr_grpo"),
@@ -441,7 +442,7 @@ def describe_keys() -> str:
 
 
 def reference_markdown() -> str:
-    """docs/config.md: every key with its default and meaning, as a table (tests/test_readme.py checks the file
+    """docs/guide/config.md: every key with its default and meaning, as a table (tests/test_readme.py checks the file
     against it)."""
     rows = ["# Configuration reference", "",
             "Every key of a YAML config (`agro train CONFIG --set key=value`) and every field of `AGROConfig`,",

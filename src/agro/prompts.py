@@ -19,7 +19,7 @@ import agro.data as data
 import agro.gym as gym
 from agro.config import TrainConfig
 from agro.errors import AgroError
-from agro.objectives import OBJECTIVES
+from agro.objective_table import OBJECTIVES
 from agro.records import Generation
 from agro.tokens import completion_token_ids, encode_prompt, max_text_chars, prompt_text, text_chars
 
@@ -173,9 +173,9 @@ class PromptPool:
         """The next batch's keys: the oldest drawn ahead (a resumed asynchronous run's), else new ones."""
         return self.ahead.pop(0) if self.ahead else self.next_keys(rank, world)
 
-    def keep_offline(self, records: list[Generation], scored: list[Generation]) -> None:
-        """Put the scored versions of offline `records` (reward, π_ref log-probs) in the pool in their place,
-        so that a record drawn again later reuses them: each is computed once per run."""
-        new = {id(a): b for a, b in zip(records, scored)}
-        for key in {g.group for g in records}:
-            self.offline_by_group[key] = [new.get(id(g), g) for g in self.offline_by_group[key]]
+    def keep_offline(self, scored: list[tuple[Generation, int]]) -> None:
+        """Put the scored versions of drawn offline records (reward, π_ref log-probs), each with its index in
+        its group's records, in their place, so that a record drawn again later reuses them: each is computed
+        once per run."""
+        for g, i in scored:
+            self.offline_by_group[g.group][i] = g

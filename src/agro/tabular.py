@@ -180,7 +180,7 @@ def method_loss(method: str, config: TabularConfig, batch: dict[str, torch.Tenso
     if method == "kl_pg_exact":  # the lab's own: the KL term exact instead of sampled
         common = {k: batch[k] for k in objectives.COMMON_INPUTS}
         return objectives.kl_pg_loss(**common, beta=0.0).loss + config.beta * kl(log_pi, log_ref)
-    if method not in objectives.OBJECTIVES:
+    if method not in objectives.LOSSES:
         raise AgroError(f"unknown method {method!r}")
     fresh = torch.full_like(batch["group_ids"], config.data in ("on-policy", "mixed", "lagged"), dtype=torch.bool)
     return objectives.compute_loss(method, {**batch, "fresh": fresh}, config).loss

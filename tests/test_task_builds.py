@@ -1,6 +1,8 @@
 """The π_ref builds of the tasks that share `agro.tasks.builds`: deterministic, cached by settings and seed,
 rebuilt when incomplete, and scored the same way when loaded back."""
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,7 +30,7 @@ def test_build_is_deterministic_and_cached(T, tmp_path, one_thread, monkeypatch)
     heldout = T.generate_problems(TINY.num_heldout, 0, "heldout", TINY)
     assert T.evaluate_greedy(model, tok, heldout, settings=TINY) == T.load_task(first)[1]["heldout_greedy_accuracy"]
     assert T.load_or_build_reference_policy(tmp_path / "cache", 0, TINY)[2] == first and len(builds) == 1
-    other = T.load_or_build_reference_policy(tmp_path / "cache", 0, T.dataclasses.replace(TINY, error_rate=0.1))[2]
+    other = T.load_or_build_reference_policy(tmp_path / "cache", 0, dataclasses.replace(TINY, error_rate=0.1))[2]
     assert other != first and len(builds) == 2
     (first / "task.json").unlink()  # an incomplete build is rebuilt
     assert T.load_or_build_reference_policy(tmp_path / "cache", 0, TINY)[2] == first and len(builds) == 3

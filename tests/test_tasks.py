@@ -1,5 +1,6 @@
 """The built-in arithmetic task: problems, solutions, reward, tokenizer, and the cached π_ref build."""
 
+import dataclasses
 import random
 import re
 
@@ -176,7 +177,7 @@ def test_cache_reuses_and_rebuilds(tmp_path, monkeypatch, one_thread):
 
     first = path_of(0, TINY)
     assert path_of(0, TINY) == first and len(builds) == 1
-    other = path_of(0, A.dataclasses.replace(TINY, error_rate=0.5))
+    other = path_of(0, dataclasses.replace(TINY, error_rate=0.5))
     assert other != first and len(builds) == 2
     assert path_of(1, TINY) not in (first, other) and len(builds) == 3
     (first / "task.json").unlink()  # an incomplete build is rebuilt

@@ -153,31 +153,21 @@ def _add_eval(sub) -> None:
         description="Evaluate a model on problems (MATH-, GSM8K-style or generic prompt/answer records). "
         "Writes JSON with overall and per-category accuracy and every completion.",
     )
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--data", required=True, help="problem set (jsonl/json/parquet, datasets name, or "
-                   "reasoning_gym:NAME: its held-out split)")
-    p.add_argument("--data-kwargs", type=_json_object, default=None, metavar="JSON",
-                   help="reasoning_gym:NAME: create_dataset's arguments, e.g. '{\"size\": 200, \"seed\": 1}'")
-    p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
-    p.add_argument("--split", default="test", help="split, for datasets hub names")
-    _add_prompt_flags(p)
+    _add_problem_flags(p, "problem set (jsonl/json/parquet, datasets name, or reasoning_gym:NAME: its held-out "
+                       "split)", "reasoning_gym:NAME: create_dataset's arguments, e.g. '{\"size\": 200, \"seed\": 1}'")
+    _add_prompt_flags(p, split="test")
     p.add_argument("--reward", default=None, help="exact | math | reasoning_gym | module:function | file.py:function "
                    "(default: " + TRAINED_DEFAULT + "reasoning_gym for reasoning_gym: data, else math)")
     p.add_argument("--num-samples", type=int, default=1, help="k samples per problem (k > 1: pass@k with sampling)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (k > 1)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (k > 1)")
-    p.add_argument("--max-completion-length", type=int, default=None,
-                   help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
+    _add_sampling_flags(p, when=" (k > 1)")
     p.add_argument("--truncated-completions", default=None, choices=CHOICES["truncated_completions"],
-                   help="keep: score a completion cut at the length limit as it is; zero, mask: it scores 0 "
-                   "(default: " + TRAINED_DEFAULT + "zero)")
+                   help=TRUNCATED_HELP)
     p.add_argument("--max-problems", type=int, default=0, help="evaluate the first N problems (0: all)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     p.add_argument("--backend", default="hf", choices=CHOICES["generation_backend"], help="hf | vllm")
     p.add_argument("--dtype", default="float32", choices=CHOICES["torch_dtype"], help="model dtype")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
-    p.add_argument("--reward-timeout", type=float, default=None,
-                   help="seconds per reward call (default: " + TRAINED_DEFAULT + "10)")
+    p.add_argument("--reward-timeout", type=float, default=None, help=REWARD_TIMEOUT_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", type=Path, default=Path("eval.json"), help="output JSON")
@@ -186,6 +176,9 @@ def _add_eval(sub) -> None:
 
 TRAINED_DEFAULT = "what the model was trained with, from MODEL/agro.json, else "
 MODEL_HELP = "smollm2-135m-instruct (built in), a .gguf file, a model directory or a hub id"
+TRUNCATED_HELP = ("keep: score a completion cut at the length limit as it is; zero, mask: it scores 0 (default: "
+                  + TRAINED_DEFAULT + "zero)")
+REWARD_TIMEOUT_HELP = "seconds per reward call (default: " + TRAINED_DEFAULT + "10)"
 DEFAULTS = {"prompt_template": "plain", "instruction": None, "system_prompt": None, "reward": None,
             "max_completion_length": 512, "truncated_completions": "zero", "reward_timeout": 10.0}
 FROM_TRAINING = {"prompt_template": "prompt_template", "instruction": "instruction", "system_prompt": "system_prompt",
@@ -204,12 +197,30 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _add_prompt_flags(p) -> None:
+def _add_problem_flags(p, data_help: str, kwargs_help: str) -> None:
+    """`agro eval`'s and `agro generate`'s model and problem set."""
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--data-kwargs", type=_json_object, default=None, metavar="JSON", help=kwargs_help)
+
+
+def _add_prompt_flags(p, split: str) -> None:
+    """The problem set's format and split, and how its prompts are written."""
+    p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
+    p.add_argument("--split", default=split, help="split, for datasets hub names")
     p.add_argument("--prompt-template", default=None, help="plain | chat | raw (default: " + TRAINED_DEFAULT + "plain)")
     p.add_argument("--instruction", default=None, help="plain, chat: the line after each problem ('' for none; "
                    "default: " + TRAINED_DEFAULT + "the \\boxed{} instruction)")
     p.add_argument("--system-prompt", default=None, help="chat: a system message (default: " + TRAINED_DEFAULT
                    + "the model's own)")
+
+
+def _add_sampling_flags(p, when: str) -> None:
+    """How completions are sampled; `when`: the help's note on when sampling applies."""
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature" + when)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold" + when)
+    p.add_argument("--max-completion-length", type=int, default=None,
+                   help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
 
 
 def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> dict:
@@ -251,8 +262,10 @@ def _python_rewards(trained: dict) -> bool:
     return "reward_function" in trained and trained["reward_function"] is None
 
 
-def _load_eval_problems(args):
-    """Check the flags `agro eval` and `agro generate` share, then load the problem set."""
+def _problems_from_flags(args):
+    """Check the flags `agro eval` and `agro generate` share, then load the problem set they name. Unlike a
+    training run's held-out set (`agro.evaluate.load_eval_problems`), --split is taken as given (reasoning_gym:
+    "train" is its training split, which `agro generate` reads) and a bad record is always an error."""
     import agro.data as data
 
     for flag in ("num_samples", "num_generations", "max_completion_length", "batch_size"):
@@ -282,7 +295,7 @@ def _run_eval(args) -> int:
         raise AgroError(f"{args.model}: trained with reward functions given in Python, which agro.json cannot name; "
                         "give --reward")
     args.reward = args.reward or default_reward(args.data)
-    problems = _load_eval_problems(args)  # before the heavy imports: a bad flag or record is reported at once
+    problems = _problems_from_flags(args)  # before the heavy imports: a bad flag or record is reported at once
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -329,28 +342,19 @@ def _add_generate(sub) -> None:
         description="Sample completions of any model for a problem set and write offline records "
         "(prompt, completion, answer, reward, source, behavior_logprobs) to train on later.",
     )
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--data", required=True, help="problem set (reasoning_gym:NAME: its training split)")
-    p.add_argument("--data-kwargs", type=_json_object, default=None, metavar="JSON",
-                   help="reasoning_gym:NAME: create_dataset's arguments")
+    _add_problem_flags(p, "problem set (reasoning_gym:NAME: its training split)",
+                       "reasoning_gym:NAME: create_dataset's arguments")
     p.add_argument("--out", type=Path, required=True, help="output JSONL (must not exist)")
-    p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
-    p.add_argument("--split", default="train", help="split, for datasets hub names")
-    _add_prompt_flags(p)
+    _add_prompt_flags(p, split="train")
     p.add_argument("--num-generations", type=int, default=4, help="completions per problem")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--max-completion-length", type=int, default=None,
-                   help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
+    _add_sampling_flags(p, when="")
     p.add_argument("--max-problems", type=int, default=0, help="use the first N problems (0: all)")
     p.add_argument("--reward", default=None, help="also score with exact | math | reasoning_gym | module:function "
                    "(default: the reward the model was trained with, from MODEL/agro.json, else none)")
     p.add_argument("--no-reward", action="store_true", help="do not score, even with the trained reward")
     p.add_argument("--truncated-completions", default=None, choices=CHOICES["truncated_completions"],
-                   help="keep: score a completion cut at the length limit as it is; zero, mask: it scores 0 "
-                   "(default: " + TRAINED_DEFAULT + "zero)")
-    p.add_argument("--reward-timeout", type=float, default=None,
-                   help="seconds per reward call (default: " + TRAINED_DEFAULT + "10)")
+                   help=TRUNCATED_HELP)
+    p.add_argument("--reward-timeout", type=float, default=None, help=REWARD_TIMEOUT_HELP)
     p.add_argument("--source", default=None, help="source tag (default: the model path)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     p.add_argument("--dtype", default="float32", choices=CHOICES["torch_dtype"], help="model dtype")
@@ -373,7 +377,7 @@ def _run_generate(args) -> int:
     if args.reward is None and not args.no_reward and _python_rewards(trained):
         print(f"agro: {args.model} was trained with reward functions given in Python: records are not scored "
               "(give --reward to score them)", file=sys.stderr)
-    problems = _load_eval_problems(args)
+    problems = _problems_from_flags(args)
     count = write_generations(args, problems)
     print(f"agro: wrote {count} records to {args.out}")
     return 0

@@ -81,7 +81,8 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer | W
 
 
 def load_eval_problems(config: TrainConfig) -> list[Problem]:
-    """The held-out problems a training run evaluates on (eval_data, at most eval_max_problems); [] if none."""
+    """The held-out problems a training run evaluates on (eval_data, at most eval_max_problems; reasoning_gym:
+    its held-out split, whatever eval_split says); [] if none."""
     c = config
     if not c.eval_data:
         return []

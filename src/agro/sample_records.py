@@ -4,8 +4,8 @@ Each record carries `completion_ids`, the tokens sampled (cut after the first EO
 `behavior_logprobs`, the generating model's log-probs of those tokens at temperature 1 (with another
 temperature or top_p the sampler differs from that policy; AGRO does not need them). `agro train` trains on
 these tokens, not on a re-encoding of the text: a sampled sequence is often not the tokenizer's canonical
-encoding of its text, and re-encoded it can have more tokens than the limit that cut it (issue 30), so
-records written with a max_completion_length always train with the same one.
+encoding of its text, and re-encoded it can have more tokens than the limit that cut it, so records
+written with a max_completion_length always train with the same one.
 """
 
 from __future__ import annotations

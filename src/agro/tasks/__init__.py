@@ -1,7 +1,8 @@
 """Built-in tasks: problems, reward, and a cached tiny reference policy for `agro demo`, the study and the benchmarks.
 
-The registry names every task; `get_task(name)` imports its module on first use. Each task module
-exposes the same interface:
+The registry names every task; `get_task(name)` imports its module on first use. A task module defines
+its problems, verifier and warm-up completions, binds them into a `builds.TaskKit` (its problem sets, π_ref
+build and cache, accuracies), and exposes the same interface:
 
     NAME                       the registry name ("arithmetic")
     REWARD                     the reward spec the trainer loads ("agro.tasks.arithmetic:reward")
@@ -14,7 +15,8 @@ exposes the same interface:
     max_completion_tokens(settings), max_prompt_tokens(settings)   token bounds for the trainer's config
     reward(prompt, completion, answer) -> float            the verifier, 1.0 or 0.0
     load_or_build_reference_policy(cache_dir, seed, settings, log_every) -> (model, tokenizer, path)
-    evaluate_greedy(model, tokenizer, problems), sample_accuracy(model, tokenizer, problems, k)
+    evaluate_greedy(model, tokenizer, problems), sample_accuracy(model, tokenizer, problems, k)   both also
+                               take batch_size and settings (sample_accuracy: temperature)
 """
 
 from __future__ import annotations

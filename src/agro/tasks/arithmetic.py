@@ -13,9 +13,6 @@ exactly what RL can fix quickly.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,20 +22,19 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from agro.tasks import builds
+import agro.tasks.builds as builds
 
 NAME = "arithmetic"
 REWARD = "agro.tasks.arithmetic:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+-=;A"
 STRONG_ERROR_RATE = 0.2  # error_rate of the study's stronger data policy
-BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
 
 
 @dataclass(frozen=True)
 class ArithmeticTask(builds.ModelSettings):
-    """Task settings, after the model and warm-up settings of `builds.ModelSettings`; their hash keys the
-    on-disk cache."""
+    """The expressions and π_ref's dropped carries; the tiny Llama and its warm-up are `builds.ModelSettings`."""
 
+    CACHE_KEY = (1,)  # the build version (bump it when a change here alters a build); no name, unlike the others
     num_operands: int = 3
     first_range: tuple[int, int] = (10, 99)  # first operand ~ U[lo, hi]
     operand_range: tuple[int, int] = (1, 9)  # every other operand ~ U[lo, hi]
@@ -46,10 +42,6 @@ class ArithmeticTask(builds.ModelSettings):
     heldout_fraction: float = 0.1  # share of all problems reserved for held-out, by prompt hash
     error_rate: float = 0.6  # P(drop a needed carry/borrow) in warm-up solutions
     num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
-
-    def settings_hash(self) -> str:
-        blob = json.dumps([BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 Settings = ArithmeticTask  # the registry's name for every task's settings class
@@ -90,13 +82,6 @@ def sample_problem(rng: random.Random, split: str, task: ArithmeticTask) -> Prob
             return p
 
 
-def generate_problems(n: int, seed: int, split: str, task: ArithmeticTask | None = None) -> list[Problem]:
-    """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
-    task = task or ArithmeticTask()
-    return builds.distinct_problems(lambda rng: sample_problem(rng, split, task), n, random.Random(f"{seed}-{split}"), split,
-                                    task)
-
-
 def needs_carry(x: int, op: str, y: int) -> bool:
     """Whether x op y carries (+) or borrows (-) out of the units column."""
     return (x % 10 + y % 10 >= 10) if op == "+" else (x % 10 < y % 10)
@@ -131,12 +116,7 @@ def reward(prompt: str, completion: str, answer: str | None) -> float:
     return float(answer is not None and parse_answer(completion) == answer.strip())
 
 
-# ----------------------------------------------------------------------------- tokenizer and model
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
-    return builds.char_tokenizer(CHARS)
+# ----------------------------------------------------------------------------- model, π_ref and accuracy
 
 
 def build_model(task: ArithmeticTask, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -158,68 +138,29 @@ def max_prompt_tokens(task: ArithmeticTask) -> int:
     return len(str(task.first_range[1])) + (task.num_operands - 1) * (1 + operand_digits) + 1
 
 
-def _max_new_tokens(problems: list[Problem]) -> int:
-    """Generation budget for these problems: the longest correct solution plus EOS and one token of slack."""
-    return max(len(solve(p)) for p in problems) + 2
-
-
-# ----------------------------------------------------------------------------- warm-up
-
-
-def _train(model, tokenizer, task: ArithmeticTask, seed: int, log_every: int = 0) -> None:
-    rng = random.Random(f"{seed}-warmup")
-
-    def examples() -> tuple[list[str], list[str]]:
-        batch = [sample_problem(rng, "train", task) for _ in range(task.batch_size)]
-        return [p.prompt for p in batch], [imperfect_solution(p, task.error_rate, rng)[0] for p in batch]
-
-    builds.warm_up(model, tokenizer, task, examples, log_every)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
+KIT = builds.TaskKit(
+    name=NAME, settings_class=ArithmeticTask, seed_prefix="", chars=CHARS, sample_problem=sample_problem,
+    warmup_completion=lambda p, rng, task: imperfect_solution(p, task.error_rate, rng)[0], reward=reward,
+    budget=lambda problems, task: max(len(solve(p)) for p in problems) + 2,  # the longest correct solution, EOS, 1
+)
+build_tokenizer = KIT.build_tokenizer
+generate_problems = KIT.generate_problems
 generate_completions = builds.generate_completions
-
-
-def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256) -> float:
-    """Greedy accuracy over problems."""
-    return builds.greedy_accuracy(reward, model, tokenizer, problems, _max_new_tokens(problems), batch_size)
-
-
-def sample_accuracy(model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0,
-                    batch_size: int = 256) -> tuple[float, float]:
-    """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
-    return builds.sampled_accuracy(reward, model, tokenizer, problems, num_samples, _max_new_tokens(problems),
-                                   temperature, batch_size)
-
-
-# ----------------------------------------------------------------------------- build and cache
+evaluate_greedy = KIT.evaluate_greedy
+sample_accuracy = KIT.sample_accuracy
+load_task = KIT.load_task
 
 
 def build_reference_policy(
     out_dir: str | Path, seed: int = 0, task: ArithmeticTask | None = None, log_every: int = 0
 ) -> Path:
     """Train π_ref on imperfect solutions; write model, tokenizer and task.json into out_dir."""
-    task = task or ArithmeticTask()
-    heldout = generate_problems(task.num_heldout, seed, "heldout", task)
-    return builds.build_reference_policy(Path(out_dir), NAME, task, seed, build_tokenizer(),
-                                         lambda model, tok: _train(model, tok, task, seed, log_every),
-                                         lambda model, tok: evaluate_greedy(model, tok, heldout))
-
-
-def load_task(path: str | Path) -> tuple[ArithmeticTask, dict]:
-    """(settings, full task.json) of a π_ref build."""
-    return builds.load_task(path, ArithmeticTask)
+    return KIT.build_reference_policy(out_dir, seed, task, log_every)
 
 
 def load_or_build_reference_policy(
     cache_dir: str | Path, seed: int = 0, task: ArithmeticTask | None = None, log_every: int = 0
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, Path]:
-    """(model, tokenizer, path) of π_ref for (task, seed), from cache_dir/arithmetic-<hash>-seed<seed>.
-
-    A missing or incomplete build is built first, in a temporary directory renamed into place.
-    """
-    task = task or ArithmeticTask()
-    return builds.load_or_build(cache_dir, NAME, task, seed,
-                               lambda tmp: build_reference_policy(tmp, seed, task, log_every))
+    """(model, tokenizer, path) of π_ref for (task, seed), from cache_dir/arithmetic-<hash>-seed<seed>;
+    `build_reference_policy` makes a missing or incomplete one first."""
+    return KIT.load_or_build(build_reference_policy, cache_dir, seed, task, log_every)

@@ -1,5 +1,6 @@
-"""What the built-in tasks share: their tiny model and tokenizer, the supervised warm-up that makes π_ref,
-the π_ref builds cached on disk, and greedy and sampled accuracy.
+"""What the built-in tasks share: their settings' cache key, tiny model and tokenizer, and `TaskKit`, the
+machinery each task binds to its own parts: problem sets, the supervised warm-up that makes π_ref, the π_ref
+builds cached on disk, and greedy and sampled accuracy.
 
 A build lives in cache_dir/<task>-<settings hash>-seed<seed>/: the model, its tokenizer and task.json
 (the settings, their hash, the seed, the held-out greedy accuracy, the build time). A missing or
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -36,7 +38,10 @@ SPLITS = ("train", "heldout")
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The tiny Llama and its supervised warm-up: the fields every task's Settings shares (and subclasses)."""
+    """The tiny Llama and its supervised warm-up: the fields every task's Settings shares (and subclasses).
+    A subclass sets CACHE_KEY, which `settings_hash` hashes with all its fields."""
+
+    CACHE_KEY: ClassVar[tuple] = ()
 
     hidden_size: int = 64
     num_layers: int = 3
@@ -48,25 +53,16 @@ class ModelSettings:
     warmup_steps: int = 50
     weight_decay: float = 0.1
 
+    def settings_hash(self) -> str:
+        """The build cache's key: the first 16 hex digits of sha256(JSON of [*CACHE_KEY, every field])."""
+        blob = json.dumps([*self.CACHE_KEY, dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 
 def split_of(prompt: str, heldout_fraction: float) -> str:
     """The split a prompt belongs to, by its hash: the same for every seed, so splits never overlap."""
     h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
     return "heldout" if h < heldout_fraction else "train"
-
-
-def distinct_problems(sample: Callable[[random.Random], object], n: int, rng: random.Random, split: str,
-                      what: object) -> list:
-    """n problems of distinct prompts drawn with `sample(rng)`; ValueError naming `what` if they run out."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    problems: dict[str, object] = {}
-    for _ in range(100 * n + 1000):
-        p = sample(rng)
-        problems.setdefault(p.prompt, p)
-        if len(problems) == n:
-            return list(problems.values())
-    raise ValueError(f"fewer than {n} distinct {split} problems found for {what}")
 
 
 def char_tokenizer(chars: str) -> PreTrainedTokenizerFast:
@@ -114,28 +110,6 @@ def training_batch(tokenizer, prompts: list[str], completions: list[str]) -> tup
     return ids, mask, labels
 
 
-def warm_up(model, tokenizer, settings, examples: Callable[[], tuple[list[str], list[str]]], log_every: int = 0) -> None:
-    """Supervised warm-up of π_ref: `settings.train_steps` AdamW steps (lr `settings.lr`, linear warm-up over
-    `settings.warmup_steps`, then linear decay to 0) of cross-entropy on the completions of `examples()`,
-    one (prompts, completions) batch per step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps) * max(0.0, 1 - s / settings.train_steps)
-    )
-    model.train()
-    for step in range(settings.train_steps):
-        ids, mask, labels = training_batch(tokenizer, *examples())
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if log_every and step % log_every == 0:
-            print(f"warm-up step {step:5d}  loss {loss.item():.4f}", flush=True)
-    model.eval()
-
-
 @torch.no_grad()
 def generate_completions(
     model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 256, **gen_kwargs
@@ -159,34 +133,13 @@ def generate_completions(
     return out
 
 
-def greedy_accuracy(reward: Callable[[str, str, str | None], float], model, tokenizer, problems,
-                    max_new_tokens: int, batch_size: int = 256) -> float:
-    """Mean reward of the greedy completions of `problems`."""
-    completions = generate_completions(model, tokenizer, [p.prompt for p in problems], max_new_tokens, batch_size)
-    return sum(reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
-
-
-def sampled_accuracy(reward: Callable[[str, str, str | None], float], model, tokenizer, problems, num_samples: int,
-                     max_new_tokens: int, temperature: float = 1.0, batch_size: int = 256) -> tuple[float, float]:
-    """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
-    prompts = [p.prompt for p in problems for _ in range(num_samples)]
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, **sampling)
-    return mean_and_pass_at_k(reward, problems, completions, num_samples)
-
-
-def build_reference_policy(out_dir: Path, name: str, settings, seed: int, tokenizer: PreTrainedTokenizerFast,
-                           train: Callable[[LlamaForCausalLM, PreTrainedTokenizerFast], None],
-                           heldout_accuracy: Callable[[LlamaForCausalLM, PreTrainedTokenizerFast], float]) -> Path:
-    """Seed torch, warm up a fresh `tiny_llama` with `train(model, tokenizer)`, score it with
-    `heldout_accuracy(model, tokenizer)`, and write the build into out_dir."""
-    torch.manual_seed(seed)
-    start = time.time()
-    model = tiny_llama(settings, tokenizer)
-    train(model, tokenizer)
-    train_s = time.time() - start
-    accuracy = heldout_accuracy(model, tokenizer)
-    return write_build(Path(out_dir), name, settings, seed, model, tokenizer, accuracy, train_s)
+def mean_and_pass_at_k(reward: Callable[[str, str, str | None], float], problems, completions: list[str],
+                       num_samples: int) -> tuple[float, float]:
+    """(mean@k, pass@k) of `completions`: `num_samples` per problem, problem-major."""
+    r = torch.tensor([reward(p.prompt, c, p.answer)
+                      for i, p in enumerate(problems) for c in completions[i * num_samples:(i + 1) * num_samples]])
+    r = r.view(len(problems), num_samples)
+    return r.mean().item(), r.max(dim=1).values.mean().item()
 
 
 def write_build(out_dir: Path, name: str, settings, seed: int, model, tokenizer, accuracy: float,
@@ -222,27 +175,112 @@ def _is_complete(path: Path, settings, seed: int) -> bool:
         return False
 
 
-def load_or_build(cache_dir: str | Path, name: str, settings, seed: int, build: Callable[[Path], object]):
-    """(model, tokenizer, path) of the build of (name, settings, seed); `build(tmp_dir)` makes a missing one."""
-    path = Path(cache_dir) / f"{name}-{settings.settings_hash()}-seed{seed}"
-    if not _is_complete(path, settings, seed):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is not
-        try:
-            build(tmp)
-            if not _is_complete(path, settings, seed):  # unless a concurrent build finished first
-                shutil.rmtree(path, ignore_errors=True)
-                tmp.rename(path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path
+@dataclass(frozen=True)
+class TaskKit:
+    """One task's parts, and the shared machinery bound to them. A task module exposes these methods as its
+    interface (`agro.tasks`); `settings` None means the task's default Settings()."""
 
+    name: str
+    settings_class: type
+    seed_prefix: str  # RNG seeds: f"{seed_prefix}{seed}-{split}" (problems), f"{seed_prefix}{seed}-warmup"
+    chars: str  # the tokenizer's characters
+    sample_problem: Callable[[random.Random, str, Any], Any]  # (rng, split, settings) -> a problem of that split
+    warmup_completion: Callable[[Any, random.Random, Any], str]  # (problem, rng, settings) -> π_ref's target text
+    reward: Callable[[str, str, str | None], float]  # (prompt, completion, answer) -> 1.0 or 0.0
+    budget: Callable[[list, Any], int]  # (problems, settings) -> max new tokens when scoring completions
 
-def mean_and_pass_at_k(reward: Callable[[str, str, str | None], float], problems, completions: list[str],
-                       num_samples: int) -> tuple[float, float]:
-    """(mean@k, pass@k) of `completions`: `num_samples` per problem, problem-major."""
-    r = torch.tensor([reward(p.prompt, c, p.answer)
-                      for i, p in enumerate(problems) for c in completions[i * num_samples:(i + 1) * num_samples]])
-    r = r.view(len(problems), num_samples)
-    return r.mean().item(), r.max(dim=1).values.mean().item()
+    def build_tokenizer(self) -> PreTrainedTokenizerFast:
+        """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
+        return char_tokenizer(self.chars)
+
+    def generate_problems(self, n: int, seed: int, split: str, settings=None) -> list:
+        """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed.
+        ValueError if `sample_problem` finds fewer distinct prompts."""
+        settings = settings or self.settings_class()
+        rng = random.Random(f"{self.seed_prefix}{seed}-{split}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        problems: dict[str, object] = {}
+        for _ in range(100 * n + 1000):
+            p = self.sample_problem(rng, split, settings)
+            problems.setdefault(p.prompt, p)
+            if len(problems) == n:
+                return list(problems.values())
+        raise ValueError(f"fewer than {n} distinct {split} problems found for {settings}")
+
+    def warm_up(self, model, tokenizer, settings, seed: int, log_every: int = 0) -> None:
+        """Supervised warm-up of π_ref: `settings.train_steps` AdamW steps (lr `settings.lr`, linear warm-up over
+        `settings.warmup_steps`, then linear decay to 0) of cross-entropy on the completions, one batch of
+        `settings.batch_size` training problems and their `warmup_completion`s per step."""
+        rng = random.Random(f"{self.seed_prefix}{seed}-warmup")
+        opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                                betas=(0.9, 0.98))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps) * max(0.0, 1 - s / settings.train_steps)
+        )
+        model.train()
+        for step in range(settings.train_steps):
+            batch = [self.sample_problem(rng, "train", settings) for _ in range(settings.batch_size)]
+            completions = [self.warmup_completion(p, rng, settings) for p in batch]
+            ids, mask, labels = training_batch(tokenizer, [p.prompt for p in batch], completions)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if log_every and step % log_every == 0:
+                print(f"warm-up step {step:5d}  loss {loss.item():.4f}", flush=True)
+        model.eval()
+
+    def evaluate_greedy(self, model, tokenizer, problems: list, batch_size: int = 256, settings=None) -> float:
+        """Greedy accuracy over problems: the mean reward of their greedy completions."""
+        budget = self.budget(problems, settings or self.settings_class())
+        completions = generate_completions(model, tokenizer, [p.prompt for p in problems], budget, batch_size)
+        return sum(self.reward(p.prompt, c, p.answer) for p, c in zip(problems, completions)) / len(problems)
+
+    def sample_accuracy(self, model, tokenizer, problems: list, num_samples: int, temperature: float = 1.0,
+                        batch_size: int = 256, settings=None) -> tuple[float, float]:
+        """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
+        budget = self.budget(problems, settings or self.settings_class())
+        prompts = [p.prompt for p in problems for _ in range(num_samples)]
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        completions = generate_completions(model, tokenizer, prompts, budget, batch_size, **sampling)
+        return mean_and_pass_at_k(self.reward, problems, completions, num_samples)
+
+    def build_reference_policy(self, out_dir: str | Path, seed: int = 0, settings=None, log_every: int = 0) -> Path:
+        """Seed torch, warm up a fresh `tiny_llama` into π_ref, score its greedy accuracy on
+        settings.num_heldout held-out problems, and write model, tokenizer and task.json into out_dir."""
+        settings = settings or self.settings_class()
+        heldout = self.generate_problems(settings.num_heldout, seed, "heldout", settings)
+        tokenizer = self.build_tokenizer()
+        torch.manual_seed(seed)
+        start = time.time()
+        model = tiny_llama(settings, tokenizer)
+        self.warm_up(model, tokenizer, settings, seed, log_every)
+        train_s = time.time() - start
+        accuracy = self.evaluate_greedy(model, tokenizer, heldout, settings=settings)
+        return write_build(Path(out_dir), self.name, settings, seed, model, tokenizer, accuracy, train_s)
+
+    def load_task(self, path: str | Path) -> tuple[Any, dict]:
+        """(settings, full task.json) of a π_ref build."""
+        return load_task(path, self.settings_class)
+
+    def load_or_build(self, build: Callable[[Path, int, Any, int], Path], cache_dir: str | Path, seed: int = 0,
+                      settings=None, log_every: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, Path]:
+        """(model, tokenizer, path) of π_ref for (settings, seed), from cache_dir/<name>-<settings hash>-seed<seed>;
+        `build(tmp_dir, seed, settings, log_every)` makes a missing or incomplete one first."""
+        settings = settings or self.settings_class()
+        path = Path(cache_dir) / f"{self.name}-{settings.settings_hash()}-seed{seed}"
+        if not _is_complete(path, settings, seed):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is not
+            try:
+                build(tmp, seed, settings, log_every)
+                if not _is_complete(path, settings, seed):  # unless a concurrent build finished first
+                    shutil.rmtree(path, ignore_errors=True)
+                    tmp.rename(path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path

@@ -12,17 +12,16 @@ by a hash of the fact; the later sums are then exact for the products written. S
 π_ref writes the decoy of most facts greedily, while every correct fact keeps real mass at temperature
 1: RL has to correct each fact on its own, from the prompts that show it, the facts π_ref gets most
 often wrong last. With 64 facts, two per prompt, that takes many steps, and every fresh generation
-carries information about the facts it shows, which is what reuse should exploit (issue #17).
+carries information about the facts it shows, which is what reuse should exploit.
 
 Held-out problems are new combinations of the same facts (split by prompt hash, as in arithmetic).
-Measured figures, and the commands that produced them, are in docs/tasks.md.
+Measured figures, and the commands that produced them, are in docs/results/tasks.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,31 +31,26 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from agro.tasks import builds
+import agro.tasks.builds as builds
 from agro.tasks.arithmetic import parse_answer
 
 NAME = "multiplication"
 REWARD = "agro.tasks.multiplication:reward"  # the trainer's reward_function for this task
 CHARS = "0123456789+*=;A"
 STRONG_ERROR_RATE = 0.3  # error_rate of the study's stronger data policy (with the spread: 0.06-0.55 per fact)
-BUILD_VERSION = 1  # part of the cache key: bump when a change here alters what a build produces
 
 
 @dataclass(frozen=True)
 class Settings(builds.ModelSettings):
-    """Task settings, after the model and warm-up settings of `builds.ModelSettings`; their hash keys the
-    on-disk cache."""
+    """The sums of products and π_ref's decoy rates; the tiny Llama and its warm-up are `builds.ModelSettings`."""
 
+    CACHE_KEY = (NAME, 1)  # the task and its build version: bump the version when a change here alters a build
     num_products: int = 2
     factor_range: tuple[int, int] = (2, 9)  # every factor ~ U[lo, hi]
     heldout_fraction: float = 0.2  # share of all problems reserved for held-out, by prompt hash (64² in all)
     error_rate: float = 0.65  # centre of the facts' P(a warm-up product step writes the fact's decoy)
     error_rate_spread: float = 0.25  # a fact's own P is error_rate + spread·u, u ∈ [−1, 1] by a hash of the fact
     num_heldout: int = 500  # held-out problems on which task.json reports π_ref's greedy accuracy
-
-    def settings_hash(self) -> str:
-        blob = json.dumps([NAME, BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -120,13 +114,6 @@ def sample_problem(rng: random.Random, split: str, settings: Settings) -> Proble
             return Problem(prompt, str(sum(a * b for a, b in facts)), facts)
 
 
-def generate_problems(n: int, seed: int, split: str, settings: Settings | None = None) -> list[Problem]:
-    """n distinct problems of one split; deterministic by (seed, split), splits disjoint for every seed."""
-    settings = settings or Settings()
-    return builds.distinct_problems(lambda rng: sample_problem(rng, split, settings), n,
-                                    random.Random(f"multiplication-{seed}-{split}"), split, settings)
-
-
 def max_prompt_tokens(settings: Settings) -> int:
     """Upper bound on the tokens of any prompt ("7*8+3*4=")."""
     factor = len(str(settings.factor_range[1]))
@@ -143,58 +130,24 @@ def max_completion_tokens(settings: Settings) -> int:
     return products + sums + 2 + total + 1  # "A=" answer EOS
 
 
-# ----------------------------------------------------------------------------- tokenizer and warm-up
+# ----------------------------------------------------------------------------- π_ref and accuracy
 
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer over the task's characters; adds no special tokens, pads on the left."""
-    return builds.char_tokenizer(CHARS)
-
-
-def _train(model, tokenizer, settings: Settings, seed: int, log_every: int = 0) -> None:
-    rng = random.Random(f"multiplication-{seed}-warmup")
-
-    def examples() -> tuple[list[str], list[str]]:
-        batch = [sample_problem(rng, "train", settings) for _ in range(settings.batch_size)]
-        solutions = [warmup_solution(p, settings.error_rate, rng, settings.error_rate_spread) for p in batch]
-        return [p.prompt for p in batch], solutions
-
-    builds.warm_up(model, tokenizer, settings, examples, log_every)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate_greedy(model, tokenizer, problems: list[Problem], batch_size: int = 256,
-                    settings: Settings | None = None) -> float:
-    """Greedy accuracy over problems."""
-    budget = max_completion_tokens(settings or Settings())
-    return builds.greedy_accuracy(reward, model, tokenizer, problems, budget, batch_size)
-
-
-def sample_accuracy(model, tokenizer, problems: list[Problem], num_samples: int, temperature: float = 1.0,
-                    batch_size: int = 256, settings: Settings | None = None) -> tuple[float, float]:
-    """(mean@k, pass@k) over problems, from k = num_samples completions each, sampled at `temperature`."""
-    budget = max_completion_tokens(settings or Settings())
-    return builds.sampled_accuracy(reward, model, tokenizer, problems, num_samples, budget, temperature, batch_size)
-
-
-# ----------------------------------------------------------------------------- build and cache
-
-
-def build_reference_policy(out_dir: str | Path, seed: int = 0, settings: Settings | None = None,
-                           log_every: int = 0) -> Path:
-    """Train π_ref on solutions with decoy facts; write model, tokenizer and task.json into out_dir."""
-    settings = settings or Settings()
-    heldout = generate_problems(settings.num_heldout, seed, "heldout", settings)
-    return builds.build_reference_policy(Path(out_dir), NAME, settings, seed, build_tokenizer(),
-                                         lambda model, tok: _train(model, tok, settings, seed, log_every),
-                                         lambda model, tok: evaluate_greedy(model, tok, heldout, settings=settings))
+KIT = builds.TaskKit(
+    name=NAME, settings_class=Settings, seed_prefix="multiplication-", chars=CHARS, sample_problem=sample_problem,
+    warmup_completion=lambda p, rng, settings: warmup_solution(p, settings.error_rate, rng,
+                                                               settings.error_rate_spread),
+    reward=reward, budget=lambda problems, settings: max_completion_tokens(settings),
+)
+build_tokenizer = KIT.build_tokenizer
+generate_problems = KIT.generate_problems
+evaluate_greedy = KIT.evaluate_greedy
+sample_accuracy = KIT.sample_accuracy
+build_reference_policy = KIT.build_reference_policy
 
 
 def load_task(path: str | Path) -> tuple[Settings, dict]:
     """(settings, full task.json) of a π_ref build; a build made before the spread existed had none (0)."""
-    settings, meta = builds.load_task(path, Settings)
+    settings, meta = KIT.load_task(path)
     if "error_rate_spread" not in meta["task"]:
         settings = dataclasses.replace(settings, error_rate_spread=0.0)
     return settings, meta
@@ -202,10 +155,6 @@ def load_task(path: str | Path) -> tuple[Settings, dict]:
 
 def load_or_build_reference_policy(cache_dir: str | Path, seed: int = 0, settings: Settings | None = None,
                                    log_every: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, Path]:
-    """(model, tokenizer, path) of π_ref for (settings, seed), from cache_dir/multiplication-<hash>-seed<seed>.
-
-    A missing or incomplete build is built first, in a temporary directory renamed into place.
-    """
-    settings = settings or Settings()
-    return builds.load_or_build(cache_dir, NAME, settings, seed,
-                               lambda tmp: build_reference_policy(tmp, seed, settings, log_every))
+    """(model, tokenizer, path) of π_ref for (settings, seed), from cache_dir/multiplication-<hash>-seed<seed>;
+    `build_reference_policy` makes a missing or incomplete one first."""
+    return KIT.load_or_build(build_reference_policy, cache_dir, seed, settings, log_every)

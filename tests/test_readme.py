@@ -1,5 +1,5 @@
 """README.md cannot drift from the code: every fenced code block is run or checked, every docs/ file it names
-exists, every config key it names is one, and docs/config.md is the dataclass's reference."""
+exists, every config key it names is one, and docs/guide/config.md is the dataclass's reference."""
 
 import json
 import re
@@ -60,6 +60,6 @@ def test_named_docs_and_config_keys_exist():
 
 
 def test_docs_config_is_the_reference():
-    if (ROOT / "docs" / "config.md").read_text(encoding="utf-8") != reference_markdown():
-        pytest.fail("docs/config.md is out of date: python -c \"from agro.config import reference_markdown; "
-                    "open('docs/config.md', 'w').write(reference_markdown())\"")
+    if (ROOT / "docs" / "guide" / "config.md").read_text(encoding="utf-8") != reference_markdown():
+        pytest.fail("docs/guide/config.md is out of date: python -c \"from agro.config import reference_markdown; "
+                    "open('docs/guide/config.md', 'w').write(reference_markdown())\"")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The study of docs/real_model.md on one GPU: every method of benchmarks/real_model.py on configs/smollm2-135m-gpu.yaml
+# The study of docs/results/real-model.md on one GPU: every method of benchmarks/real_model.py on configs/smollm2-135m-gpu.yaml
 # (bf16, 16 prompts x 16 samples, 128-token completions), 3 seeds, 50 steps, 500 held-out problems, AGRO at both loss
 # scales (agro_loss_type sum, the config's, and dr_grpo); then its report.
 # Run from the repository root after `make setup`:

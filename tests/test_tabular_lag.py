@@ -1,4 +1,4 @@
-"""benchmarks/tabular_lag.py: the tabular miniature of the real-model study's stale regime (docs/real_model.md)."""
+"""benchmarks/tabular_lag.py: the tabular miniature of the real-model study's stale regime (docs/results/real-model.md)."""
 
 import importlib.util
 import json

@@ -204,7 +204,7 @@ def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor, copies: int) ->
 
     `generate` then feeds only the last prompt column and samples from there: the G samples of a prompt
     share one prefill instead of G (generation 1.1× faster with 9-token prompts, 1.3× with 64, 1.8× with
-    200: the 11M benchmark model, 8 × 8 samples of 32 tokens, CPU; docs/performance.md). {} (generate
+    200: the 11M benchmark model, 8 × 8 samples of 32 tokens, CPU; docs/results/performance.md). {} (generate
     does its own prefill) when `prefill` cannot fill a cache for this model. A model whose
     generation config asks for a cache kind of its own is not sent here (`HFGenerator._cache`).
     """

@@ -4,13 +4,17 @@ drawn each step.
 Prompts come from train_data, or from the offline records when there is none. A prompt is keyed by its
 text (`data.prompt_key`); offline records join the group of their prompt's key. Each epoch is a
 permutation seeded by (seed, epoch); a step takes the next `prompts_per_step` keys (wrapping into the next
-epoch), split evenly over processes. An asynchronous actor draws the keys of batches ahead of the learner;
-they wait in `ahead`, oldest first, until the learner consumes them. (epoch, position, ahead) is the pool's
-state in checkpoints.
+epoch), split evenly over processes. A step never holds a prompt twice, since each would bring its samples
+twice: where it wraps into the next epoch, that epoch's first prompts not already in the step come first and
+those skipped right after (the epoch stays a permutation, kept in `order` since the seed no longer gives it).
+With fewer prompts than `prompts_per_step`, a step takes each prompt once (as many as split evenly over the
+processes). An asynchronous actor draws the keys of batches ahead of the learner; they wait in `ahead`,
+oldest first, until the learner consumes them. `PromptPool.state()` is the pool's state in checkpoints.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 
 import torch
@@ -32,6 +36,8 @@ class PromptPool:
         """`problems` and `offline` (loaded, with their reports) instead of train_data and offline_data."""
         self.config, self.tokenizer = config, tokenizer
         self.epoch, self.position = 0, 0
+        self.order: list[int] | None = None  # this epoch's order when a wrap rearranged it, else its permutation
+        self._warned_small = False
         self.ahead: list[list[str]] = []  # keys drawn for batches not yet trained on (agro.async_actor)
         c = config
         self.data_reports = []
@@ -121,18 +127,23 @@ class PromptPool:
                           f"more than max_completion_length {c.max_completion_length}", report)
                 continue
             behavior = None
-            if needs_behavior and r.behavior_logprobs is not None and r.completion_ids is not None and not sampled:
-                self._bad(where, "completion_ids", "this tokenizer does not decode them to the completion (written "
-                          "with another tokenizer?): its behavior_logprobs, which count them, do not apply", report)
-                continue
-            if needs_behavior and r.behavior_logprobs is not None:  # only they read them
-                # sampled ids count exactly; re-encoded text may lack the EOS the trainer appended (log μ 0 there)
-                allowed = (len(ids),) if sampled else (len(ids), len(ids) - 1)
+            if r.behavior_logprobs is not None:  # checked for every objective; read by those that need them
+                if r.completion_ids is not None and not sampled:
+                    if needs_behavior:
+                        self._bad(where, "completion_ids", "this tokenizer does not decode them to the completion "
+                                  "(written with another tokenizer?): its behavior_logprobs, which count them, do "
+                                  "not apply", report)
+                        continue
+                    allowed = (len(r.completion_ids),)  # another tokenizer's ids: the log-probs count them
+                else:
+                    # sampled ids count exactly; re-encoded text may lack the EOS the trainer appended (log μ 0 there)
+                    allowed = (len(ids),) if sampled else (len(ids), len(ids) - 1)
                 if len(r.behavior_logprobs) not in allowed:
                     self._bad(where, "behavior_logprobs", f"has {len(r.behavior_logprobs)} values for "
-                              f"{len(ids) if sampled else len(ids) - 1} completion tokens", report)
+                              f"{allowed[-1]} completion tokens", report)
                     continue
-                behavior = torch.tensor(r.behavior_logprobs + [0.0] * (len(ids) - len(r.behavior_logprobs)))
+                if needs_behavior:
+                    behavior = torch.tensor(r.behavior_logprobs + [0.0] * (len(ids) - len(r.behavior_logprobs)))
             elif needs_behavior:
                 self._bad(where, "behavior_logprobs", f"objective {c.objective} needs the generating policy's log-probs "
                           "for every offline record", report)
@@ -156,18 +167,60 @@ class PromptPool:
         return ids if self.tokenizer.decode(ids, skip_special_tokens=True) == record.completion else None
 
     def next_keys(self, rank: int, world: int) -> list[str]:
-        """This step's prompts for process `rank` of `world`: a per-epoch permutation, whole groups per process."""
-        keys = []
-        while len(keys) < self.config.prompts_per_step:
-            order = torch.randperm(len(self.problems), generator=torch.Generator().manual_seed(
-                self.config.seed * 1_000_003 + self.epoch)).tolist()
-            take = min(self.config.prompts_per_step - len(keys), len(order) - self.position)
-            keys += [self.problems[i] for i in order[self.position : self.position + take]]
+        """This step's prompts for process `rank` of `world`: the next of the per-epoch permutations, none
+        twice in a step, whole groups per process."""
+        size = self._step_size(rank, world)
+        drawn: list[int] = []
+        while len(drawn) < size:
+            order = self.order if self.order is not None else self._permutation()
+            if drawn and self.position == 0:  # the step wraps into a new epoch
+                moved = new_first(order, set(drawn), size - len(drawn))
+                if moved != order:
+                    order = self.order = moved
+            take = min(size - len(drawn), len(order) - self.position)
+            drawn += order[self.position : self.position + take]
             self.position += take
             if self.position >= len(order):
-                self.epoch, self.position = self.epoch + 1, 0
-        per_rank = len(keys) // world
-        return keys[rank * per_rank : (rank + 1) * per_rank]
+                self.epoch, self.position, self.order = self.epoch + 1, 0, None
+        per_rank = len(drawn) // world
+        return [self.problems[i] for i in drawn[rank * per_rank : (rank + 1) * per_rank]]
+
+    def _permutation(self) -> list[int]:
+        """The epoch's order as drawn from the seed."""
+        seed = self.config.seed * 1_000_003 + self.epoch
+        return torch.randperm(len(self.problems), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def _step_size(self, rank: int, world: int) -> int:
+        """prompts_per_step; with fewer prompts, each once (as many as split evenly over the processes), said once."""
+        c, available = self.config, len(self.problems)
+        if available >= c.prompts_per_step:
+            return c.prompts_per_step
+        size = available // world * world
+        if size == 0:
+            raise AgroError(f"config: key 'prompts_per_step': the data has {available} usable prompts, fewer than "
+                            f"the {world} processes, each of which needs at least one a step")
+        if rank == 0 and not self._warned_small:
+            self._warned_small = True
+            each = ("each of them once" if size == available
+                    else f"{size} of them, none twice (split evenly over {world} processes)")
+            warnings.warn(f"agro: the data has {available} usable prompts, fewer than prompts_per_step "
+                          f"{c.prompts_per_step}: a step takes {each}", stacklevel=2)
+        return size
+
+    def state(self) -> dict:
+        """The draw's place, for checkpoints: epoch, position, keys drawn ahead, and `order` only where a wrap
+        rearranged the epoch (else its seeded permutation is recomputed)."""
+        kept = {"order": list(self.order)} if self.order is not None else {}
+        return {"epoch": self.epoch, "position": self.position, "ahead": [list(k) for k in self.ahead], **kept}
+
+    def load_state(self, state: dict) -> None:
+        """A `state()`; one without "ahead" or "order" (an older checkpoint's) has none."""
+        order = state.get("order")
+        if order is not None and sorted(order) != list(range(len(self.problems))):
+            raise AgroError(f"trainer_state.json: key 'order': an epoch of {len(order)} prompts, but the data has "
+                            f"{len(self.problems)}: resume with the data the checkpoint was trained on")
+        self.epoch, self.position, self.order = state["epoch"], state["position"], order
+        self.ahead = [list(k) for k in state.get("ahead", [])]
 
     def take_keys(self, rank: int, world: int) -> list[str]:
         """The next batch's keys: the oldest drawn ahead (a resumed asynchronous run's), else new ones."""
@@ -179,3 +232,14 @@ class PromptPool:
         once per run."""
         for g, i in scored:
             self.offline_by_group[g.group][i] = g
+
+
+def new_first(order: list[int], drawn: set[int], count: int) -> list[int]:
+    """`order` with its first `count` entries not in `drawn` in front, and the ones they passed right after."""
+    front: list[int] = []
+    passed: list[int] = []
+    for j, i in enumerate(order):
+        if len(front) == count:
+            return front + passed + order[j:]
+        (passed if i in drawn else front).append(i)
+    return front + passed

@@ -1,4 +1,5 @@
-"""User reward functions for tests/test_rewards.py, loaded by spec ("reward_fns:name" or by file path)."""
+"""User reward functions for tests/test_rewards.py and tests/test_reward_calls.py, loaded by spec ("reward_fns:name" or
+by file path)."""
 
 import math
 import os
@@ -56,3 +57,11 @@ def numeric_types(prompt, completion, answer):
 
 
 NOT_CALLABLE = 42
+
+
+def reads_state_and_logs(prompts, completions, trainer_state, log_metric, log_extra, **kwargs):
+    """TRL's keywords in a worker process: the step from trainer_state (a copy), a metric and a column logged
+    back, and the worker's own log_history length."""
+    log_metric("group_size", len(completions))
+    log_extra("pid", [os.getpid()] * len(completions))
+    return [float(trainer_state.global_step + len(trainer_state.log_history))] * len(completions)

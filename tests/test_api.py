@@ -19,7 +19,7 @@ from agro import AGROConfig, AGROTrainer, run_inputs
 from agro.cli import main
 from agro.errors import AgroError
 from agro.records import Generation
-from agro.rewards.functions import Samples
+from agro.rewards.functions import Samples, isolated
 from agro.rewards.scoring import WeightedRewards, score
 from agro.rewards.workers import RewardScorer
 
@@ -51,7 +51,7 @@ def test_trl_style_functions_with_columns_train_log_and_save(assets, tmp_path, c
     seen = []
 
     def length(prompts, completions, **kwargs):  # a closure: runs in a forked worker
-        seen.append(kwargs["difficulty"])  # appended in the worker: the parent's list stays empty
+        seen.append(kwargs["difficulty"])  # in the trainer's process, as in TRL
         return [len(c) / 16 for c in completions]
 
     out = tmp_path / "run"
@@ -59,7 +59,7 @@ def test_trl_style_functions_with_columns_train_log_and_save(assets, tmp_path, c
                           args=config(out, reward_weights=[1.0, 0.5]),
                           train_dataset=datasets.Dataset.from_list(rows(assets)))
     last = trainer.train()
-    assert seen == []
+    assert [len(d) for d in seen] == [3] * 4  # the functions run in this process: the closure's state persists
     metrics = read_metrics(out)
     for row in metrics:
         for name in ("digits", "length"):
@@ -101,7 +101,7 @@ def test_none_drops_a_sample_from_its_group_and_failures_are_counted(assets, tmp
     def raises(prompts, completions, **kwargs):
         raise RuntimeError("broken reward")
 
-    with pytest.raises(AgroError, match=r"6 of 6 reward calls failed \(6 errors.*RuntimeError: broken reward"):
+    with pytest.raises(AgroError, match=r"6 of 6 rewards failed \(6 errors, 0 timeouts, 0 non-finite\) in 2 reward calls.*RuntimeError: broken reward"):
         AGROTrainer(str(assets / "model"), reward_funcs=raises, args=config(tmp_path / "bad", max_steps=1),
                     train_dataset=rows(assets)).train()
 
@@ -303,7 +303,7 @@ def test_a_forked_worker_runs_torch_on_one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with RewardScorer(lambda prompts, completions, **kw: [float(torch.get_num_threads())] * len(completions),
+        with RewardScorer(isolated(lambda prompts, completions, **kw: [float(torch.get_num_threads())] * len(completions)),
                           timeout=30) as scorer:
             assert scorer.score(["p"], ["c"], [None]).rewards == [1.0]
     finally:

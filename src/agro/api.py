@@ -33,13 +33,19 @@ class AGROTrainer:
     `train`, `evaluate` or `save_model`.
 
     model: a built-in name, a .gguf file, a model directory or hub id, or a loaded `PreTrainedModel`.
-    reward_funcs: one or a list of: per-sample spec strings (`math`, `exact`, `reasoning_gym`,
-        `module:function`, `file.py:function`) or callables, per-sample `fn(prompt, completion, answer)` or
-        TRL's batched `fn(prompts, completions, completion_ids, **columns)` (`agro.rewards.functions`); default: the
-        config's reward_function. Summed with `args.reward_weights`.
+    reward_funcs: one or a list of: spec strings (`math`, `exact`, `reasoning_gym`, `module:function`,
+        `file.py:function`, a reward model's folder or hub id), callables, or reward models (`PreTrainedModel`s
+        for sequence classification). Callables are per-sample `fn(prompt, completion, answer)` or TRL's batched
+        `fn(prompts, completions, completion_ids, **columns)` (`agro.rewards.functions`); they run in this
+        process, `async def` ones awaited, and `agro.rewards.functions.isolated(fn)` runs one in worker
+        processes. Default: the config's reward_function. Summed with `args.reward_weights`.
     offline_dataset: rows with `prompt` and `completion`, optional `reward`, `answer`, `source`,
         `behavior_logprobs` (`agro.data`).
     processing_class: the tokenizer (default: loaded from the model's name or path).
+    reward_processing_classes: tokenizers of reward models given in reward_funcs (a `PreTrainedModel` for sequence
+        classification, or a model folder / hub id), one per reward function or a single one (default: each
+        model's own); reward models score prompt + completion in batches on the trainer's device, reward =
+        logits[:, 0] (`agro.rewards.reward_models`).
     peft_config: a `peft.LoraConfig`: its r, lora_alpha and target_modules (a list, or a string such as
         "all-linear"); any other setting changed from PEFT's default is refused (LoRA dropout is always 0, so
         that log-probs are a function of the weights).
@@ -48,8 +54,8 @@ class AGROTrainer:
     """
 
     def __init__(self, model, reward_funcs=None, args: AGROConfig | None = None, train_dataset=None,
-                 eval_dataset=None, offline_dataset=None, processing_class=None, peft_config=None,
-                 callbacks: list | None = None):
+                 eval_dataset=None, offline_dataset=None, processing_class=None, reward_processing_classes=None,
+                 peft_config=None, callbacks: list | None = None):
         if args is not None and not isinstance(args, AGROConfig):
             raise AgroError(f"args: expected an agro.AGROConfig, got a {type(args).__name__} (AGROConfig takes "
                             "TRL's names: output_dir, max_steps, learning_rate, num_generations...)")
@@ -87,7 +93,8 @@ class AGROTrainer:
                                                                None, args.on_bad_record),
             eval_problems=None if eval_dataset is None else _rows(data.load_problem_rows, eval_dataset,
                                                                   "eval_dataset", args.on_bad_record)[0],
-            reward_funcs=funcs, callbacks=list(callbacks or []))
+            reward_funcs=funcs, reward_processing_classes=reward_processing_classes,
+            callbacks=list(callbacks or []))
         self._engine: Trainer | None = None
         self._resumed = False
 

@@ -32,7 +32,7 @@ import agro.tracking as tracking
 from agro.actor import Actor
 from agro.async_actor import ActorDied, AsyncActor, start_async_actor
 from agro.callbacks import Callbacks
-from agro.config import TrainConfig, save_config
+from agro.config import TrainConfig, resolve_steps, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
 from agro.generators import make_generator
@@ -59,9 +59,10 @@ class Trainer:
             torch.set_num_threads(c.num_threads)
         check_distributed(c, self.accelerator)
         set_seed(c.seed)
-        inputs = (inputs or RunInputs()).resolve(c)
+        inputs = (inputs or RunInputs()).resolve(c, self.accelerator.device)
         self.tokenizer, self.scorer, self.eval_problems = inputs.tokenizer, inputs.rewards, inputs.eval_problems
         self.prompts = PromptPool(c, self.tokenizer, inputs.problems, inputs.offline)
+        resolve_steps(c, len(self.prompts.problems))  # TRL's max_steps -1 (epochs) and warmup_ratio
         saved = checkpoint.list_checkpoints(self.output_dir) if resume else []
         self.learner = Learner(c, self.accelerator, self.tokenizer.pad_token_id, saved[-1] if saved else None,
                                inputs.model)
@@ -72,6 +73,7 @@ class Trainer:
                                    c.cache_implementation, c.bf16)
         self.actor = Actor(generator, self.tokenizer, self.prompts, c.num_generations, self.rank, self.world)
         self.callbacks = Callbacks(inputs.callbacks, c, self)
+        self.reward_warnings = scoring.RewardWarnings(c.max_completion_length, c.truncated_completions)
         self.replay = ReplayBuffer(c.replay_max_staleness, c.replay_weight)
         self.step = 0
         self.batch: GenerationBatch | None = None  # the generation batch still in use (num_iterations)
@@ -111,6 +113,7 @@ class Trainer:
                 timer.times["time_generation"] = 0.0
             self.iteration += 1
             with timer("time_reward"):
+                self.scorer.trainer_state = self.callbacks.state
                 gens, reward_metrics = scoring.score(self.scorer, self.batch.generations, self.step,
                                                      c.max_reward_failure_fraction, self.eos_ids,
                                                      c.truncated_completions, self.prompts.columns,
@@ -134,9 +137,8 @@ class Trainer:
     # ------------------------------------------------------------------ run, checkpoints, eval
 
     def _trainer_state(self) -> dict:
-        return {"step": self.step, "epoch": self.prompts.epoch, "position": self.prompts.position,
-                "iteration": self.iteration, "nonfinite_run": self.nonfinite_run, "replay": self.replay.state(),
-                "ahead": self.prompts.ahead}
+        return {"step": self.step, **self.prompts.state(), "iteration": self.iteration,
+                "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
 
     def save_checkpoint(self) -> Path | None:
         """`checkpoint-<step>/`, written atomically; a step already saved is not rewritten."""
@@ -164,8 +166,8 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         """Optimizer, scheduler and trainer state of checkpoint `path` (its weights were loaded with the model)."""
         state = checkpoint.load_states(path, self.learner.optimizer, self.learner.scheduler, self.rank)
-        self.step, self.prompts.epoch, self.prompts.position = state["step"], state["epoch"], state["position"]
-        self.nonfinite_run, self.prompts.ahead = state["nonfinite_run"], state.get("ahead", [])
+        self.step, self.nonfinite_run = state["step"], state["nonfinite_run"]
+        self.prompts.load_state(state)
         self.replay.load_state(state["replay"])
         self.iteration = state.get("iteration", 0)  # checkpoints before num_iterations: none mid-batch
         saved_by = checkpoint.batch_files(path)
@@ -218,13 +220,13 @@ class Trainer:
             if eval_problems and self.step == 0 and (accuracy := self.run_evaluation(eval_problems)):
                 self._log(metrics_log, {"step": 0, **accuracy})
             while self.step < c.max_steps and self._stop_signal is None and not self.callbacks.should_stop:
-                start = (self.prompts.epoch, self.prompts.position, list(self.prompts.ahead), checkpoint.rng_state(),
-                         self.batch, self.iteration)
+                start = (self.prompts.state(), checkpoint.rng_state(), self.batch, self.iteration)
                 self.callbacks.call("step_begin", self.step)
                 try:
                     metrics = self.train_step()
                 except ScoringInterrupted:  # before any update: back to the step's start, saved as the last step
-                    self.prompts.epoch, self.prompts.position, self.prompts.ahead, rng, self.batch, self.iteration = start
+                    drawn, rng, self.batch, self.iteration = start
+                    self.prompts.load_state(drawn)
                     checkpoint.set_rng_state(rng)
                     break
                 except ActorDied as err:
@@ -232,6 +234,9 @@ class Trainer:
                     kept = f"{saved[-1]} is kept: rerun with --resume" if saved else "no checkpoint was saved yet"
                     raise AgroError(f"step {self.step + 1}: {err}; {kept}") from None
                 metrics["skipped_records"] = float(self.prompts.skipped_records)
+                for warning in self.reward_warnings.observe(self.step, metrics):
+                    if main:
+                        tqdm.write(warning)
                 self.callbacks.call("step_end", self.step)
                 if eval_problems and c.eval_steps and self.step % c.eval_steps == 0 and self.step < c.max_steps:
                     metrics.update(self.run_evaluation(eval_problems))
@@ -316,6 +321,7 @@ class Trainer:
 
     def run_evaluation(self, problems) -> dict[str, float]:
         """Greedy accuracy of the policy on `problems` now ({} when a signal cut its scoring short)."""
+        self.scorer.trainer_state = self.callbacks.state
         try:
             result = evaluate(self.policy, self.tokenizer, problems, self.scorer, self.config.max_completion_length,
                               batch_size=self.config.generation_batch_size,

@@ -9,9 +9,11 @@ plain text ("7 * 9 = 63", "The sum is 11."), so the built-in rewards score `fina
 
 A completion cut at max_completion_length (no EOS at its end) has not finished its answer; its last
 number is often one of the problem's operands. Training on such rewards teaches longer preambles, so
-`truncated_completions` decides what a cut completion counts for (docs/guide/data-and-rewards.md):
+`truncated_completions` decides what a cut completion counts for (docs/guide/data-and-rewards.md). The
+reward functions see it all the same (their `rewards/NAME/mean` counts it); the rule then applies to its
+reward (`agro.rewards.scoring.score`):
 
-    zero   reward 0, the reward function is not called (the default)
+    zero   reward 0 (the default)
     mask   weight 0: out of its group's baseline and out of the loss (DAPO's overlong filtering)
     keep   scored like any other completion
 """

@@ -1,6 +1,7 @@
 """What a right answer is: the gold answer of a problem, answer equivalence, and the built-in per-sample
-rewards. How reward functions are called is `agro.rewards.functions`, where the calls run (worker processes, time
-limits, failure accounting) `agro.rewards.workers`; what a completion answers is `agro.rewards.answers`.
+rewards. How reward functions are called is `agro.rewards.functions`, where the calls run (in process or in worker
+processes, time limits, failure accounting) `agro.rewards.workers`; what a completion answers is
+`agro.rewards.answers`.
 
 A per-sample reward function is ``fn(prompt, completion, answer) -> float``, where ``answer`` is the gold
 answer of the prompt (a bare answer or a full solution) or None. Built-ins:

@@ -1,20 +1,30 @@
-"""Running one reward function's calls: `RewardScorer` makes them in long-lived worker processes with a
-hard per-call time limit (a call past it has its worker killed), counting every failure; the worker
-processes themselves (`_Worker`, `_serve`). How a call is made and what it returns is
-`agro.rewards.functions`.
+"""Running one reward function's calls: `RewardScorer` makes them in the trainer's process
+(`agro.rewards.in_process`) or in long-lived worker processes with a hard per-call time limit (a call past
+it has its worker killed), counting every failure; the worker processes themselves (`_Worker`, `_serve`).
+How a call is made and what it returns is `agro.rewards.functions`.
 
-A function named by a spec (`load_reward_function`) runs in ``spawn`` worker processes that import it; a
-function given as a callable (lambdas, closures and ``__main__`` functions included) runs in ``fork`` worker
-processes that inherit it. Workers are forked at start-up and again mid-training (replacements, extra
-workers), when the trainer's threads exist: a forked worker sets torch to one thread, as DataLoader
-workers do, but a callable should still keep clear of torch and other thread pools (tokenizers' parallel
-encoding included); give it as a spec string (a fresh ``spawn`` process) where it needs them.
+Where a function runs:
+
+* a Python callable: in the trainer's process, as TRL runs it, so its state persists between calls (a
+  counter counts); the time limit is `agro.rewards.in_process`'s (SIGALRM on the main thread on Unix,
+  the event loop's for ``async def``).
+* a callable marked ``agro.rewards.functions.isolated(fn)``: in ``fork`` worker processes that inherit it;
+  what it changes there stays there.
+* a spec string (``math``, ``module:function``, ``file.py:function``): in ``spawn`` worker processes that
+  import it; ``exact`` (cheap, cannot hang) in the trainer's process.
+
+Workers are forked at start-up and again mid-training (replacements, extra workers), when the trainer's
+threads exist: a forked worker sets torch to one thread, as DataLoader workers do, but an isolated callable
+should still keep clear of torch and other thread pools (tokenizers' parallel encoding included); give it as
+a spec string (a fresh ``spawn`` process) where it needs them. A worker gets TRL's ``trainer_state`` as a copy
+(`_snapshot`), and sends what the call logged (``log_metric``, ``log_extra``) back with its result.
 Either way a call that raises, returns a non-number (or a list of the wrong length), or runs past the
-time limit (its worker is then killed) fails: each of its samples scores 0 and counts as failed.
+time limit fails: each of its samples scores 0 and counts as failed.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import multiprocessing
@@ -29,14 +39,22 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 
+import agro.rewards.in_process as in_process
 from agro.errors import AgroError
 from agro.rewards.functions import (
+    CONTEXT_KEYWORDS,
+    OPTIONAL_KEYWORDS,
+    RewardContext,
     RewardResult,
     Samples,
     absolute_spec,
-    call_reward,
+    accepts,
+    call_logged,
+    failed,
     function_name,
+    is_async,
     is_batched,
+    is_isolated,
     load_reward_function,
 )
 from agro.rewards.verifiers import math_equal
@@ -79,8 +97,8 @@ def _serve(conn: multiprocessing.connection.Connection, source: str | Callable, 
             return
         if request is None:
             return
-        task, args = request
-        conn.send(("result", task, call_reward(fn, batched, args)))
+        task, args, log_names = request
+        conn.send(("result", task, *call_logged(fn, batched, args, log_names)))
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -109,8 +127,8 @@ class _Worker:
         self.blocked = False  # its call has been waiting without using the CPU (sleep, I/O, a lock)
         self._cpu_mark: tuple[float, float | None] = (0.0, None)  # (when, CPU seconds then)
 
-    def assign(self, task: int, args: tuple | dict, timeout: float) -> None:
-        self.conn.send((task, args))
+    def assign(self, task: int, args: tuple | dict, log_names: tuple[str, ...], timeout: float) -> None:
+        self.conn.send((task, args, log_names))
         self.task = task
         now = time.monotonic()
         self.deadline = now + timeout
@@ -158,18 +176,19 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 
 class RewardScorer:
-    """Scores batches with one reward function, with a hard per-call time limit.
+    """Scores batches with one reward function.
 
-    Calls run in long-lived worker processes (``spawn`` for a spec, ``fork`` for a callable) fed one call
-    at a time over pipes; a call that exceeds ``timeout`` seconds has its worker killed and counts as a
-    timeout for each of its samples. ``num_workers`` calls run at a time. A call that waits without using
-    the CPU (sleeping, blocked on I/O or a lock) for BLOCKED_WINDOW s stops counting against that limit,
-    and the next call starts in an extra worker (MAX_WORKERS in all, or ``max_workers``): so the time
-    limits of calls that hang waiting run in parallel, not one after another. Extra workers stop at the
-    end of the batch. ``in_process=None`` runs the built-in ``exact`` in the calling process (it cannot
-    hang) and everything else in workers; in-process calls have no time limit. ``should_stop``, when set,
-    is polled during a batch: once it returns True the batch's calls are dropped and `score` raises
-    ScoringInterrupted. Not thread-safe.
+    In the trainer's process (``in_process``: a Python callable not marked `isolated`, and ``exact``), calls
+    run one after another with the time limit of `agro.rewards.in_process`. Otherwise they run in long-lived
+    worker processes (``spawn`` for a spec, ``fork`` for a callable) fed one call at a time over pipes; a
+    call that exceeds ``timeout`` seconds has its worker killed and counts as a timeout for each of its
+    samples. ``num_workers`` calls run at a time. A call that waits without using the CPU (sleeping, blocked
+    on I/O or a lock) for BLOCKED_WINDOW s stops counting against that limit, and the next call starts in an
+    extra worker (MAX_WORKERS in all, or ``max_workers``): so the time limits of calls that hang waiting run
+    in parallel, not one after another. Extra workers stop at the end of the batch. ``in_process`` given
+    overrides the default. ``should_stop``, when set, is polled during a batch (between calls in process):
+    once it returns True the batch's calls are dropped and `score` raises ScoringInterrupted. Not
+    thread-safe.
     """
 
     def __init__(
@@ -191,14 +210,23 @@ class RewardScorer:
         self.max_workers = max(num_workers, MAX_WORKERS if max_workers is None else max_workers)
         self.should_stop: Callable[[], bool] | None = None
         self.fn = load_reward_function(spec) if isinstance(spec, str) else spec  # a bad spec fails here
+        if not callable(self.fn):
+            raise ValueError("names a reward model (a directory or hub id): training scores one "
+                             "(agro.rewards.reward_models); here give a reward function")
         self.spec = spec if isinstance(spec, str) else function_name(spec)
         self.name = function_name(self.fn)
         self.batched = is_batched(self.fn)
-        self.in_process = spec == "exact" if in_process is None else in_process
+        self.asynchronous = is_async(self.fn)
+        default = spec == "exact" if isinstance(spec, str) else not is_isolated(spec)
+        self.in_process = default if in_process is None else in_process
+        # keywords passed only where the function takes them; TRL's log_* are made anew for each call
+        self._keywords = tuple(k for k in OPTIONAL_KEYWORDS if self.batched and accepts(self.fn, k))
+        self._log_names = tuple(k for k in self._keywords if k in CONTEXT_KEYWORDS[1:])
         self._source = absolute_spec(spec) if isinstance(spec, str) else spec
         self._context = multiprocessing.get_context("spawn" if isinstance(spec, str) else "fork")
         self._workers: list[_Worker] = []
         self._calls: list[tuple[list[int], tuple | dict]] = []  # the batch's calls: (sample indices, args)
+        self._reward_context = RewardContext()  # the batch's (`score_samples`)
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_all, self._workers)
         if not self.in_process:
@@ -221,33 +249,58 @@ class RewardScorer:
         samples: Samples,
         max_failure_fraction: float | None = None,
         on_result: Callable[[int, str, str | None], None] | None = None,
+        context: RewardContext | None = None,
     ) -> RewardResult:
         """Rewards of `samples`.
 
         ``max_failure_fraction``: stop as soon as more than this fraction of the batch has failed
-        (the samples left are counted in ``unscored``). ``on_result(index, status, detail)`` is called
-        as each sample settles (status "ok", "none", "error", "timeout" or "non_finite").
+        (the samples left are counted in ``unscored``, their calls in ``calls_not_run``).
+        ``on_result(index, status, detail)`` is called as each sample settles (status "ok", "none", "error",
+        "timeout" or "non_finite"). ``context``: TRL's trainer_state for the calls, and where what they log
+        goes (default: a fresh one); the result has its metric means and columns.
         """
         if self._closed:
             raise RuntimeError("RewardScorer is closed")
         count = len(samples.completions)
         result = RewardResult(rewards=[0.0] * count)
-        self._calls = [(indices, samples.batched(indices) if self.batched else samples.per_sample(indices[0]))
+        self._reward_context = context = RewardContext() if context is None else context
+        self._calls = [(indices, self._args(samples, indices, context.trainer_state))
                        for indices in samples.calls(self.batched)]
         if self.in_process:
-            for task, (indices, args) in enumerate(self._calls):
-                self._check_stop()
-                self._record(task, call_reward(self.fn, self.batched, args), result, on_result)
-                if _too_many(result, max_failure_fraction):
-                    result.unscored = count - indices[-1] - 1
-                    break
+            def settle(task: int, outcomes: list, logged: tuple) -> bool:
+                self._record(task, outcomes, result, on_result, logged=logged)
+                return _too_many(result, max_failure_fraction)
+
+            not_run = in_process.run_calls(self.fn, self.batched, self.asynchronous,
+                                           [(args, self._log_names) for _, args in self._calls], self.timeout,
+                                           settle, self._check_stop)
+            result.calls_not_run = not_run
+            result.unscored = sum(len(indices) for indices, _ in self._calls[len(self._calls) - not_run:])
         elif count:
             self._score_in_workers(result, max_failure_fraction, on_result)
+        result.logged_metrics, result.logged_columns = context.metric_means(), context.columns(count)
         return result
 
-    def _record(self, task: int, outcomes: list, result: RewardResult, on_result, detail: str | None = None) -> None:
-        """Record the outcome of each sample of call `task` (`detail`: the same failure for all of them)."""
+    def _args(self, samples: Samples, indices: list[int], trainer_state) -> tuple | dict:
+        """A call's arguments: per sample, or the batched keywords this function takes (TRL's trainer_state
+        as it is in this process, a copy for a worker)."""
+        if not self.batched:
+            return samples.per_sample(indices[0])
+        kwargs = samples.batched(indices)
+        if "truncated" not in self._keywords and "truncated" not in samples.columns:
+            kwargs.pop("truncated", None)
+        if "trainer_state" in self._keywords:
+            kwargs["trainer_state"] = trainer_state if self.in_process else _snapshot(trainer_state)
+        return kwargs
+
+    def _record(self, task: int, outcomes: list, result: RewardResult, on_result, detail: str | None = None,
+                logged: tuple | None = None) -> None:
+        """Record the outcome of each sample of call `task` (`detail`: the same failure for all of them) and
+        what the call logged."""
         indices = self._calls[task][0]
+        result.calls += 1
+        if logged is not None:
+            self._reward_context.add(logged, indices)
         for index, (status, reward, said) in zip(indices, outcomes):
             result.record(index, status, reward, said if detail is None else detail)
             if on_result is not None:
@@ -266,8 +319,9 @@ class RewardScorer:
                 self._wait_and_collect(result, on_result)
                 self._check_stop()
                 if _too_many(result, max_failure_fraction):
-                    result.unscored = sum(len(self._calls[t][0]) for t in pending) + sum(
-                        len(self._calls[w.task][0]) for w in self._busy())
+                    dropped = [*pending, *(w.task for w in self._busy())]
+                    result.unscored = sum(len(self._calls[t][0]) for t in dropped)
+                    result.calls_not_run = len(dropped)
                     self._drop_busy()
                     return
         except BaseException:
@@ -292,7 +346,7 @@ class RewardScorer:
             if pending and slots > 0 and worker.ready and worker.task is None:
                 task = pending.popleft()
                 try:
-                    worker.assign(task, self._calls[task][1], self.timeout)
+                    worker.assign(task, self._calls[task][1], self._log_names, self.timeout)
                 except OSError:  # it died while idle: retry the call on a fresh worker
                     pending.appendleft(task)
                     self._retire(worker)
@@ -329,9 +383,9 @@ class RewardScorer:
                 self._handle_dead_worker(worker, result, on_result)
                 continue
             if message[0] == "result":
-                _, task, outcomes = message
+                _, task, outcomes, logged = message
                 worker.task, worker.deadline, worker.blocked = None, math.inf, False
-                self._record(task, outcomes, result, on_result)
+                self._record(task, outcomes, result, on_result, logged=logged)
             elif message[0] == "ready":
                 worker.ready = True
             else:
@@ -351,7 +405,7 @@ class RewardScorer:
 
     def _fail(self, task: int, status: str, detail: str, result: RewardResult, on_result) -> None:
         """Every sample of call `task` failed the same way."""
-        self._record(task, [(status, 0.0, detail)] * len(self._calls[task][0]), result, on_result, detail)
+        self._record(task, failed(status, detail, len(self._calls[task][0])), result, on_result, detail)
 
     def _handle_dead_worker(self, worker: _Worker, result: RewardResult, on_result) -> None:
         worker.process.join(timeout=1.0)
@@ -398,6 +452,16 @@ class RewardScorer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _snapshot(trainer_state):
+    """What a worker gets of TRL's trainer_state: a copy, without its log_history (every logged row, which
+    grows with the run)."""
+    if trainer_state is None:
+        return None
+    state = copy.copy(trainer_state)
+    state.log_history = []
+    return state
 
 
 def _too_many(result: RewardResult, max_failure_fraction: float | None) -> bool:

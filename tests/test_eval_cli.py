@@ -191,7 +191,7 @@ def test_eval_and_generate_default_to_what_the_model_was_trained_with(model_dir,
     args = json.loads(out.read_text())["args"]
     assert (args["prompt_template"], args["reward"], args["max_completion_length"], args["reward_timeout"]) == (
         "chat", "exact", 5, 7.0)
-    assert "agro: as the model was trained" in err and "prompt_template=chat" in err
+    assert "; as the model was trained (" in err and "prompt_template=chat" in err
     assert "generate: 100%" in err and "score: 100%" in err
     assert all(len(char_tokenizer()(c, add_special_tokens=False)["input_ids"]) <= 5
                for s in json.loads(out.read_text())["samples"] for c in s["completions"])
@@ -201,7 +201,9 @@ def test_eval_and_generate_default_to_what_the_model_was_trained_with(model_dir,
     assert rc == 0 and (args["prompt_template"], args["reward"], args["max_completion_length"]) == ("plain", "exact", 6)
     rc, _, err = run(["eval", "--model", model_dir, "--data", GENERIC, "--max-problems", 3, "--out", out], capsys)
     args = json.loads(out.read_text())["args"]
-    assert rc == 0 and (args["prompt_template"], args["reward"], args["max_completion_length"]) == ("plain", "math", 512)
+    # an untrained model with a chat template: what training uses (the chat template, no instruction, the
+    # config's default length)
+    assert rc == 0 and (args["prompt_template"], args["reward"], args["max_completion_length"]) == ("chat", "math", 256)
     assert "as the model was trained" not in err
     off = tmp_path / "off.jsonl"
     rc, stdout, err = run(["generate", "--model", trained, "--data", GENERIC, "--out", off, "--max-problems", 2,

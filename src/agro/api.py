@@ -85,6 +85,7 @@ class AGROTrainer:
                                              ("eval_data", eval_dataset), ("reward_function", funcs))
                       if value is not None)
         self.args = check(args, given, reward_count=1 if funcs is None else len(funcs))
+        checkpoint.check_writable(Path(self.args.output_dir))
         self.inputs = RunInputs(
             model=model if loaded else None, tokenizer=processing_class,
             problems=None if train_dataset is None else _rows(data.load_problem_rows, train_dataset, "train_dataset",

@@ -10,8 +10,10 @@ and, when saved in the middle of a generation batch's `num_iterations` optimizer
 `batch_<rank>.json` (each process's batch: its generations, rewards, cached log-probs), and `agro.json`
 (what `agro eval` and `agro generate` default to). `final/` has the model, tokenizer and `agro.json`.
 
-Also the run's hold on output_dir: a run is refused where one exists unless resumed, and what a run
-created is removed again when it stops before finishing a step.
+Also the run's hold on output_dir: a run is refused where one exists unless resumed or overwritten
+(overwrite_output_dir removes the previous run's outputs only, never other files), an output_dir that
+cannot be written is refused before anything starts, and what a run created is removed again when it stops
+before finishing a step.
 """
 
 from __future__ import annotations
@@ -155,14 +157,49 @@ def write_training_args(path: Path, config, step: int) -> None:
     (path / TRAINING_ARGS).write_text(json.dumps(args, indent=1) + "\n", encoding="utf-8")
 
 
-def check_output_dir(output_dir: Path, resume: bool) -> None:
-    """A run killed before its first checkpoint (config.yaml, no checkpoint) resumes from step 0."""
+def check_output_dir(output_dir: Path, resume: bool, overwrite: bool = False) -> None:
+    """A run in output_dir (config.yaml or a checkpoint; a run killed before its first checkpoint resumes from
+    step 0) is refused unless resumed or overwritten (`clear_run` then removes its outputs); the rules are
+    phrased for Python and the CLI alike."""
     has_run = (output_dir / "config.yaml").exists() or list_checkpoints(output_dir)
-    if has_run and not resume:
-        raise AgroError(f"{output_dir}: output_dir already holds a run; pass --resume to continue it "
-                        "or choose another output_dir")
+    if resume and overwrite:
+        raise AgroError(f"{output_dir}: resume and overwrite_output_dir both given: resume continues the run in "
+                        "output_dir, overwrite_output_dir replaces it; choose one")
+    if has_run and not resume and not overwrite:
+        raise AgroError(f"{output_dir}: output_dir already holds a run; continue it (Python: "
+                        "trainer.train(resume_from_checkpoint=True); CLI: agro train --resume), replace its outputs "
+                        "(overwrite_output_dir=True; CLI: --set overwrite_output_dir=true) or choose another "
+                        "output_dir")
     if resume and not has_run:
-        raise AgroError(f"{output_dir}: --resume given but there is no run to resume from")
+        raise AgroError(f"{output_dir}: --resume given but there is no run to resume from (Python: "
+                        "resume_from_checkpoint); start a new run without it")
+    check_writable(output_dir)
+
+
+def check_writable(output_dir: Path) -> None:
+    """output_dir, or the nearest folder above it that exists, is a folder this process may write in."""
+    existing = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise AgroError(f"{output_dir}: output_dir cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AgroError(f"{output_dir}: output_dir cannot be written: no write permission in {existing}")
+
+
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "wandb", "final", "curves.png")
+RUN_STAGING = re.compile(r"^\.(tmp|old)-")  # staging_dir, replace_dir, publish: half-written or half-deleted
+
+
+def clear_run(output_dir: Path) -> list[Path]:
+    """overwrite_output_dir: remove the previous run's outputs (config, metrics, trackers' logs, checkpoints,
+    final/, curves.png, staging folders) from output_dir; anything else in it stays. Returns what it removed."""
+    removed = [p for p in sorted(output_dir.iterdir()) if p.name in RUN_OUTPUTS or RUN_STAGING.match(p.name)
+               or (CHECKPOINT_RE.match(p.name) and p.is_dir())] if output_dir.is_dir() else []
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
 
 
 def remove_staging(output_dir: Path) -> None:

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from agro.config import CHOICES, out_of_bounds
+from agro.config import CHOICES, FIELDS, out_of_bounds
 from agro.errors import AgroError
 from agro.tasks import TASK_NAMES
 
@@ -155,11 +155,11 @@ def _add_eval(sub) -> None:
     )
     _add_problem_flags(p, "problem set (jsonl/json/parquet, datasets name, or reasoning_gym:NAME: its held-out "
                        "split)", "reasoning_gym:NAME: create_dataset's arguments, e.g. '{\"size\": 200, \"seed\": 1}'")
-    _add_prompt_flags(p, split="test")
+    _add_prompt_flags(p, split="test", helps=EVAL_HELP)
     p.add_argument("--reward", default=None, help="exact | math | reasoning_gym | module:function | file.py:function "
                    "(default: " + TRAINED_DEFAULT + "reasoning_gym for reasoning_gym: data, else math)")
     p.add_argument("--num-samples", type=int, default=1, help="k samples per problem (k > 1: pass@k with sampling)")
-    _add_sampling_flags(p, when=" (k > 1)")
+    _add_sampling_flags(p, when=" (k > 1)", helps=EVAL_HELP)
     p.add_argument("--truncated-completions", default=None, choices=CHOICES["truncated_completions"],
                    help=TRUNCATED_HELP)
     p.add_argument("--max-problems", type=int, default=0, help="evaluate the first N problems (0: all)")
@@ -181,6 +181,18 @@ TRUNCATED_HELP = ("keep: score a completion cut at the length limit as it is; ze
 REWARD_TIMEOUT_HELP = "seconds per reward call (default: " + TRAINED_DEFAULT + "10)"
 DEFAULTS = {"prompt_template": "plain", "instruction": None, "system_prompt": None, "reward": None,
             "max_completion_length": 512, "truncated_completions": "zero", "reward_timeout": 10.0}
+# agro eval of a model agro did not train: the chat template when its tokenizer has one (prompt_template None:
+# decided in _problems_from_flags), and the training config's length
+EVAL_DEFAULTS = {**DEFAULTS, "prompt_template": None,
+                 "max_completion_length": FIELDS["max_completion_length"].default}
+EVAL_HELP = {
+    "prompt_template": "plain | chat | raw (default: " + TRAINED_DEFAULT + "chat when the model's tokenizer has a "
+                       "chat template, else plain)",
+    "instruction": "plain, chat: the line after each problem ('' for none; default: " + TRAINED_DEFAULT
+                   + "none with the tokenizer's chat template, the \\boxed{} instruction with plain)",
+    "max_completion_length": "maximum generated tokens (default: " + TRAINED_DEFAULT
+                             + f"{FIELDS['max_completion_length'].default}, the training config's)",
+}
 FROM_TRAINING = {"prompt_template": "prompt_template", "instruction": "instruction", "system_prompt": "system_prompt",
                  "reward": "reward_function", "max_completion_length": "max_completion_length",
                  "truncated_completions": "truncated_completions", "reward_timeout": "reward_timeout"}
@@ -204,31 +216,34 @@ def _add_problem_flags(p, data_help: str, kwargs_help: str) -> None:
     p.add_argument("--data-kwargs", type=_json_object, default=None, metavar="JSON", help=kwargs_help)
 
 
-def _add_prompt_flags(p, split: str) -> None:
-    """The problem set's format and split, and how its prompts are written."""
+def _add_prompt_flags(p, split: str, helps: dict | None = None) -> None:
+    """The problem set's format and split, and how its prompts are written; `helps`: flags' own help texts."""
+    helps = helps or {}
     p.add_argument("--format", default="auto", help="auto | math | gsm8k | generic")
     p.add_argument("--split", default=split, help="split, for datasets hub names")
-    p.add_argument("--prompt-template", default=None, help="plain | chat | raw (default: " + TRAINED_DEFAULT + "plain)")
-    p.add_argument("--instruction", default=None, help="plain, chat: the line after each problem ('' for none; "
-                   "default: " + TRAINED_DEFAULT + "the \\boxed{} instruction)")
+    p.add_argument("--prompt-template", default=None, help=helps.get("prompt_template", "plain | chat | raw "
+                   "(default: " + TRAINED_DEFAULT + "plain)"))
+    p.add_argument("--instruction", default=None, help=helps.get("instruction", "plain, chat: the line after each "
+                   "problem ('' for none; default: " + TRAINED_DEFAULT + "the \\boxed{} instruction)"))
     p.add_argument("--system-prompt", default=None, help="chat: a system message (default: " + TRAINED_DEFAULT
                    + "the model's own)")
 
 
-def _add_sampling_flags(p, when: str) -> None:
-    """How completions are sampled; `when`: the help's note on when sampling applies."""
+def _add_sampling_flags(p, when: str, helps: dict | None = None) -> None:
+    """How completions are sampled; `when`: the help's note on when sampling applies; `helps`: flags' own help
+    texts."""
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature" + when)
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold" + when)
-    p.add_argument("--max-completion-length", type=int, default=None,
-                   help="maximum generated tokens (default: " + TRAINED_DEFAULT + "512)")
+    p.add_argument("--max-completion-length", type=int, default=None, help=(helps or {}).get(
+        "max_completion_length", "maximum generated tokens (default: " + TRAINED_DEFAULT + "512)"))
 
 
-def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> dict:
+def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) -> tuple[dict, list[str]]:
     """Unset flags take what the model was trained with (`agro.json`, written by `agro train` into final/
-    and checkpoints), else `defaults`; says which it took. A trained system prompt goes with the chat template
+    and checkpoints), else `defaults`. A trained system prompt goes with the chat template
     only; the reasoning_gym reward with reasoning_gym: data only (else the data's default reward); a model
     trained before truncated_completions existed scored its cut completions (keep). Returns agro.json's
-    values ({} without one)."""
+    values ({} without one) and the settings it took ("key=value")."""
     from agro.config import default_reward
 
     path = Path(args.model) / "agro.json"
@@ -252,9 +267,7 @@ def _trained_defaults(args, keys: tuple[str, ...], defaults: dict = DEFAULTS) ->
             if value is not None:
                 taken.append(f"{key}={value}")
             setattr(args, key, defaults[key] if value is None else value)
-    if taken:
-        print(f"agro: as the model was trained ({path}): {', '.join(taken)}", file=sys.stderr)
-    return trained
+    return trained, taken
 
 
 def _python_rewards(trained: dict) -> bool:
@@ -275,9 +288,13 @@ def _problems_from_flags(args):
         raise AgroError(f"--max-problems must be ≥ 0 (0: all), got {args.max_problems}")
     for flag, key in (("temperature", "temperature"), ("top_p", "top_p"), ("format", "train_data_format"),
                       ("prompt_template", "prompt_template")):  # the config's bounds and choices
+        if getattr(args, flag) is None:
+            continue
         problem = out_of_bounds(key, getattr(args, flag))
         if problem:
             raise AgroError(f"--{flag.replace('_', '-')} {problem}")
+    if args.prompt_template is None:  # agro eval, neither flag nor agro.json: what the model's tokenizer takes
+        _model_template(args)
     if args.system_prompt is not None and args.prompt_template != "chat":
         raise AgroError(f"--system-prompt applies to --prompt-template chat only, got {args.prompt_template}")
     problems, _ = data.load_problems(args.data, format=args.format, template=args.prompt_template,
@@ -286,16 +303,45 @@ def _problems_from_flags(args):
     return problems[: args.max_problems] if args.max_problems else problems
 
 
+def _model_template(args) -> None:
+    """The chat template, with no added instruction, for a model whose tokenizer has one; else plain."""
+    from agro.models import has_chat_template
+
+    args.prompt_template = "chat" if has_chat_template(args.model, args.trust_remote_code) else "plain"
+    if args.prompt_template == "chat" and args.instruction is None:
+        args.instruction = ""
+
+
+def _eval_settings(args, taken: list[str]) -> str:
+    """The one line `agro eval` prints before it starts: how prompts are written, the length, reward and k, and
+    which of them agro.json gave."""
+    from agro.data import INSTRUCTION
+
+    instruction = (None if args.prompt_template == "raw" else "none" if args.instruction == ""
+                   else "\\boxed{} (default)" if args.instruction in (None, INSTRUCTION) else repr(args.instruction))
+    k = args.num_samples
+    parts = [f"prompt_template={args.prompt_template}", instruction and f"instruction={instruction}",
+             args.system_prompt is not None and f"system_prompt={args.system_prompt!r}",
+             f"max_completion_length={args.max_completion_length}", f"reward={args.reward}",
+             f"truncated_completions={args.truncated_completions}",
+             "k=1 (greedy)" if k == 1 else f"k={k} (temperature={args.temperature}, top_p={args.top_p})"]
+    line = "agro: eval with " + ", ".join(p for p in parts if p)
+    if taken:
+        line += f"; as the model was trained ({Path(args.model) / 'agro.json'}): " + ", ".join(
+            t.split("=", 1)[0] for t in taken)
+    return line
+
+
 def _run_eval(args) -> int:
     from agro.config import default_reward
 
-    trained = _trained_defaults(args, (*PROMPT_KEYS, "reward", "max_completion_length", "truncated_completions",
-                                       "reward_timeout"))
+    trained, taken = _trained_defaults(args, (*PROMPT_KEYS, "reward", "max_completion_length",
+                                              "truncated_completions", "reward_timeout"), EVAL_DEFAULTS)
     if args.reward is None and _python_rewards(trained):
         raise AgroError(f"{args.model}: trained with reward functions given in Python, which agro.json cannot name; "
                         "give --reward")
     args.reward = args.reward or default_reward(args.data)
-    problems = _problems_from_flags(args)  # before the heavy imports: a bad flag or record is reported at once
+    problems = _problems_from_flags(args)  # before the heavy imports (unless the template is the model's to say)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -307,6 +353,7 @@ def _run_eval(args) -> int:
 
     with open_scorer(args.reward, args.reward_timeout) as scorer:  # a bad reward spec fails before the model loads
         tokenizer, model = load_for_inference(args.model, args.dtype, args.device, args.trust_remote_code)
+        print(_eval_settings(args, taken), file=sys.stderr)  # once nothing is left to refuse
         torch.manual_seed(args.seed)
         generator = make_generator(args.backend, tokenizer, args.max_completion_length, args.temperature,
                                    args.top_p, args.batch_size, model_name_or_path=args.model)
@@ -373,7 +420,10 @@ def _run_generate(args) -> int:
         raise AgroError("--reward and --no-reward: choose one")
     keys = (*PROMPT_KEYS, "max_completion_length", "truncated_completions", "reward_timeout") + (
         () if args.no_reward else ("reward",))
-    trained = _trained_defaults(args, keys)  # without a trained reward: no scoring
+    trained, taken = _trained_defaults(args, keys)  # without a trained reward: no scoring
+    if taken:
+        print(f"agro: as the model was trained ({Path(args.model) / 'agro.json'}): {', '.join(taken)}",
+              file=sys.stderr)
     if args.reward is None and not args.no_reward and _python_rewards(trained):
         print(f"agro: {args.model} was trained with reward functions given in Python: records are not scored "
               "(give --reward to score them)", file=sys.stderr)

@@ -8,6 +8,7 @@ front, before anything is written, and every error names the file, line and key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -21,6 +22,9 @@ import yaml
 from agro.errors import AgroError
 from agro.gym import is_gym_source
 from agro.objective_table import OBJECTIVES
+from agro.trl_fields import translate
+
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 
 
 def _f(default, help: str, **kw):
@@ -134,16 +138,25 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
     lr_scheduler_type: str = _f("constant", "constant | linear | cosine")
     warmup_steps: int = _f(0, "linear warm-up steps")
-    max_steps: int = _f(100, "optimizer steps")
+    warmup_ratio: float = _f(0.0, "with warmup_steps 0: warm up for ⌈warmup_ratio × max_steps⌉ steps (TRL's)")
+    max_steps: int = _f(100, "optimizer steps (-1: num_train_epochs epochs, as TRL)")
+    num_train_epochs: float = _f(0.0, "with max_steps -1: max_steps = ⌈epochs × ⌈prompts ÷ prompts_per_step⌉ × "
+                                 "num_iterations⌉, counted when the data is loaded (TRL's; giving it alone sets "
+                                 "max_steps -1)")
     mini_batch_size: int = _f(64, "generations per forward/backward pass (gradient is exact over the step)")
     logprob_chunk_size: int = _f(1024, "positions per chunk of the vocabulary projection")
     max_nonfinite_steps: int = _f(3, "abort after this many consecutive steps with a non-finite loss/gradient")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     # run management
     output_dir: str = _f("runs/agro", "where config, metrics, checkpoints and final/ go")
+    overwrite_output_dir: bool = _f(False, "a run already in output_dir is replaced: its outputs (config, metrics, "
+                                    "checkpoints, final/) are removed first, other files stay (default: refused "
+                                    "unless resumed)")
     seed: int = _f(0, "seed of data order, sampling and initialisation")
     logging_steps: int = _f(1, "write metrics every N steps")
-    report_to: list[str] = _f(["tensorboard"], "tensorboard and/or wandb (when installed)")
+    report_to: list[str] = _f(["tensorboard"], "accelerate's trackers: " + " | ".join(TRACKERS) + "; all "
+                              "(those installed) | none")
+    run_name: str | None = _f(None, "the trackers' name for this run (wandb, trackio, mlflow...)")
     save_steps: int = _f(50, "checkpoint every N steps (0: only at the end)")
     save_total_limit: int = _f(2, "keep this many latest checkpoints")
     eval_data: str | None = _f(None, "held-out problem set for periodic evaluation (reasoning_gym:NAME: the held-out "
@@ -162,6 +175,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+_DATACLASS_INIT = TrainConfig.__init__
+
+
+@functools.wraps(_DATACLASS_INIT)
+def _init(self, **kwargs):
+    """TrainConfig(**kwargs) with TRL's GRPOConfig names too (agro.trl_fields); every unknown or unsupported
+    one is named in one AgroError."""
+    _DATACLASS_INIT(self, **_translate(kwargs, {}, "AGROConfig"))
+
+
+TrainConfig.__init__ = _init
 AGROConfig = TrainConfig  # its public name: `from agro import AGROConfig`
 
 
@@ -187,14 +211,15 @@ CHOICES = {
     "cache_implementation": ("dynamic", "static"),
     "lr_scheduler_type": ("constant", "linear", "cosine"),
 }
-POSITIVE = ("beta", "learning_rate", "max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length",
+POSITIVE = ("learning_rate", "prompts_per_step", "max_prompt_length", "max_completion_length",
             "temperature", "generation_batch_size", "mini_batch_size", "logprob_chunk_size", "reward_timeout",
             "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps",
             "num_iterations", "actor_threads")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
-                "eval_steps", "eval_max_problems", "num_threads", "epsilon_high", "asymre_delta", "max_staleness")
-UNIT_INTERVAL = {"top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]", "epsilon": "[0, 1)"}
+                "eval_steps", "eval_max_problems", "num_threads", "epsilon_high", "asymre_delta", "max_staleness",
+                "num_train_epochs")
+UNIT_INTERVAL = {"warmup_ratio": "[0, 1]", "top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]", "epsilon": "[0, 1)"}
 
 
 def out_of_bounds(key: str, value) -> str | None:
@@ -215,6 +240,32 @@ def out_of_bounds(key: str, value) -> str | None:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in FIELDS.values()}
+
+
+def _translate(values: dict, where: dict[str, str], whole: str) -> dict:
+    """TRL's names onto agro's keys (agro.trl_fields); one AgroError names every unknown or refused key, each
+    with what to use instead. `where`: each key's 'file:line'; `whole`: the config's name."""
+    out, problems = translate(values, DEFAULTS)
+    if len(problems) == 1:
+        key, message = problems[0]
+        raise AgroError(f"{where.get(key, whole)}: {message}")
+    if problems:
+        raise AgroError(f"{whole}: {len(problems)} unsupported keys: "
+                        + " ".join(f"({i}) {where[key] + ': ' if key in where else ''}{message}"
+                                   for i, (key, message) in enumerate(problems, 1)))
+    return out
+
+
+def resolve_steps(config: TrainConfig, prompts: int) -> None:
+    """TRL's max_steps -1 (num_train_epochs over `prompts` training prompts) and warmup_ratio, as steps: called
+    once the data is loaded, before the scheduler is built."""
+    if config.max_steps == -1:
+        per_epoch = math.ceil(prompts / config.prompts_per_step) * config.num_iterations
+        config.max_steps = max(1, math.ceil(config.num_train_epochs * per_epoch))
+    if config.warmup_ratio and not config.warmup_steps:
+        config.warmup_steps = math.ceil(config.warmup_ratio * config.max_steps)
 
 
 def _coerce(name: str, value, where: str):
@@ -296,10 +347,16 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
         problem = out_of_bounds(key, getattr(config, key))
         if problem:
             fail(key, problem)
-    for key in ("report_to",):
-        bad = [v for v in getattr(config, key) if v not in ("tensorboard", "wandb", "none")]
-        if bad:
-            fail(key, f"unknown logger {bad[0]!r}; choose tensorboard, wandb or none")
+    bad = [v for v in config.report_to if v not in (*TRACKERS, "all", "none")]
+    if bad:
+        fail("report_to", f"unknown tracker {bad[0]!r}; choose from {', '.join(TRACKERS)}, all or none")
+    if config.beta < 0 or (config.beta == 0 and config.objective != "grpo"):
+        fail("beta", f"must be > 0 for objective '{config.objective}', got {config.beta} (0, no KL term, is "
+                     "allowed for objective grpo)" if config.objective != "grpo" else f"must be ≥ 0, got {config.beta}")
+    if config.max_steps == -1 and not config.num_train_epochs:
+        fail("max_steps", "is -1 (train num_train_epochs epochs) but num_train_epochs is 0")
+    if config.max_steps != -1 and config.max_steps <= 0:
+        fail("max_steps", f"must be > 0 (or -1 with num_train_epochs), got {config.max_steps}")
     if config.bf16 and config.torch_dtype == "float16":
         fail("bf16", "bfloat16 autocast over float16 weights; use torch_dtype float32 (or bfloat16)")
     per_group = config.num_generations + config.offline_per_group + config.replay_per_group
@@ -340,7 +397,7 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
         fail("baseline", "applies to objective agro only")
     if config.objective == "rloo" and config.agro_loss_type != "sum":
         fail("agro_loss_type", "applies to objective agro only")
-    if config.objective != "grpo" and config.loss_type != "grpo":
+    if config.objective != "grpo" and config.loss_type not in ("grpo", "dapo"):  # agro's default, TRL's
         fail("loss_type", f"applies to objective grpo only (objective is '{config.objective}'; AGRO's loss scale is "
                           "agro_loss_type)")
     if config.reward_weights is not None and len(config.reward_weights) != reward_count:
@@ -402,14 +459,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             values[key] = raw
         where[key] = f"--set {key}"
     _drop_other_tasks_kwargs(values, where, file_values)
-    kwargs = {}
-    for key, value in values.items():
-        loc = where.get(key, "config")
-        if key not in FIELDS:
-            close = [f for f in FIELDS if f.startswith(str(key)[:4])]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise AgroError(f"{loc}: unknown key '{key}'{hint}")
-        kwargs[key] = _coerce(key, value, loc)
+    values = _translate(values, where, path or "config")
+    kwargs = {key: _coerce(key, value, where.get(key, "config")) for key, value in values.items()}
     config = TrainConfig(**kwargs)
     _validate(config, where)
     return config

@@ -4,6 +4,7 @@
     mean@k   = fraction of correct samples over all k samples of all problems
     accuracy = greedy accuracy (k = 1), mean@k otherwise
     by_category: per category, greedy accuracy (k = 1) or pass@k
+    samples: per problem, its gold answer, its reasoning-gym task entry (`entry`), completions and rewards
 
 A sample is correct when its reward is above 0.5 (the built-in rewards are 0 or 1). A completion cut at
 the length limit scores 0 unless truncated_completions is "keep", as in training (`agro.rewards.answers`).
@@ -73,11 +74,18 @@ def evaluate(model, tokenizer, problems: list[Problem], scorer: RewardScorer | W
         "truncated": sum(cut) / max(1, len(cut)),
         "by_category": {cat: sum(v) / len(v) for cat, v in sorted(by_category.items())},
         "samples": [
-            {"id": p.id, "key": prompt_key(p.prompt), "category": p.category, "answer": p.answer,
+            {"id": p.id, "key": prompt_key(p.prompt), "category": p.category, **gold_answer(p.answer),
              "completions": texts[i * k : (i + 1) * k], "rewards": per_problem[i], "truncated": cut[i * k : (i + 1) * k]}
             for i, p in enumerate(problems)
         ],
     }
+
+
+def gold_answer(answer: str | None) -> dict:
+    """A sample's `answer` (the gold answer) and `entry` (the reasoning-gym task entry the problem carries, whose
+    verifier scores it; None for other data): the encoded entry is the reward's input, not an answer to read."""
+    entry = gym.decode_answer(answer)
+    return {"answer": entry["answer"], "entry": entry} if entry else {"answer": answer, "entry": None}
 
 
 def load_eval_problems(config: TrainConfig) -> list[Problem]:

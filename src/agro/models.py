@@ -6,6 +6,9 @@ Where from: a built-in name, a `.gguf` file, or a model directory / hub id as it
     resolve_model("path/to/model.gguf")     -> that file, converted once
     resolve_model(anything else)            -> unchanged (transformers loads it)
 
+A name that is neither an existing path nor a hub id is refused at once, with the built-in name suggested
+for a near miss ("SmolLM2-135M-Instruct"): no hub look-up and time-out.
+
 Conversion reads the GGUF with transformers (the `gguf` package dequantises it to float32), rebuilds the
 model from its config without the GGUF quantisation flag (which `save_pretrained` refuses), and writes an
 ordinary folder: safetensors weights, tokenizer and chat template. It goes to the cache
@@ -19,10 +22,12 @@ runs arbitrary code), the checkpointed policy, LoRA merged for saving, bf16 auto
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -62,7 +67,8 @@ def builtin_gguf(name: str) -> Path:
 
 
 def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> str:
-    """A local model folder for a built-in name or a `.gguf` file (converted on first use); else the input."""
+    """A local model folder for a built-in name or a `.gguf` file (converted on first use); else the input,
+    once `check_name` has found it could be a model."""
     name = str(name_or_path)
     if name in BUILTIN:
         source = builtin_gguf(name)
@@ -71,8 +77,32 @@ def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> str:
         if not source.is_file():
             raise AgroError(f"{name}: GGUF file not found")
     else:
+        check_name(name)
         return name
     return str(converted(source, name if name in BUILTIN else source.stem, cache_dir or cache_root()))
+
+
+HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")  # huggingface_hub's repo id: [org/]name
+
+
+def check_name(name: str) -> None:
+    """Refuse, before any hub look-up, a name that is neither an existing path nor a hub id: a near miss of a
+    built-in name (ignoring case; a hub name has an org/ part, so none is taken for one) gets the built-in
+    suggested; any other is a path that does not exist, as is an org/name whose org is a local folder."""
+    if Path(name).expanduser().exists():
+        return
+    near = difflib.get_close_matches(name.lower(), BUILTIN, n=1, cutoff=0.7)
+    if near and "/" not in name:
+        raise AgroError(f"model {name!r}: no such file or folder, and not a built-in name; did you mean "
+                        f"{near[0]!r}? (a hub model is named org/name)")
+    hub_like = HUB_ID.match(name) and not name.startswith((".", "-")) and ".." not in name and "--" not in name
+    if not hub_like or ("/" in name and Path(name.split("/")[0]).is_dir()):
+        raise AgroError(f"{name}: model path does not exist")
+
+
+def has_chat_template(name_or_path: str, trust_remote_code: bool = False) -> bool:
+    """Whether the model's tokenizer has a chat template (a built-in name: its converted folder's)."""
+    return load_tokenizer(name_or_path, trust_remote_code).chat_template is not None
 
 
 def converted(source: Path, label: str, root: Path) -> Path:

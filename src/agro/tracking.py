@@ -1,4 +1,4 @@
-"""Metrics: metrics.jsonl, and TensorBoard / wandb through accelerate's trackers (`report_to`).
+"""Metrics: metrics.jsonl, and accelerate's trackers (TensorBoard, wandb, trackio...: `report_to`).
 
 metrics.jsonl is our own writer, not a tracker: it is the run's record that `agro demo`, the study and the
 tests read line by line, and on resume it is cut back to the checkpoint's step (`discard_after`), which no
@@ -13,25 +13,34 @@ import os
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
-from accelerate.tracking import TensorBoardTracker, WandBTracker
-from accelerate.utils import is_wandb_available
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, TensorBoardTracker, WandBTracker, get_available_trackers
 from tqdm.auto import tqdm
 
-from agro.config import TrainConfig
+from agro.config import TRACKERS, TrainConfig
+
+RUN_NAME_KEY = {"wandb": "name", "trackio": "name", "mlflow": "run_name"}  # each tracker's name for run_name
 
 
 def trackers(config: TrainConfig, output_dir: Path) -> list:
-    """accelerate trackers for `report_to`: TensorBoard in output_dir/tensorboard, wandb (project "agro")
-    in output_dir/wandb when wandb is installed. For `Accelerator(log_with=...)`; none starts before
-    `MetricsLog` opens."""
+    """accelerate trackers for `report_to`: TensorBoard in output_dir/tensorboard, wandb (project "agro") in
+    output_dir/wandb, the others by accelerate's defaults; "all": every one installed. A tracker that is not
+    installed is skipped with a warning. For `Accelerator(log_with=...)`; none starts before `MetricsLog` opens."""
+    available = {str(t) for t in get_available_trackers()} | {"tensorboard"}
+    names = [n for n in TRACKERS if n in available] if "all" in config.report_to else \
+        [n for n in dict.fromkeys(config.report_to) if n != "none"]
     out = []
-    if "tensorboard" in config.report_to:
-        out.append(TensorBoardTracker("tensorboard", output_dir))
-    if "wandb" in config.report_to:
-        if is_wandb_available():
-            out.append(WandBTracker("agro", dir=str(output_dir), config=config.to_dict()))
-        elif PartialState().is_main_process:
-            tqdm.write("agro: report_to includes wandb but wandb is not installed; skipping it")
+    for name in names:
+        if name not in available:
+            if PartialState().is_main_process:
+                tqdm.write(f"agro: report_to includes {name} but {name} is not installed; skipping it")
+            continue
+        named = {RUN_NAME_KEY[name]: config.run_name} if config.run_name and name in RUN_NAME_KEY else {}
+        if name == "tensorboard":
+            out.append(TensorBoardTracker("tensorboard", output_dir))
+        elif name == "wandb":
+            out.append(WandBTracker("agro", dir=str(output_dir), config=config.to_dict(), **named))
+        else:
+            out.append(LOGGER_TYPE_TO_CLASS[name]("agro", **named))
     return out
 
 

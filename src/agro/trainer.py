@@ -52,7 +52,7 @@ class Trainer:
         """`inputs`: what was given as Python objects (`agro.AGROTrainer`); the rest is loaded from `config`."""
         self.config = c = config
         self.output_dir = Path(config.output_dir)
-        checkpoint.check_output_dir(self.output_dir, resume)
+        checkpoint.check_output_dir(self.output_dir, resume, c.overwrite_output_dir)
         self.accelerator = Accelerator(log_with=tracking.trackers(config, self.output_dir) or None)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         if c.num_threads:
@@ -185,6 +185,8 @@ class Trainer:
         """Run to `max_steps`; returns the last step's metrics (and the final evaluation if any)."""
         c, acc = self.config, self.accelerator
         main = acc.is_main_process
+        if main and c.overwrite_output_dir and not self.resumed:  # the previous run's outputs, nothing else
+            checkpoint.clear_run(self.output_dir)
         # what this run creates: removed again if it stops before finishing a step, so that the corrected
         # rerun is not refused as a run to resume (what was there before is never touched)
         created = [p for p in (self.output_dir, *(self.output_dir / n for n in ("config.yaml", "metrics.jsonl",

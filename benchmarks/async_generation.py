@@ -23,14 +23,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from throughput import REWARD, build_assets, wait_passively  # noqa: E402
+from common import REWARD, build_assets, wait_passively
 
 FULL = dict(size="11M", prompts_per_step=8, num_generations=8, prompt_length=32, completion_length=128,
             warmup=2, steps=6, rounds=3)

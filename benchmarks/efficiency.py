@@ -92,35 +92,35 @@ def load_task(name: str):
     return get_task(name)
 
 
-def prepare_seed(spec: dict) -> dict:
+def prepare_job(spec: dict) -> dict:
     """π_ref (built and cached when missing), the problems and, when `spec["offline_per_prompt"]`, π_ref's
     offline records of one seed, in a worker process: the paths and facts the seed's runs need."""
     import torch
 
-    from agro.demo import greedy_accuracy, write_offline, write_task_data
+    from agro.tasks.harness import greedy_accuracy, prepare_seed, write_offline
 
     torch.set_num_threads(spec["threads"])
     task, seed = load_task(spec["task"]), spec["seed"]
     settings = task.Settings()
     if spec["warmup_steps"] is not None:
         settings = replace(settings, train_steps=spec["warmup_steps"])
-    ref_model, tokenizer, ref_path = task.load_or_build_reference_policy(spec["cache_dir"], seed, settings, 0)
     data_dir = Path(spec["out"]) / f"seed{seed}"
-    train, heldout = write_task_data(data_dir, seed, task, settings, spec["train_problems"], spec["heldout"])
-    max_len = task.max_completion_tokens(settings)
-    prep = {"seed": seed, "ref_path": str(ref_path), "train": str(data_dir / "train.jsonl"),
-            "heldout": str(data_dir / "heldout.jsonl"), "max_len": max_len,
+    base = prepare_seed(task, settings, seed, spec["cache_dir"], data_dir, spec["train_problems"], spec["heldout"])
+    prep = {"seed": seed, "ref_path": str(base["ref_path"]), "train": str(data_dir / "train.jsonl"),
+            "heldout": str(data_dir / "heldout.jsonl"), "max_len": base["max_len"],
             "max_prompt_len": task.max_prompt_tokens(settings), "reward": task.REWARD,
             "offline": None, "offline_records": 0, "offline_distinct": 0}
     if per_prompt := spec["offline_per_prompt"]:
         path = data_dir / f"offline_pi_ref_{per_prompt}.jsonl"
         if not path.exists():
-            write_offline(ref_model, tokenizer, train, path, "pi_ref", per_prompt, max_len, seed, reward=task.REWARD)
+            write_offline(task.REWARD, base["ref_model"], base["tokenizer"], base["train"], per_prompt, base["max_len"],
+                          seed, path, "pi_ref")
         records = [json.loads(line) for line in path.read_text().splitlines()]
         prep["offline"] = str(path)
         prep["offline_records"] = len(records)  # π_ref's generations; the trainer drops repeated ones
         prep["offline_distinct"] = len({(r["prompt"], r["completion"]) for r in records})
-    prep["reference_accuracy"] = greedy_accuracy(ref_model, tokenizer, heldout, max_len, reward=task.REWARD)
+    prep["reference_accuracy"] = greedy_accuracy(task.REWARD, base["ref_model"], base["tokenizer"], base["heldout"],
+                                                 base["max_len"])
     return prep
 
 
@@ -213,8 +213,8 @@ def run_trl(method: str, prep: dict, job: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from agro.data import load_problems
-    from agro.demo import greedy_accuracy
     from agro.rewards.functions import load_reward_function
+    from agro.tasks.harness import greedy_accuracy
 
     iterations = TRL_ITERATIONS[method]
     g = job["group_size"]
@@ -250,7 +250,7 @@ def run_trl(method: str, prep: dict, job: dict) -> dict:
             model = trainer.model
             was_training = model.training
             model.eval()
-            accuracy = greedy_accuracy(model, tokenizer, heldout, prep["max_len"], reward=prep["reward"])
+            accuracy = greedy_accuracy(prep["reward"], model, tokenizer, heldout, prep["max_len"])
             model.train(was_training)
             seconds = 0.0 if step == 0 else t0 - self.start - self.eval_seconds
             curve.append([step, counter["fresh"], round(seconds, 3), accuracy])
@@ -366,7 +366,7 @@ def summarise(runs: list[dict], target_fraction: float) -> dict:
 
 
 def goal_check(summary: dict) -> list[str]:
-    """Issue 17's goal, per AGRO reuse setting: fresh generations to target ≤ 0.5× GRPO's and fewer than TRL's
+    """The goal, per AGRO reuse setting: fresh generations to target ≤ 0.5× GRPO's and fewer than TRL's
     GRPOTrainer at num_iterations=4, at a final accuracy ≥ GRPO's − 0.02 (means over seeds)."""
     m = summary["methods"]
     grpo, trl4 = m.get("grpo"), m.get("trl_grpo_num_iterations_4")
@@ -574,7 +574,7 @@ def main(argv=None) -> None:
                                  max_tasks_per_child=1) as pool:
             # each seed's preparation (π_ref, built once and cached, its problems, its offline records) runs in
             # the pool too; its runs are queued as soon as it is done, grpo first (the target needs it)
-            pending = {pool.submit(prepare_seed, {
+            pending = {pool.submit(prepare_job, {
                 "task": args.task, "seed": seed, "warmup_steps": args.warmup_steps, "cache_dir": str(args.cache_dir),
                 "out": str(args.out), "train_problems": args.train_problems, "heldout": args.heldout,
                 "threads": args.threads,

@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from throughput import SIZES, sweep  # the same models
+from common import SIZES, sweep
 
 from agro.generators import HFGenerator
 from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer

@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from common import CONFIG, wait_passively
 
 
 def main() -> None:
-    if "OMP_WAIT_POLICY" not in os.environ:  # as benchmarks/throughput.py: sleeping OpenMP threads on shared cores
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    wait_passively()  # sleeping OpenMP threads on shared cores
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "smollm2-135m-cpu.yaml")
+    p.add_argument("--config", type=Path, default=CONFIG)
     p.add_argument("--model", help="instead of the config's model_name_or_path")
     p.add_argument("--repeats", type=int, default=2)
     a = p.parse_args()

@@ -1,4 +1,4 @@
-"""The study of issue 30: AGRO against GRPO, KL-PG and TOPR on SmolLM2-135M-Instruct, on-policy, stale and offline.
+"""The SmolLM2 study: AGRO against GRPO, KL-PG and TOPR on SmolLM2-135M-Instruct, on-policy, stale and offline.
 
     python benchmarks/real_model.py --methods pi_ref,agro,grpo --seeds 0,1 --max-steps 20 --task chain_sum_2 \
         --out docs/real_model/cells.jsonl
@@ -48,7 +48,7 @@ where it stopped. Runs go under --runs; their checkpoints and models are deleted
 (--keep-models keeps final/).
 
 The task screen (which task gives the methods room) is benchmarks/real_model_screen.py; --task takes its
-task names (`TASKS`). docs/real_model.md reports both.
+task names (`common.TASKS`). docs/real_model.md reports both.
 """
 
 from __future__ import annotations
@@ -64,13 +64,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CONFIG, TASKS, agro_cli, append, done_cells
 
-from real_model_screen import TASKS, append, done_cells  # noqa: E402
-from real_model_screen import agro as agro_cli  # noqa: E402  (`agro_cli(*argv)`: the agro command, checked)
-
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "smollm2-135m-cpu.yaml"
 STALENESS = 4
 # method -> (regime, the config keys it sets); every other key is the base config's
 METHODS: dict[str, tuple[str, dict]] = {
@@ -208,32 +203,21 @@ def evaluate_reference(c) -> dict:
 
 def kl_to_reference(c, model_dir: Path, samples: int, seed: int) -> dict:
     """KL(π ‖ π_ref) of a trained model: the mean of Σ_t (log π − log π_ref) over samples of π (temperature 1)
-    of the first `samples` held-out prompts, and its standard error."""
+    of the first `samples` held-out prompts, one each (`agro.tasks.harness.kl_terms`), and its standard error."""
     import torch
 
     from agro.evaluate import load_eval_problems
-    from agro.generators import HFGenerator
-    from agro.logprobs import completion_logprobs
     from agro.models import load_for_inference
-    from agro.tokens import collate, encode_prompt
+    from agro.tasks.harness import kl_terms
 
     if c.num_threads:
         torch.set_num_threads(c.num_threads)
     tokenizer, policy = load_for_inference(str(model_dir), c.torch_dtype)
     _, reference = load_for_inference(c.model_name_or_path, c.torch_dtype)
-    prompts = [encode_prompt(tokenizer, p.prompt) for p in load_eval_problems(c)[:samples]]
+    problems = load_eval_problems(c)[:samples]
     torch.manual_seed(seed)
-    completions = HFGenerator(tokenizer, c.max_completion_length, 1.0, 1.0, c.generation_batch_size).generate(
-        policy, prompts, 1)
-    deltas = []
-    device = next(policy.parameters()).device
-    with torch.inference_mode():
-        for start in range(0, len(prompts), 16):
-            rows = slice(start, start + 16)
-            batch = collate(prompts[rows], completions[rows], tokenizer.pad_token_id, device)
-            mine, ref = (completion_logprobs(m, batch.input_ids, batch.attention_mask, batch.num_completion_tokens,
-                                             c.logprob_chunk_size).float() for m in (policy, reference))
-            deltas += ((mine - ref) * batch.completion_mask).sum(-1).tolist()
+    deltas = kl_terms(policy, reference, tokenizer, problems, c.max_completion_length, 1, c.generation_batch_size,
+                      batch_size=16, chunk_size=c.logprob_chunk_size).tolist()
     mean = sum(deltas) / len(deltas)
     se = math.sqrt(sum((d - mean) ** 2 for d in deltas) / max(1, len(deltas) - 1) / len(deltas))
     return {"kl": mean, "kl_se": se, "kl_samples": len(deltas)}

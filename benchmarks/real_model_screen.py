@@ -23,47 +23,12 @@ import argparse
 import json
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "smollm2-135m-cpu.yaml"
-# the tasks screened: name -> (reasoning-gym task, its difficulty settings)
-TASKS = {
-    "chain_sum": ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
-    "chain_sum_2": ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
-    "products": ("products", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
-    "basic_arithmetic": ("basic_arithmetic", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
-    "basic_arithmetic_1": ("basic_arithmetic", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
-                                                "operators": ["+", "-", "*"]}),
-    "lcm": ("lcm", {"min_value": 1, "max_value": 20}),
-    "gcd": ("gcd", {"min_value": 1, "max_value": 50}),
-    "gcd_20": ("gcd", {"min_value": 1, "max_value": 20}),
-    "simple_equations": ("simple_equations", {"min_terms": 2, "max_terms": 2, "min_value": 1, "max_value": 20}),
-    "leg_counting": ("leg_counting", {"min_animals": 1, "max_animals": 2, "min_instances": 1, "max_instances": 3}),
-    "count_bits": ("count_bits", {"min_n": 1, "max_n": 255}),
-}
-
-
-def done_cells(out: Path) -> set[str]:
-    if not out.exists():
-        return set()
-    return {json.loads(line)["cell"] for line in out.read_text().splitlines() if line.strip()}
-
-
-def append(out: Path, row: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps({k: v for k, v in row.items() if k not in ("curve", "examples")}), flush=True)
-
-
-def agro(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "agro.cli", *args], check=True)
+from common import CONFIG, TASKS, agro_cli, append, done_cells
 
 
 def data_kwargs(task: str, size: int, seed: int) -> str:
@@ -89,9 +54,9 @@ def reference(args, config: dict, out: Path) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "eval.json"
                 start = time.time()
-                agro("eval", *common, "--data", f"reasoning_gym:{TASKS[task][0]}", "--data-kwargs",
-                     data_kwargs(task, args.problems, 1), "--num-samples", str(k), "--temperature", str(temperature),
-                     "--out", str(path))
+                agro_cli("eval", *common, "--data", f"reasoning_gym:{TASKS[task][0]}", "--data-kwargs",
+                         data_kwargs(task, args.problems, 1), "--num-samples", str(k), "--temperature",
+                         str(temperature), "--out", str(path))
                 result = json.loads(path.read_text())
             rewards = [s["rewards"] for s in result["samples"]]
             row = {"cell": cell, "task": task, "setting": name, "temperature": temperature, "k": k,
@@ -115,13 +80,13 @@ def train(args, out: Path) -> None:
                 if run_dir.exists():  # an interrupted cell: start it again
                     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
                 start = time.time()
-                agro("train", str(args.config), "--set", f"train_data=reasoning_gym:{TASKS[task][0]}",
-                     "--set", f"train_data_kwargs={data_kwargs(task, 1000, seed)}",
-                     "--set", f"eval_data=reasoning_gym:{TASKS[task][0]}",
-                     "--set", f"eval_data_kwargs={data_kwargs(task, args.problems, 1)}",
-                     "--set", f"truncated_completions={rule}", "--set", f"seed={seed}",
-                     "--set", f"max_steps={args.max_steps}", "--set", f"output_dir={run_dir}",
-                     *(["--set", f"model_name_or_path={args.model}"] if args.model else []))
+                agro_cli("train", str(args.config), "--set", f"train_data=reasoning_gym:{TASKS[task][0]}",
+                         "--set", f"train_data_kwargs={data_kwargs(task, 1000, seed)}",
+                         "--set", f"eval_data=reasoning_gym:{TASKS[task][0]}",
+                         "--set", f"eval_data_kwargs={data_kwargs(task, args.problems, 1)}",
+                         "--set", f"truncated_completions={rule}", "--set", f"seed={seed}",
+                         "--set", f"max_steps={args.max_steps}", "--set", f"output_dir={run_dir}",
+                         *(["--set", f"model_name_or_path={args.model}"] if args.model else []))
                 rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
                 curve = [[r["step"], r["eval/accuracy"]] for r in rows if "eval/accuracy" in r]
                 steps = [r for r in rows if "time_step" in r]

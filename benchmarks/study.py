@@ -35,139 +35,37 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from common import DEFAULT_REGIMES, METHODS, REGIMES, run_one
 
-from agro.config import load_config
-from agro.demo import demo_config_path, greedy_accuracy, task_overrides, write_offline, write_task_data
-from agro.generators import HFGenerator
-from agro.logprobs import completion_logprobs
-from agro.objectives import OBJECTIVES
 from agro.tasks import TASK_NAMES, get_task
-from agro.tokens import collate, encode_prompt
-from agro.trainer import Trainer
-
-METHODS = ("agro", "agro_behavior", "agro_taper_ref", "agro_untapered", *(m for m in OBJECTIVES if m != "agro"))  # + AGRO variants
-METHOD_SETTINGS = {"agro_taper_ref": ["objective=agro", "taper=ref"], "agro_untapered": ["objective=agro", "taper=none"],
-                   "agro_behavior": ["objective=agro", "taper=behavior"]}
-REGIMES = ("on_policy", "offline_ref", "offline_weak", "offline_strong", "offline_plus_one", "mixed", "stale",
-           "async_1", "async_2", "async_4")
-DEFAULT_REGIMES = REGIMES[:7]  # the async regimes run on request (--regimes): each run is two processes
-OFFLINE_SOURCE = {"offline_ref": "ref", "offline_weak": "weak", "offline_strong": "strong", "mixed": "ref",
-                  "offline_plus_one": "ref"}
+from agro.tasks.harness import greedy_accuracy, prepare_seed, write_offline
 
 
-def regime_settings(regime: str, offline: dict[str, Path], staleness: int, offline_samples: int) -> list[str]:
-    if regime == "on_policy":
-        return ["num_generations=8", "offline_per_group=0"]
-    if regime.startswith("async_"):  # on_policy, sampled by the actor process up to k updates behind
-        return ["num_generations=8", "offline_per_group=0", "async_generation=true",
-                f"max_staleness={regime.removeprefix('async_')}", "actor_threads=1"]
-    if regime == "stale":
-        return ["num_generations=4", "offline_per_group=0", "replay_per_group=4", f"replay_max_staleness={staleness}"]
-    path = offline[OFFLINE_SOURCE[regime]]
-    if regime == "mixed":
-        return ["num_generations=4", f"offline_data={path}", "offline_per_group=4"]
-    if regime == "offline_plus_one":
-        return ["num_generations=1", f"offline_data={path}", f"offline_per_group={offline_samples}"]
-    return ["num_generations=0", f"offline_data={path}", f"offline_per_group={offline_samples}"]
-
-
-@torch.no_grad()
-def kl_to_reference(model, ref_model, tokenizer, problems, max_len: int, samples: int = 4) -> float:
-    """Monte-Carlo KL(π‖π_ref) on held-out prompts: mean of Σ_t log π/π_ref over samples of π."""
-    prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
-    completions = HFGenerator(tokenizer, max_len, batch_size=512).generate(model, prompts, samples)
-    owners = [prompts[i // samples] for i in range(len(completions))]
-    batch = collate(owners, completions, tokenizer.pad_token_id)
-    mask = batch.completion_mask
-    lp = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
-    ref = completion_logprobs(ref_model, batch.input_ids, batch.attention_mask, batch.num_completion_tokens)
-    return float(((lp - ref) * mask).sum(-1).mean())
-
-
-@torch.no_grad()
-def share_on_data(model, tokenizer, offline_path: Path, max_len: int, samples: int = 4) -> float:
-    """Fraction of π's samples, on the offline set's prompts, that are completions the offline set holds.
-
-    The offline objective only sees those completions; mass that leaves them is not measured by it.
-    """
-    records = [json.loads(line) for line in offline_path.read_text().splitlines()]
-    support: dict[str, set[str]] = {}
-    for r in records:
-        support.setdefault(r["prompt"], set()).add(r["completion"])
-    prompts = sorted(support)
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    completions = HFGenerator(tokenizer, max_len, batch_size=512).generate(model, encoded, samples)
-    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-    return sum(t in support[prompts[i // samples]] for i, t in enumerate(texts)) / len(texts)
-
-
-def prepare_seed(root: Path, seed: int, task, settings, cache: Path, args) -> dict:
-    """π_ref, the weaker/stronger data policies, the problems and the offline sets of one seed of a task module."""
-    ref_model, tokenizer, ref_path = task.load_or_build_reference_policy(cache, seed, settings)
+def prepare(root: Path, seed: int, task, settings, cache: Path, args) -> dict:
+    """The seed's π_ref and problems (`agro.tasks.harness.prepare_seed`), its weaker and stronger data policies,
+    the offline sets of all three and their held-out accuracies."""
+    prep = prepare_seed(task, settings, seed, cache, root / f"seed{seed}", args.train_problems, args.heldout)
     weak_settings = replace(settings, train_steps=settings.train_steps // 2)
     strong_settings = replace(settings, error_rate=args.strong_error_rate)
     weak_model, _, _ = task.load_or_build_reference_policy(cache, seed, weak_settings)
     strong_model, _, _ = task.load_or_build_reference_policy(cache, seed, strong_settings)
-    data_dir = root / f"seed{seed}"
-    train, heldout = write_task_data(data_dir, seed, task, settings, args.train_problems, args.heldout)
-    max_len = task.max_completion_tokens(settings)
-    offline = {}
-    for name, model in (("ref", ref_model), ("weak", weak_model), ("strong", strong_model)):
-        path = data_dir / f"offline_{name}.jsonl"
+    policies = {"ref": prep["ref_model"], "weak": weak_model, "strong": strong_model}
+    prep["offline"] = {}
+    for name, model in policies.items():
+        path = prep["data_dir"] / f"offline_{name}.jsonl"
         if not path.exists():
-            write_offline(model, tokenizer, train, path, name, args.offline_samples, max_len, seed, task.REWARD)
-        offline[name] = path
-    return {"task": task, "settings": settings, "ref_model": ref_model, "ref_path": ref_path,
-            "tokenizer": tokenizer, "data_dir": data_dir, "heldout": heldout, "offline": offline, "max_len": max_len,
-            "ref_accuracy": greedy_accuracy(ref_model, tokenizer, heldout, max_len, task.REWARD),
-            "weak_accuracy": greedy_accuracy(weak_model, tokenizer, heldout, max_len, task.REWARD),
-            "strong_accuracy": greedy_accuracy(strong_model, tokenizer, heldout, max_len, task.REWARD)}
-
-
-def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) -> dict:
-    run_dir = out / "runs" / f"{regime}-{method}-seed{seed}"
-    settings = [f"model_name_or_path={prep['ref_path']}", f"train_data={prep['data_dir'] / 'train.jsonl'}",
-                f"output_dir={run_dir}", *task_overrides(prep["task"], prep["settings"]), f"seed={seed}",
-                *METHOD_SETTINGS.get(method, [f"objective={method}"]), f"max_steps={args.steps}", f"prompts_per_step={args.prompts_per_step}",
-                f"eval_data={prep['data_dir'] / 'heldout.jsonl'}", f"eval_steps={args.eval_every}",
-                "report_to=none", "save_total_limit=1", "logging_steps=1",
-                f"num_threads={args.threads}"]
-    settings += regime_settings(regime, prep["offline"], args.staleness, args.offline_samples)
-    settings += [f"learning_rate={args.learning_rate}", f"beta={args.beta}"]
-    config = load_config(demo_config_path(), settings)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run of this study, not in runs.jsonl
-    start = time.perf_counter()
-    Trainer(config).train()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    used, curve = 0, []
-    for r in rows:  # a step's evaluation follows its update and is logged in the step's row
-        used += int(r.get("num_generations", 0))
-        if "eval/accuracy" in r:
-            curve.append([used, r["eval/accuracy"]])
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
-    return {
-        "method": method, "regime": regime, "seed": seed,
-        "accuracy": greedy_accuracy(model, prep["tokenizer"], prep["heldout"], prep["max_len"], prep["task"].REWARD),
-        "reference_accuracy": prep["ref_accuracy"],
-        "kl_to_reference": kl_to_reference(model, prep["ref_model"], prep["tokenizer"], prep["heldout"],
-                                           prep["max_len"]),
-        "generations_used": used,
-        "curve": curve,
-        "fresh_generations": int(sum(r.get("count/on_policy", 0) for r in rows)),
-        "share_on_data": (share_on_data(model, prep["tokenizer"], prep["offline"][OFFLINE_SOURCE[regime]],
-                                         prep["max_len"])
-                          if regime in OFFLINE_SOURCE else None),
-        "seconds": time.perf_counter() - start,
-    }
+            write_offline(task.REWARD, model, prep["tokenizer"], prep["train"], args.offline_samples, prep["max_len"],
+                          seed, path, name)
+        prep["offline"][name] = path
+    for name, model in policies.items():
+        prep[f"{name}_accuracy"] = greedy_accuracy(task.REWARD, model, prep["tokenizer"], prep["heldout"],
+                                                   prep["max_len"])
+    return prep
 
 
 def summarise(runs: list[dict], out: Path, command: str) -> None:
@@ -278,8 +176,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         keys = {(r["method"], r["regime"], r["seed"]) for r in done}
         for seed in args.seeds:
-            prep = prepare_seed(args.out, seed, task, task.Settings(train_steps=args.warmup_steps), args.cache_dir,
-                                args)
+            prep = prepare(args.out, seed, task, task.Settings(train_steps=args.warmup_steps), args.cache_dir, args)
             print(json.dumps({k: prep[k] for k in ("ref_accuracy", "weak_accuracy", "strong_accuracy")}), flush=True)
             for regime in args.regimes:
                 for method in args.methods:

@@ -1,5 +1,5 @@
-"""Screen a built-in task against issue #17's criteria: π_ref's greedy accuracy and pass@16, and one on-policy
-GRPO run at the study's settings (benchmarks/study.py run_one, without the study's weak/strong builds).
+"""Screen a built-in task: π_ref's greedy accuracy and pass@16, and one on-policy GRPO run at the study's
+settings (benchmarks/study.py's run, `common.run_one`, without the study's weak/strong builds).
 
     python benchmarks/task_screen.py ref  --task countdown --settings '{"error_rate": 0.7}' --seed 0
     python benchmarks/task_screen.py grpo --task countdown --settings '{"error_rate": 0.7}' --seed 0 --out runs/screen
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import run_one
 
-sys.path.insert(0, str(Path(__file__).parent))
-import study  # noqa: E402
-
-from agro.demo import greedy_accuracy, write_task_data  # noqa: E402
-from agro.tasks import TASK_NAMES, get_task  # noqa: E402
+from agro.tasks import TASK_NAMES, get_task
+from agro.tasks.harness import greedy_accuracy, prepare_seed
 
 
 def main() -> None:
@@ -60,15 +57,13 @@ def main() -> None:
         row.update({"greedy": meta["heldout_greedy_accuracy"], "greedy_problems": settings.num_heldout,
                     f"mean@{a.samples}": mean, f"pass@{a.samples}": passed, "sampled_problems": a.problems})
     else:
-        data_dir = a.out / f"{a.task}-seed{a.seed}"
-        _, heldout = write_task_data(data_dir, a.seed, task, settings, a.train_problems, a.heldout)
-        max_len = task.max_completion_tokens(settings)
-        prep = {"task": task, "settings": settings, "ref_model": model, "ref_path": path, "tokenizer": tok,
-                "data_dir": data_dir, "heldout": heldout, "offline": {}, "max_len": max_len,
-                "ref_accuracy": greedy_accuracy(model, tok, heldout, max_len, task.REWARD)}
+        # the same π_ref again, from the cache, with the seed's problems
+        prep = prepare_seed(task, settings, a.seed, a.cache_dir, a.out / f"{a.task}-seed{a.seed}", a.train_problems,
+                            a.heldout)
+        prep.update(offline={}, ref_accuracy=greedy_accuracy(task.REWARD, model, tok, prep["heldout"], prep["max_len"]))
         args = argparse.Namespace(steps=a.steps, prompts_per_step=16, eval_every=a.eval_every, threads=a.threads,
                                   staleness=8, offline_samples=8, learning_rate=a.learning_rate, beta=a.beta)
-        r = study.run_one(prep, a.method, "on_policy", a.seed, a.out, args)
+        r = run_one(prep, a.method, "on_policy", a.seed, a.out, args)
         steps = [i * a.eval_every for i in range(len(r["curve"]))]
         accs = [acc for _, acc in r["curve"]]
         plateau = sum(accs[-5:]) / len(accs[-5:])

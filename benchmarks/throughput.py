@@ -50,15 +50,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from common import REWARD, SEED, SIZES, build_assets, wait_passively
 
 from agro.rewards.functions import load_reward_function
 
@@ -68,9 +67,6 @@ if TYPE_CHECKING:
 # agro's reward workers are spawned processes, which re-import this script: the modules that pull in
 # transformers are imported inside the functions that need them, so that the workers start light.
 
-SIZES = {"3M": dict(hidden_size=256, num_layers=3, num_heads=4),
-         "11M": dict(hidden_size=416, num_layers=4, num_heads=8),
-         "113M": dict(hidden_size=768, num_layers=12, num_heads=12)}  # GPU size: too slow for the CPU default
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FULL = dict(prompts_per_step=8, num_generations=8, prompt_length=32, completion_length=32, warmup=2, steps=6,
             matmul_n=2048)
@@ -78,42 +74,7 @@ QUICK = dict(prompts_per_step=2, num_generations=8, prompt_length=32, completion
              matmul_n=1024)
 MODEL = dict(prompts_per_step=4, num_generations=8, prompt_length=None, completion_length=32, warmup=1, steps=3,
              matmul_n=2048)
-LEARNING_RATE, BETA, SEED = 1e-5, 0.04, 0
-REWARD = f"{Path(__file__).with_name('bench_reward.py')}:digit_fraction"
-
-
-def build_assets(root: Path, size: str, completion_length: int, prompt_length: int | None
-                 ) -> tuple[Path, list[str], int]:
-    """Save the model (always `completion_length` new tokens) and prompts; (model dir, prompts, params).
-
-    With `prompt_length`, each problem is preceded by solved ones (`12+3=15;`), a few-shot prompt of
-    `prompt_length` characters (= tokens) ending in the problem; with 0, the bare problem (7 tokens).
-    """
-    from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer, generate_problems
-
-    torch.manual_seed(SEED)
-    tokenizer = build_tokenizer()
-    positions = (prompt_length or 16) + completion_length + 8
-    model = build_model(ArithmeticTask(**SIZES[size], max_positions=max(64, positions)), tokenizer)
-    model.generation_config.min_new_tokens = completion_length
-    model.generation_config.suppress_tokens = [tokenizer.pad_token_id]  # agro trims trailing padding
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    prompts = [p.prompt for p in generate_problems(64, seed=SEED, split="train")]
-    if prompt_length:
-        solved = "".join(f"{p.prompt}{p.answer};" for p in generate_problems(2000, seed=SEED + 1, split="train"))
-        ends = [m.end() for m in re.finditer(";", solved)]
-        few_shot = []
-        for i, problem in enumerate(prompts):
-            context = prompt_length - len(problem)  # solved problems before it, cut at the left
-            if context < 1:
-                raise ValueError(f"--prompt-length {prompt_length} leaves no room before the problem {problem!r}")
-            end = next(e for e in ends if e >= i * prompt_length % (len(solved) // 2) + context)
-            few_shot.append(solved[end - context:end] + problem)
-        prompts = few_shot
-    with open(root / "train.jsonl", "w") as f:
-        f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
-    return root / "model", prompts, sum(p.numel() for p in model.parameters())
+LEARNING_RATE, BETA = 1e-5, 0.04
 
 
 def build_model_assets(root: Path, name: str, completion_length: int) -> tuple[Path, list[str], int]:
@@ -325,32 +286,6 @@ def run_size(size: str, s: dict, use_trl: bool) -> dict:
     result["matmul_peak_flops_per_s"] = statistics.median(interleaved.peaks)
     result["train_over_peak"] = result["train_flops_per_s"] / result["matmul_peak_flops_per_s"]
     return result
-
-
-def wait_passively() -> None:
-    """Restart this script with OMP_WAIT_POLICY=PASSIVE unless the environment sets it.
-
-    Waiting OpenMP threads then sleep instead of spinning: on a machine shared with other processes,
-    spinning threads stall every parallel region (generation 10x slower with 2 threads on 2 busy
-    cores). OpenMP reads it when torch loads, hence the restart; it applies to every side alike.
-    """
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-
-
-def sweep(doc: str, axis: str, lengths: str, repeats: int, measure) -> None:
-    """CLI of the pass benchmarks: `measure(size, length, repeats)` over sizes × `--{axis}-lengths`; one JSON line."""
-    wait_passively()
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="11M,3M")
-    p.add_argument(f"--{axis}-lengths", default=lengths)
-    p.add_argument("--repeats", type=int, default=repeats)
-    args = p.parse_args()
-    out = {f"{size}/{axis}{n}": measure(size, int(n), args.repeats)
-           for size in args.sizes.split(",") for n in getattr(args, f"{axis}_lengths").split(",")}
-    out["config"] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
-    print(json.dumps(out))
 
 
 def main():

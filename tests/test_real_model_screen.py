@@ -2,9 +2,11 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "real_model_screen.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the script imports common.py from its folder, as `python` runs it
 spec = importlib.util.spec_from_file_location("real_model_screen", SCRIPT)
 screen = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(screen)

@@ -5,11 +5,13 @@ written, and generates the offline data once."""
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "real_model.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the script imports common.py from its folder, as `python` runs it
 spec = importlib.util.spec_from_file_location("real_model", SCRIPT)
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)

@@ -14,71 +14,13 @@ import json
 import shutil
 import time
 from pathlib import Path
-from types import ModuleType
 
-import torch
 from transformers import AutoModelForCausalLM
 
 from agro.api import AGROTrainer
 from agro.config import load_config
-from agro.data import Problem as DataProblem
-from agro.data import load_problems
-from agro.errors import AgroError
-from agro.evaluate import evaluate
-from agro.generators import HFGenerator
-from agro.rewards.workers import RewardScorer
-from agro.sample_records import generate_records, write_atomic
 from agro.tasks import get_task
-
-REWARD = "agro.tasks.arithmetic:reward"  # the default task's
-
-
-def _write_problems(path: Path, problems: list) -> None:
-    path.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in problems))
-
-
-def demo_config_path() -> Path:
-    """configs/demo.yaml of the source tree."""
-    path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-    if not path.exists():
-        raise AgroError(f"{path}: demo config not found (run the demo from a source checkout)")
-    return path
-
-
-def task_overrides(task: ModuleType, settings) -> list[str]:
-    """Config overrides that point the trainer at a task: its reward and its prompt and completion bounds."""
-    return [f"reward_function={task.REWARD}", f"max_completion_length={task.max_completion_tokens(settings)}",
-            f"max_prompt_length={task.max_prompt_tokens(settings)}"]
-
-
-def write_task_data(data_dir: Path, seed: int, task: ModuleType, settings, num_train: int,
-                    num_heldout: int) -> tuple[list[DataProblem], list[DataProblem]]:
-    """train.jsonl and heldout.jsonl of a task module (disjoint, deterministic by seed), read back as the
-    trainer reads them."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _write_problems(data_dir / "train.jsonl", task.generate_problems(num_train, seed, "train", settings))
-    _write_problems(data_dir / "heldout.jsonl", task.generate_problems(num_heldout, seed, "heldout", settings))
-    train, _ = load_problems(data_dir / "train.jsonl", template="raw")
-    heldout, _ = load_problems(data_dir / "heldout.jsonl", template="raw")
-    return train, heldout
-
-
-def write_offline(model, tokenizer, problems: list[DataProblem], path: Path, source: str, per_prompt: int,
-                  max_len: int, seed: int, reward: str = REWARD) -> list:
-    """`per_prompt` sampled generations of `model` per problem, scored by `reward`, written as offline records."""
-    torch.manual_seed(seed)
-    with RewardScorer(reward, in_process=True) as scorer:
-        records = generate_records(model, tokenizer, problems, per_prompt, HFGenerator(tokenizer, max_len, batch_size=512),
-                                   source=source, scorer=scorer, batch_size=512, truncated_completions="keep")
-    write_atomic(path, records)
-    return records
-
-
-def greedy_accuracy(model, tokenizer, problems: list[DataProblem], max_len: int, reward: str = REWARD) -> float:
-    """Greedy accuracy of `model` on problems, scored by `reward`."""
-    with RewardScorer(reward, in_process=True) as scorer:
-        return evaluate(model, tokenizer, problems, scorer, max_len, batch_size=512,
-                        truncated_completions="keep")["accuracy"]
+from agro.tasks.harness import demo_config_path, greedy_accuracy, prepare_seed, task_overrides, write_offline
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path | None = None,
@@ -90,22 +32,21 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
     settings = module.Settings()
     cache_dir = cache_dir or Path.home() / ".cache" / "agro" / "demo"
     print(f"[1/4] reference policy π_ref of task {task} (cache: {cache_dir})", flush=True)
-    ref_model, tokenizer, cached = module.load_or_build_reference_policy(cache_dir, seed, settings, log_every=100)
+    prep = prepare_seed(module, settings, seed, cache_dir, data_dir, 256 if quick else 2048, 100 if quick else 300,
+                        log_every=100)
+    ref_model, tokenizer, heldout, max_len = prep["ref_model"], prep["tokenizer"], prep["heldout"], prep["max_len"]
     ref_path = out_dir / "pi_ref"  # a copy beside the data, where configs/demo.yaml looks for it
     if ref_path.exists():
         shutil.rmtree(ref_path)  # the demo's own previous copy
-    shutil.copytree(cached, ref_path)
-    train_problems, heldout = write_task_data(data_dir, seed, module, settings, 256 if quick else 2048,
-                                              100 if quick else 300)
+    shutil.copytree(prep["ref_path"], ref_path)
 
     print("[2/4] offline data: π_ref's own generations", flush=True)
-    max_len = module.max_completion_tokens(settings)
     offline_path = data_dir / "offline_pi_ref.jsonl"
-    records = write_offline(ref_model, tokenizer, train_problems[: (64 if quick else 512)], offline_path, "pi_ref",
-                            2, max_len, seed, reward=module.REWARD)
+    records = write_offline(module.REWARD, ref_model, tokenizer, prep["train"][: (64 if quick else 512)], 2, max_len,
+                            seed, offline_path, "pi_ref")
     print(f"      wrote {len(records)} records to {offline_path} "
           f"(reward mean {sum(r.reward for r in records) / len(records):.3f})", flush=True)
-    ref_eval = greedy_accuracy(ref_model, tokenizer, heldout, max_len, reward=module.REWARD)
+    ref_eval = greedy_accuracy(module.REWARD, ref_model, tokenizer, heldout, max_len)
     print(f"      π_ref greedy held-out accuracy: {ref_eval:.3f}", flush=True)
 
     print("[3/4] AGRO on mixed on-policy + offline data", flush=True)
@@ -124,7 +65,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0, cache_dir: Path 
 
     print("[4/4] held-out evaluation", flush=True)
     final_model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
-    final_eval = greedy_accuracy(final_model, tokenizer, heldout, max_len, reward=module.REWARD)
+    final_eval = greedy_accuracy(module.REWARD, final_model, tokenizer, heldout, max_len)
     results = {
         "task": task,
         "reference_accuracy": ref_eval,

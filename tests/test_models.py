@@ -220,3 +220,14 @@ def test_the_built_in_smollm2(tmp_path):
     ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": "What is 2+3?"}])])
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 8 or out[0, -1].item() == tokenizer.eos_token_id
+
+
+def test_converting_on_first_use_leaves_the_seeded_rng_as_it_was(tiny, tmp_path):
+    """A seeded run that converts the GGUF on first use must sample as one that finds the folder converted:
+    building the model from its config draws initial weights, which must not come from the global RNG."""
+    path, _ = tiny
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    resolve_model(str(path), tmp_path)  # converts now
+    assert torch.equal(torch.rand(4), expected)

@@ -135,7 +135,14 @@ def converted(source: Path, label: str, root: Path) -> Path:
 
 def write_hf_folder(source: Path, out: Path, notice: str = "") -> None:
     """Read `source` with transformers and write it to `out` as safetensors + tokenizer (float32); `notice` is
-    printed once the file has been read (a bad file gets its one-line error alone)."""
+    printed once the file has been read (a bad file gets its one-line error alone). The global RNGs are left as
+    they were: building the model from its config draws initial weights, and a seeded run that converts on
+    first use must sample as one that finds the folder converted."""
+    with torch.random.fork_rng(devices=[]):
+        _write_hf_folder(source, out, notice)
+
+
+def _write_hf_folder(source: Path, out: Path, notice: str) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise AgroError(f"reading {source} needs the package gguf: pip install gguf")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

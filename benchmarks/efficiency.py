@@ -5,6 +5,10 @@ against on-policy GRPO (agro's and TRL's GRPOTrainer).
     python benchmarks/efficiency.py --quick             # smoke run: 2 steps, 1 seed, a few prompts, a 40-step π_ref
     python benchmarks/efficiency.py --no-trl            # agro's methods only (TRL is the optional `bench` extra)
     python benchmarks/efficiency.py --task arithmetic   # another built-in task (its own default budget)
+    python benchmarks/efficiency.py --model smollm2-135m-instruct --task reasoning_gym:chain_sum_2 \
+        --seeds 0,1,2 --steps 40 --methods grpo,agro --out DIR   # a real model: benchmarks/efficiency_real.py
+
+The rest of this text is about the built-in tasks (without --model).
 
 Every run starts from the same π_ref (the task's reference policy of the seed, built once into
 `--cache-dir` and reused, each seed's preparation running in the worker pool), trains on the
@@ -544,7 +548,13 @@ def command_line(args: argparse.Namespace) -> str:
         + f" --out {args.out}"
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int | None:
+    model = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    model.add_argument("--model")
+    if model.parse_known_args(argv)[0].model is not None:  # a real model: its own flags and cells
+        from efficiency_real import main as real_model_main
+
+        return real_model_main(argv)
     args = parse_args(argv)
     trl_available = True
     try:

@@ -33,6 +33,11 @@ hyper-parameters and held-out problems; a method changes only these keys (`METHO
     kl_pg_offline, max_steps × prompts_per_step training problems (one epoch), written once per task × seed by
     topr_offline   `agro generate` with rewards (temperature and length of the config) and re-used by all
                    three; each step's groups are those records.
+    agro_offline_strong, kl_pg_offline_strong, topr_offline_strong
+                   the same, from a stronger policy's records: a run's own history as data. The records are
+                   sampled in the same way from the final model of the `agro` cell of the same seed (its run,
+                   trained first when it is not on disk, keeps final/ until they are written); the report puts
+                   their goals only once such cells exist.
 
 What a cell records (one JSON line, appended to --out when the cell is done): greedy held-out `accuracy` on
 `n` ≥ --heldout problems (the held-out split of the task, seed 1, the same for every cell), its 95% Wilson
@@ -91,7 +96,13 @@ METHODS: dict[str, tuple[str, dict]] = {
     "agro_offline_dr_grpo": ("offline", {"objective": "agro", "agro_loss_type": "dr_grpo"}),
     "kl_pg_offline": ("offline", {"objective": "kl_pg"}),
     "topr_offline": ("offline", {"objective": "topr"}),
+    # offline only, from the records of the on-policy `agro` run of the same seed (a stronger policy than π_ref)
+    "agro_offline_strong": ("offline_strong", {"objective": "agro"}),
+    "kl_pg_offline_strong": ("offline_strong", {"objective": "kl_pg"}),
+    "topr_offline_strong": ("offline_strong", {"objective": "topr"}),
 }
+OFFLINE = ("offline", "offline_strong")  # the regimes that train on records only
+STRONG_SOURCE = "agro"  # the cell whose final model samples the offline_strong records
 Z95 = 1.959963984540054
 
 
@@ -131,7 +142,7 @@ def cell_settings(args, method: str, seed: int, offline_file: Path | None) -> li
     out = [*base_settings(args), f"seed={seed}",
            f"train_data_kwargs={json.dumps({**kwargs, 'size': 1000, 'seed': seed})}"]
     out += [f"{k}={json.dumps(v)}" for k, v in METHODS[method][1].items()]
-    if METHODS[method][0] == "offline":
+    if METHODS[method][0] in OFFLINE:
         out += ["train_data=null", "train_data_kwargs={}", "num_generations=0", f"offline_data={offline_file}",
                 f"offline_per_group={load(out, args.config).num_generations}"]
     return out
@@ -144,31 +155,51 @@ def load(settings: list[str], config_path: Path):
     return load_config(config_path, settings)
 
 
-def offline_data(args, seed: int) -> Path:
-    """π_ref's own samples for the offline cells of `seed`: written once (atomically) and re-used."""
+def offline_path(args, seed: int, strong: bool) -> Path:
+    """Where the offline records of `seed` go: π_ref's, or (`strong`) those of the seed's `agro` cell's final
+    model; the name hashes what makes them (the cell's id for the strong ones)."""
     c = load(cell_settings(args, "agro", seed, None), args.config)
-    problems = args.max_steps * c.prompts_per_step  # one epoch of the offline runs' steps
-    name, kwargs = TASKS[args.task]
-    spec = {"model": c.model_name_or_path, "task": args.task, "seed": seed, "problems": problems,
+    spec = {"model": c.model_name_or_path, "task": args.task, "seed": seed,
+            "problems": args.max_steps * c.prompts_per_step,  # one epoch of the offline runs' steps
             "k": c.num_generations, "temperature": c.temperature, "length": c.max_completion_length,
             "template": c.prompt_template, "instruction": c.instruction, "system": c.system_prompt,
             "reward": c.reward_function, "truncated": c.truncated_completions}
+    if strong:
+        spec["policy"] = cell_id(args, STRONG_SOURCE, seed)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
-    path = Path(args.runs) / "offline" / f"{args.task}-seed{seed}-{digest}.jsonl"
+    return Path(args.runs) / "offline" / f"{args.task}-seed{seed}-{'strong-' if strong else ''}{digest}.jsonl"
+
+
+def offline_data(args, seed: int, strong: bool = False) -> Path:
+    """The offline records of `seed` (π_ref's, or with `strong` the `agro` cell's final model's): written once
+    (atomically) by `agro generate` and re-used. The strong records train that cell's run first when its final
+    model is not on disk, and delete that model once they are written if its cell is done (and not --keep-models)."""
+    path = offline_path(args, seed, strong)
     if path.exists():
         return path
-    argv = ["generate", "--model", c.model_name_or_path, "--data", f"reasoning_gym:{name}",
+    c = load(cell_settings(args, "agro", seed, None), args.config)
+    problems = args.max_steps * c.prompts_per_step
+    name, kwargs = TASKS[args.task]
+    model = c.model_name_or_path
+    if strong:
+        source_dir = run_dir_of(args, cell_id(args, STRONG_SOURCE, seed))
+        train_run(args, STRONG_SOURCE, seed, source_dir)
+        model = str(source_dir / "final")
+    argv = ["generate", "--model", model, "--data", f"reasoning_gym:{name}",
             "--data-kwargs", json.dumps({**kwargs, "size": problems, "seed": seed}),
             "--prompt-template", c.prompt_template, "--num-generations", str(c.num_generations),
             "--temperature", str(c.temperature), "--top-p", str(c.top_p),
             "--max-completion-length", str(c.max_completion_length), "--reward", c.reward_function,
             "--truncated-completions", c.truncated_completions, "--batch-size", str(c.generation_batch_size),
-            "--dtype", c.torch_dtype, "--seed", str(seed), "--source", "pi_ref", "--out", str(path)]
+            "--dtype", c.torch_dtype, "--seed", str(seed), "--source", "strong" if strong else "pi_ref",
+            "--out", str(path)]
     if c.instruction is not None:
         argv += ["--instruction", c.instruction]
     if c.system_prompt is not None:
         argv += ["--system-prompt", c.system_prompt]
     agro_cli(*argv)
+    if strong and cell_id(args, STRONG_SOURCE, seed) in done_cells(args.out) and not args.keep_models:
+        shutil.rmtree(source_dir / "final", ignore_errors=True)
     return path
 
 
@@ -223,9 +254,11 @@ def kl_to_reference(c, model_dir: Path, samples: int, seed: int) -> dict:
     return {"kl": mean, "kl_se": se, "kl_samples": len(deltas)}
 
 
-def train_cell(args, method: str, seed: int, run_dir: Path) -> dict:
-    """`agro train` of one cell (resumed from its checkpoint when a run is there), then what it measured."""
-    offline = offline_data(args, seed) if METHODS[method][0] == "offline" else None
+def train_run(args, method: str, seed: int, run_dir: Path) -> tuple:
+    """`agro train` of one cell unless its run is finished (resumed from its checkpoint when a run is there):
+    (its config, its metrics rows, its offline records or None)."""
+    regime = METHODS[method][0]
+    offline = offline_data(args, seed, strong=regime == "offline_strong") if regime in OFFLINE else None
     settings = [*cell_settings(args, method, seed, offline), f"output_dir={run_dir}"]
     c = load(settings, args.config)  # a bad setting fails here, before a run starts
     rows = read_metrics(run_dir)
@@ -240,6 +273,12 @@ def train_cell(args, method: str, seed: int, run_dir: Path) -> dict:
         agro_cli("train", str(args.config), *[a for s in settings for a in ("--set", s)],
                  *(["--resume"] if resume else []))
         rows = read_metrics(run_dir)
+    return c, rows, offline
+
+
+def train_cell(args, method: str, seed: int, run_dir: Path) -> dict:
+    """One cell's run (`train_run`), then what it measured."""
+    c, rows, offline = train_run(args, method, seed, run_dir)
     steps = [r for r in rows if "time_step" in r]
     curve = [[r["step"], r["eval/accuracy"]] for r in rows if "eval/accuracy" in r]
     source = "offline" if offline else "on_policy"
@@ -330,10 +369,11 @@ def run(args) -> list[dict]:
     if n < args.heldout:
         raise UsageError(f"--task {args.task} has {n} held-out problems, fewer than --heldout {args.heldout}")
     digest = settings_hash(args.config, shared)
+    strong = any(METHODS[m][0] == "offline_strong" for m in args.methods)
     wanted = []
     for method in args.methods:
         for seed in args.seeds:
-            cell = f"{args.task}/{method}/seed{seed}/steps{args.max_steps}/heldout{args.heldout}/{digest}"
+            cell = cell_id(args, method, seed)
             wanted.append(cell)
             if cell in done_cells(args.out):
                 continue
@@ -345,16 +385,26 @@ def run(args) -> list[dict]:
                 row.update(evaluate_reference(load([*shared, f"seed={seed}"], args.config)))
                 row.update({"curve": [[0, row["accuracy"]]], "kl": 0.0, "kl_se": 0.0})
             else:
-                run_dir = Path(args.runs) / cell.replace("/", "-")
-                row.update(train_cell(args, method, seed, run_dir))
+                row.update(train_cell(args, method, seed, run_dir_of(args, cell)))
                 row["n"] = n
             correct = round(row["accuracy"] * row["n"])
             row.update({"correct": correct, "ci95": wilson(correct, row["n"]), "seconds": round(time.time() - start, 1)})
             append(args.out, row)
-            if method != "pi_ref":
-                clean_run(Path(args.runs) / cell.replace("/", "-"), args.keep_models)
+            if method != "pi_ref":  # the strong records' source keeps its model until they are written
+                keep = strong and method == STRONG_SOURCE and not offline_path(args, seed, strong=True).exists()
+                clean_run(run_dir_of(args, cell), args.keep_models or keep)
     rows = {r["cell"]: r for r in read_cells(args.out)}
     return [rows[cell] for cell in wanted]
+
+
+def cell_id(args, method: str, seed: int) -> str:
+    """A cell's id: task, method, seed, steps, held-out size and the hash of the shared settings."""
+    digest = settings_hash(args.config, base_settings(args))
+    return f"{args.task}/{method}/seed{seed}/steps{args.max_steps}/heldout{args.heldout}/{digest}"
+
+
+def run_dir_of(args, cell: str) -> Path:
+    return Path(args.runs) / cell.replace("/", "-")
 
 
 def read_cells(path: Path) -> list[dict]:
@@ -401,6 +451,13 @@ GOALS = [  # (text, method, reference method(s), margin): met when method ≥ be
     ("AGRO offline ≥ best of KL-PG and TOPR offline − 0.03", "agro_offline", ("kl_pg_offline", "topr_offline"), -0.03),
     ("AGRO offline ≥ π_ref + 0.10", "agro_offline", ("pi_ref",), 0.10),
 ]
+# offline from the stronger policy's records (a margin of None: above the reference by more than the noise)
+STRONG_GOALS = [
+    ("AGRO offline from a stronger policy ≥ best of KL-PG and TOPR − 0.03", "agro_offline_strong",
+     ("kl_pg_offline_strong", "topr_offline_strong"), -0.03),
+    ("AGRO offline from a stronger policy above π_ref by more than the noise", "agro_offline_strong", ("pi_ref",),
+     None),
+]
 # the same goals for AGRO at the token-mean scale (agro_loss_type dr_grpo): each AGRO method its dr_grpo cell
 DR_GRPO = {"agro": "agro_dr_grpo", "agro_stale": "agro_stale_dr_grpo", "agro_offline": "agro_offline_dr_grpo"}
 
@@ -430,13 +487,14 @@ def scale_lines(stats: dict[str, dict]) -> list[str]:
     return lines
 
 
-def goal_lines(stats: dict[str, dict], rename: dict[str, str] | None = None) -> list[str]:
+def goal_lines(stats: dict[str, dict], rename: dict[str, str] | None = None, goals: list = GOALS) -> list[str]:
     """The goals, each on the seeds both of its sides have (same seed: same training problems and offline
-    data), `rename` mapping the AGRO methods to the ones compared in their place."""
+    data), `rename` mapping the AGRO methods to the ones compared in their place; a goal's margin None is the
+    95% noise of the difference."""
     rename = rename or {}
     lines = ["| goal | measured (seeds both sides have) | met? | margin | 95% noise of the difference |",
              "|---|---|---|---|---|"]
-    for text, method, refs, margin in GOALS:
+    for text, method, refs, margin in goals:
         method, refs = rename.get(method, method), tuple(rename.get(r, r) for r in refs)
         sides, ran = {}, [r for r in refs if r in stats and method in stats]
         for ref in ran:
@@ -451,7 +509,7 @@ def goal_lines(stats: dict[str, dict], rename: dict[str, str] | None = None) -> 
         best = min(sides, key=lambda r: sides[r][0]["mean"] - sides[r][1]["mean"])
         ours, theirs, seeds = sides[best]
         diff = ours["mean"] - theirs["mean"]
-        slack = diff - margin
+        slack = diff - (noise(ours, theirs) if margin is None else margin)
         lines.append(f"| {text} | {method} {ours['mean']:.3f} vs {best} {theirs['mean']:.3f} ({diff:+.3f}; seeds "
                      f"{','.join(map(str, seeds))}) | {'met' if slack >= 0 else 'missed'} | {slack:+.3f} | "
                      f"±{noise(ours, theirs):.3f} |")
@@ -507,6 +565,9 @@ def report(out: Path, plot: Path | None) -> str:
     if any(m in stats for m in DR_GRPO.values()):
         lines += ["", "The same goals, AGRO at the token-mean scale (`agro_loss_type: dr_grpo`):", "",
                   *goal_lines(stats, DR_GRPO), "", "The two scales on the same seeds:", "", *scale_lines(stats)]
+    if any(METHODS[m][0] == "offline_strong" for m in stats):
+        lines += ["", "Offline from a stronger policy's records (the final model of the `agro` cell of each seed):",
+                  "", *goal_lines(stats, goals=STRONG_GOALS)]
     if plot is not None:
         plot_cells(stats, plot)
     return "\n".join(lines)

@@ -45,15 +45,16 @@ def test_each_method_sets_only_its_own_keys(tmp_path):
     assert {m: c["objective"] for m, c in configs.items()} == {
         "agro": "agro", "grpo": "grpo", "agro_stale": "agro", "grpo_stale": "grpo", "agro_offline": "agro",
         "kl_pg_offline": "kl_pg", "topr_offline": "topr", "agro_stale_no_taper": "agro", "agro_stale_dr_grpo": "agro",
-        "agro_stale_beta_0.01": "agro", "agro_dr_grpo": "agro", "agro_offline_dr_grpo": "agro"}
+        "agro_stale_beta_0.01": "agro", "agro_dr_grpo": "agro", "agro_offline_dr_grpo": "agro",
+        "agro_offline_strong": "agro", "kl_pg_offline_strong": "kl_pg", "topr_offline_strong": "topr"}
     assert configs["agro_stale_no_taper"]["taper"] == "none" and configs["agro_stale"]["taper"] == "clip"
     assert {m: c["agro_loss_type"] for m, c in configs.items() if c["objective"] == "agro"} == {
         "agro": "sum", "agro_stale": "sum", "agro_offline": "sum", "agro_stale_no_taper": "sum",
         "agro_stale_dr_grpo": "dr_grpo", "agro_stale_beta_0.01": "sum", "agro_dr_grpo": "dr_grpo",
-        "agro_offline_dr_grpo": "dr_grpo"}
+        "agro_offline_dr_grpo": "dr_grpo", "agro_offline_strong": "sum"}
     assert {m: c["beta"] for m, c in configs.items() if c["beta"] != 0.05} == {"agro_stale_beta_0.01": 0.01}
     for m, c in configs.items():
-        stale, offline = study.METHODS[m][0] == "stale", study.METHODS[m][0] == "offline"
+        stale, offline = study.METHODS[m][0] == "stale", study.METHODS[m][0] in study.OFFLINE
         assert c["async_generation"] == c["lagged_generation"] == stale
         assert c["max_staleness"] == (4 if stale else 1)
         assert c["num_generations"] == (0 if offline else 8) and c["offline_per_group"] == (8 if offline else 4)

@@ -55,13 +55,14 @@ def test_mapped_fields(given, expected):
 
 def test_every_unknown_or_refused_field_is_named_in_one_error():
     with pytest.raises(AgroError) as info:
-        AGROConfig(model_name_or_path="m", top_k=50, lerning_rate=1e-5, fp16=True, scale_rewards="batch",
-                   save_strategy="epoch", importance_sampling_level="sequence", vllm_mode="server", zzz=1)
+        AGROConfig(model_name_or_path="m", chat_template_kwargs={"x": 1}, lerning_rate=1e-5, fp16=True,
+                   scale_rewards="batch", save_strategy="best", importance_sampling_level="sequence",
+                   vllm_mode="server", zzz=1)
     message = str(info.value)
     assert message.startswith("AGROConfig: 8 unsupported keys: (1) ") and "\n" not in message
-    for part in ("top_k=50: agro samples from the policy itself", "unknown key 'lerning_rate' (did you mean "
-                 "'learning_rate'?)", "fp16=True: ", "use bf16: true", "scale_rewards='batch'",
-                 "save_strategy='epoch'", "set save_steps", "importance_sampling_level='sequence'",
+    for part in ("chat_template_kwargs={'x': 1}: agro applies the tokenizer's chat template", "unknown key "
+                 "'lerning_rate' (did you mean 'learning_rate'?)", "fp16=True: ", "use bf16: true",
+                 "scale_rewards='batch'", "save_strategy='best'", "best is not supported", "importance_sampling_level='sequence'",
                  "vllm_mode='server'", "unknown key 'zzz'"):
         assert part in message
 
@@ -77,23 +78,25 @@ def test_conflicts_and_bad_batch_sizes_are_named():
 def test_a_yaml_config_names_each_refused_key_with_its_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model_name_or_path: m\ntrain_data: t.jsonl\nper_device_train_batch_size: 16\n"
-                    "top_k: 20\nlearning_rat: 1.0e-6\n", encoding="utf-8")
+                    "chat_template_kwargs: {x: 1}\nlearning_rat: 1.0e-6\n", encoding="utf-8")
     with pytest.raises(AgroError) as info:
         load_config(path)
-    assert str(info.value) == (f"{path}: 2 unsupported keys: (1) {path}:4: top_k=20: agro samples from the policy "
-                               "itself (the sampler's log-probs are the policy's); its sampling keys are temperature "
-                               f"and top_p (2) {path}:5: unknown key 'learning_rat' (did you mean 'learning_rate'?)")
+    assert str(info.value) == (f"{path}: 2 unsupported keys: (1) {path}:4: chat_template_kwargs={{'x': 1}}: agro "
+                               "applies the tokenizer's chat template as it is (prompt_template chat, system_prompt) "
+                               f"(2) {path}:5: unknown key 'learning_rat' (did you mean 'learning_rate'?)")
     path.write_text(path.read_text(encoding="utf-8").replace("learning_rat:", "learning_rate:"), encoding="utf-8")
-    config = load_config(path, ["top_k=0", "gradient_accumulation_steps=2"])  # top_k 0: off, as agro samples
+    config = load_config(path, ["chat_template_kwargs=null", "gradient_accumulation_steps=2"])  # null: inert
     assert config.prompts_per_step == 4  # 16 × 2 completions ÷ 8 generations
 
 
 def test_the_cli_exits_2_with_the_one_line(tmp_path, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text("model_name_or_path: m\ntrain_data: t.jsonl\nmin_p: 0.1\nfoo: 1\n", encoding="utf-8")
+    path.write_text("model_name_or_path: m\ntrain_data: t.jsonl\nnum_completions_to_print: 3\nfoo: 1\n",
+                    encoding="utf-8")
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "2 unsupported keys" in err[0] and "min_p=0.1" in err[0] and "'foo'" in err[0]
+    assert len(err) == 1 and "2 unsupported keys" in err[0] and "num_completions_to_print=3" in err[0]
+    assert "'foo'" in err[0]
 
 
 def test_beta_zero_is_grpos_and_dapo_is_accepted_as_trls_default():
@@ -137,6 +140,24 @@ def test_epochs_with_max_steps_minus_one_count_steps_from_the_data(assets, tmp_p
     assert (result.global_step, trainer.args.max_steps, trainer.args.warmup_steps) == (5, 5, 2)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5]
+
+
+def test_epoch_strategies_are_steps_per_epoch_once_the_data_is_known():
+    """12 prompts, 5 a step, num_iterations 2: an epoch is 3 × 2 = 6 optimizer steps."""
+    from agro.config import resolve_steps
+
+    c = AGROConfig(model_name_or_path="m", train_data="t", logging_strategy="epoch", save_strategy="epoch",
+                   eval_strategy="epoch", num_iterations=2, prompts_per_step=5, max_steps=20)
+    assert (c.logging_steps, c.save_steps, c.eval_steps) == (-1, -1, -1)
+    resolve_steps(c, 12)
+    assert (c.logging_steps, c.save_steps, c.eval_steps, c.max_steps) == (6, 6, 6, 20)
+    c = AGROConfig(model_name_or_path="m", train_data="t", eval_strategy="epoch", save_strategy="no")
+    assert (c.logging_steps, c.save_steps, c.eval_steps) == (1, 0, -1)  # each strategy on its own
+    with pytest.raises(AgroError, match="logging_strategy='no': agro writes metrics.jsonl every logging_steps"):
+        AGROConfig(model_name_or_path="m", logging_strategy="no")
+    with pytest.raises(AgroError, match="key 'save_steps': must be ≥ 0, got -2"):
+        load_config(None, ["model_name_or_path=m", "train_data=t.jsonl", "save_steps=-2"])
+    assert load_config(None, ["model_name_or_path=m", "train_data=t.jsonl", "logging_steps=-1"]).logging_steps == -1
 
 
 def test_the_docs_table_is_current_and_lists_every_grpo_config_field():

@@ -1,6 +1,9 @@
 """Batch assembly: pure functions from generations (on-policy, offline, replayed) to the groups a step trains
 on and the tensors an objective reads.
 
+A step's groups are its fresh prompts' groups (on-policy samples, offline records, per-prompt replay), then
+whole replayed groups of other prompts (`GroupReplay`).
+
 Nothing here changes a `Generation`: a stage that learns something about one (its reward, its π_ref
 log-probs, its behaviour log-probs) returns new records (`with_values`). A prompt drawn twice in one step
 (the epoch wrapped) puts the same record in the batch twice; both places get the same new record, carrying
@@ -16,12 +19,12 @@ from typing import NamedTuple
 import torch
 
 from agro.records import SOURCES, Generation, with_values
-from agro.replay import ReplayBuffer
+from agro.replay import GroupReplay, ReplayBuffer
 from agro.tokens import pad
 
 
 def group_rng(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator that picks a step's offline and replayed members on process `rank`."""
+    """The generator that picks a step's offline and replayed members and replayed groups on process `rank`."""
     return torch.Generator().manual_seed(seed * 7919 + step * 104_729 + rank)
 
 
@@ -32,13 +35,15 @@ class Assembled(NamedTuple):
     generations: list[Generation]
     on_policy: list[int]  # the position of each on-policy sample, in the actor's order
     offline: list[tuple[int, int]]  # (position, index in its group's offline records) of each record drawn
+    keys: list[str]  # the groups' prompts, in order: the step's, then those of the replayed groups
 
 
 def assemble(keys: list[str], on_policy: list[Generation], offline_by_group: dict[str, list[Generation]],
              replay: ReplayBuffer, step: int, offline_per_group: int, replay_per_group: int,
-             rng: torch.Generator) -> Assembled:
+             rng: torch.Generator, groups: GroupReplay | None = None) -> Assembled:
     """Groups in key order: each prompt's on-policy samples + `offline_per_group` of its offline records (a
-    random subset) + up to `replay_per_group` of its earlier samples, drawn from `rng` in that order."""
+    random subset) + up to `replay_per_group` of its earlier samples; then up to `groups.per_step` whole groups
+    of `groups` (of prompts not in `keys`). All drawn from `rng` in that order."""
     by_key = defaultdict(list)  # key -> its members, each with where it came from: (record, source, index)
     for j, g in enumerate(on_policy):
         by_key[g.group].append((g, "on_policy", j))
@@ -55,7 +60,19 @@ def assemble(keys: list[str], on_policy: list[Generation], offline_by_group: dic
             elif source == "offline":
                 offline_at.append((len(out), i))
             out.append(g)
-    return Assembled(out, on_policy_at, offline_at)
+    replayed = groups.sample(step, groups.per_step, set(keys), rng) if groups is not None and groups.per_step else []
+    for members in replayed:
+        out += members
+    return Assembled(out, on_policy_at, offline_at, [*keys, *(members[0].group for members in replayed)])
+
+
+def fresh_groups(gens: list[Generation], on_policy: list[int]) -> list[list[Generation]]:
+    """The on-policy samples at positions `on_policy` of `gens`, as one list per prompt (in order of first
+    appearance): the groups a new batch gives `GroupReplay` once trained on."""
+    by_key: dict[str, list[Generation]] = {}
+    for at in on_policy:
+        by_key.setdefault(gens[at].group, []).append(gens[at])
+    return list(by_key.values())
 
 
 def with_behavior(gens: list[Generation], logprobs: list[torch.Tensor]) -> list[Generation]:
@@ -66,15 +83,23 @@ def with_behavior(gens: list[Generation], logprobs: list[torch.Tensor]) -> list[
 
 
 def sampling_logprobs(gens: list[Generation], logprobs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """GRPO's π_old at a batch's first update: an on-policy sample's behaviour log-probs (the actor's policy,
-    up to max_staleness updates old), every other record's `logprobs` (the learner's, before the update)."""
-    return [g.behavior_logprobs if g.source == "on_policy" else lp for g, lp in zip(gens, logprobs)]
+    """GRPO's π_old at a batch's first update: the sampler's log-probs of the run's own samples (on-policy: the
+    actor's policy, up to max_staleness updates old; replayed: the policy that sampled them, kept with them), as
+    TRL clips stale samples against their sampler; an offline record's `logprobs` (the learner's, before the
+    update)."""
+    return [g.behavior_logprobs if g.source in ("on_policy", "replay") else lp for g, lp in zip(gens, logprobs)]
 
 
 def staleness_metrics(gens: list[Generation], version: int) -> dict[str, float]:
     """How many updates the policy trained at `version` is ahead of the one that sampled its on-policy records."""
     lags = [version - g.step for g in gens if g.source == "on_policy"]
     return {"staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags))} if lags else {}
+
+
+def replay_metrics(gens: list[Generation], version: int) -> dict[str, float]:
+    """How many updates the policy trained at `version` is ahead of the ones that sampled its replayed records."""
+    ages = [version - g.step for g in gens if g.source == "replay"]
+    return {"replay/age_mean": sum(ages) / len(ages)} if ages else {}
 
 
 def tensors(gens: list[Generation], keys: list[str], logprobs_now: list[torch.Tensor],
@@ -94,7 +119,8 @@ def tensors(gens: list[Generation], keys: list[str], logprobs_now: list[torch.Te
     now = padded(logprobs_now)
     behavior = [g.behavior_logprobs if g.behavior_logprobs is not None else lp for g, lp in zip(gens, logprobs_now)]
     return {
-        "ref_logprobs": padded([g.ref_logprobs for g in gens]),
+        # no reference (grpo with beta 0): π_ref is π itself, so Δ = 0 and the KL term vanishes
+        "ref_logprobs": padded([lp if g.ref_logprobs is None else g.ref_logprobs for g, lp in zip(gens, logprobs_now)]),
         "mask": padded([torch.ones(len(g.completion_ids)) for g in gens]),
         "rewards": torch.tensor([g.reward for g in gens], dtype=torch.float32),
         "group_ids": torch.tensor([group_index[g.group] for g in gens]),

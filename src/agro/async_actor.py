@@ -36,7 +36,7 @@ import torch
 import torch.multiprocessing as mp
 
 from agro.actor import on_policy_generations
-from agro.generators import HFGenerator
+from agro.generators import HFGenerator, sampling_kwargs
 from agro.logprobs import completion_logprobs
 from agro.models import DTYPES, bf16_autocast, merged_copy
 from agro.prompts import PromptPool
@@ -77,6 +77,7 @@ class ActorSpec:
     logprob_chunk_size: int
     bf16: bool = False  # sample and score under bfloat16 autocast, as the learner computes log-probs
     device: str = "cpu"  # the learner's device: the actor process samples on the same one (its own weights)
+    sampling: dict | None = None  # more generation arguments (agro.generators.sampling_kwargs)
 
 
 def _sample(model, generator: HFGenerator, spec: ActorSpec, index: int, prompts: list[list[int]]) -> tuple:
@@ -106,7 +107,7 @@ def _actor_main(spec: ActorSpec, inbox, outbox, parent_pid: int) -> None:
     model = AutoModelForCausalLM.from_config(spec.model_config, dtype=spec.dtype).to(spec.device).eval()
     model.generation_config = spec.generation_config
     generator = HFGenerator(spec.tokenizer, spec.max_new_tokens, spec.temperature, spec.top_p, spec.batch_size,
-                            bf16=spec.bf16)
+                            bf16=spec.bf16, sampling=spec.sampling)
     version, pending = -1, deque()
     try:
         while True:
@@ -194,7 +195,7 @@ class LaggedProcess:
     def __init__(self, spec: ActorSpec, policy):
         self.spec, self.policy = spec, policy
         self.generator = HFGenerator(spec.tokenizer, spec.max_new_tokens, spec.temperature, spec.top_p, spec.batch_size,
-                                     bf16=spec.bf16)
+                                     bf16=spec.bf16, sampling=spec.sampling)
         self.version = -1
         self.ready: dict[int, ActorBatch] = {}
 
@@ -273,7 +274,7 @@ def start_async_actor(config, policy, tokenizer, prompts: PromptPool, first_step
     spec = ActorSpec(model.config, model.generation_config, tokenizer, DTYPES[config.torch_dtype],
                      config.max_completion_length, config.temperature, config.top_p, config.generation_batch_size,
                      config.num_generations, config.seed, config.actor_threads, config.logprob_chunk_size, config.bf16,
-                     str(next(policy.parameters()).device))
+                     str(next(policy.parameters()).device), sampling_kwargs(config))
     if config.lagged_generation:  # samples with the live policy (adapters and all): no merged copy to send
         return AsyncActor(LaggedProcess(spec, policy), tokenizer, prompts, config.max_staleness,
                           config.num_iterations, first_step, use_peft=False)

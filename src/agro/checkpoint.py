@@ -185,7 +185,7 @@ def check_writable(output_dir: Path) -> None:
         raise AgroError(f"{output_dir}: output_dir cannot be written: no write permission in {existing}")
 
 
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "tensorboard", "wandb", "final", "curves.png")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "completions.jsonl", "tensorboard", "wandb", "final", "curves.png")
 RUN_STAGING = re.compile(r"^\.(tmp|old)-")  # staging_dir, replace_dir, publish: half-written or half-deleted
 
 

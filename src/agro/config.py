@@ -52,7 +52,8 @@ class TrainConfig:
                                               "the full name")
     # objective
     objective: str = _f("agro", " | ".join(OBJECTIVES))
-    beta: float = _f(0.05, "KL coefficient β (> 0)")
+    beta: float = _f(0.05, "KL coefficient β (> 0; objective grpo: ≥ 0, and at 0 no reference model is loaded and "
+                     "kl and log_ratio_mean are logged as 0)")
     baseline: str = _f("mean", "agro: mean | loo (leave-one-out) group baseline of the regularised reward")
     taper: str = _f("clip", "agro: none | ref: in groups with no fresh sample, weight negative-advantage records "
                     "by min(1, π/π_ref) (keeps offline-only training on the data; docs/results/study.md) | behavior: "
@@ -87,7 +88,18 @@ class TrainConfig:
     offline_weight: float = _f(1.0, "loss weight of offline generations")
     replay_per_group: int = _f(0, "replayed earlier on-policy generations that join each group (0: no replay)")
     replay_max_staleness: int = _f(4, "replay only generations made at most this many steps ago")
-    replay_weight: float = _f(1.0, "loss weight of replayed generations")
+    replay_weight: float = _f(1.0, "loss weight of replayed generations (replay_per_group and replay_groups_per_step)")
+    replay_groups_per_step: int = _f(0, "replayed groups that join each step's prompts_per_step fresh ones, over all "
+                                     "processes (0: off): whole groups of earlier steps (their samples, rewards, π_ref "
+                                     "and sampler log-probs), of prompts not in the step; agro recomputes Δ and R̃ with "
+                                     "the current policy, grpo clips its ratio to their sampler (docs/guide/regimes.md)")
+    replay_max_age: int = _f(4, "replay_groups_per_step: a group is dropped once the policy is more than this many "
+                             "updates ahead of the one that sampled it")
+    replay_buffer_size: int = _f(64, "replay_groups_per_step: the most groups kept, over all processes (each keeps "
+                                 "its share of its own groups), the oldest dropped first: the memory bound")
+    replay_sampling: str = _f("uniform", "replay_groups_per_step: how groups are drawn: uniform (among those kept) | "
+                              "reward_variance (with probability ∝ the variance of the group's rewards: only groups "
+                              "whose rewards are not all equal, the ones with a reward signal)")
     on_bad_record: str = _f("error", "error | skip: what a malformed data record does")
     # generation
     num_generations: int = _f(8, "on-policy samples per prompt (0: offline/replay only)")
@@ -96,10 +108,25 @@ class TrainConfig:
                              "optimizer steps): grpo clips the ratio to the log-probs before the batch's first "
                              "update (epsilon, epsilon_high), agro (taper clip) masks the tokens outside that range; "
                              "the advantages use no ratio: later iterations are off-policy data")
-    max_prompt_length: int = _f(512, "prompts longer than this (tokens) are bad records")
+    max_prompt_length: int = _f(512, "prompt tokens: train_data prompts longer are cut (truncate_prompts); an "
+                                "offline record's longer prompt is a bad record (its completion was written for the "
+                                "whole prompt)")
+    truncate_prompts: str = _f("left", "left: a train_data prompt longer than max_prompt_length keeps its last "
+                               "max_prompt_length tokens, as TRL does, counted in one warning | error: it is a bad "
+                               "record (on_bad_record)")
     max_completion_length: int = _f(256, "maximum generated tokens; longer offline completions are bad records")
     temperature: float = _f(1.0, "sampling temperature of on-policy generation")
     top_p: float = _f(1.0, "nucleus sampling threshold")
+    top_k: int = _f(0, "sampling: keep the k most likely tokens (0: off, TRL's). With min_p, repetition_penalty and "
+                    "generation_kwargs a sampling setting as TRL's: the samples come from a filtered policy while "
+                    "the learner's log-probs are the unfiltered policy's at temperature 1. AGRO needs no behaviour "
+                    "log-probs (slightly off-policy samples are data it handles); GRPO's ratio to π_old makes the "
+                    "same approximation in TRL")
+    min_p: float | None = _f(None, "sampling: drop tokens below min_p × the top token's probability (null: off)")
+    repetition_penalty: float = _f(1.0, "sampling: penalise tokens already in the prompt or completion (1: off)")
+    generation_kwargs: dict = _f({}, "sampling: more arguments of the generation config, merged last (TRL's): "
+                                 "GenerationConfig's (hf) or SamplingParams' (vllm), e.g. suppress_tokens; training "
+                                 "samples only (agro evaluates greedily)")
     generation_backend: str = _f("hf", "hf (transformers generate) | vllm (colocated, needs vllm and a GPU)")
     generation_batch_size: int = _f(64, "sequences per generate call (training and evaluation): a memory bound, "
                                     "not how much is generated. Not TRL's meaning: TRL's generation_batch_size is "
@@ -153,17 +180,22 @@ class TrainConfig:
                                     "checkpoints, final/) are removed first, other files stay (default: refused "
                                     "unless resumed)")
     seed: int = _f(0, "seed of data order, sampling and initialisation")
-    logging_steps: int = _f(1, "write metrics every N steps")
+    logging_steps: int = _f(1, "write metrics every N steps (-1: once an epoch, TRL's logging_strategy epoch: "
+                            "⌈prompts ÷ prompts_per_step⌉ × num_iterations, counted when the data is loaded)")
+    log_completions: bool = _f(False, "at each logging step, append the newest generation batch's completions to "
+                               "output_dir/completions.jsonl (TRL's table): step, source, prompt, completion, "
+                               "reward and the columns reward functions logged with log_extra")
     report_to: list[str] = _f(["tensorboard"], "accelerate's trackers: " + " | ".join(TRACKERS) + "; all "
                               "(those installed) | none")
     run_name: str | None = _f(None, "the trackers' name for this run (wandb, trackio, mlflow...)")
-    save_steps: int = _f(50, "checkpoint every N steps (0: only at the end)")
+    save_steps: int = _f(50, "checkpoint every N steps (0: only at the end; -1: once an epoch, as logging_steps)")
     save_total_limit: int = _f(2, "keep this many latest checkpoints")
     eval_data: str | None = _f(None, "held-out problem set for periodic evaluation (reasoning_gym:NAME: the held-out "
                                "split, never a training question)")
     eval_data_kwargs: dict = _f({}, "reasoning_gym: eval data: create_dataset's arguments (default seed 1, size 200)")
     eval_split: str = _f("test", "split used when eval_data is a datasets hub name")
-    eval_steps: int = _f(0, "evaluate every N steps (0: only at start and end when eval_data is set)")
+    eval_steps: int = _f(0, "evaluate every N steps (0: only at start and end when eval_data is set; -1: once an "
+                         "epoch, as logging_steps)")
     eval_max_problems: int = _f(0, "evaluate on at most this many problems (0: all)")
     num_threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
 
@@ -209,22 +241,35 @@ CHOICES = {
     "on_bad_record": ("error", "skip"),
     "generation_backend": ("hf", "vllm"),
     "cache_implementation": ("dynamic", "static"),
+    "truncate_prompts": ("left", "error"),
+    "replay_sampling": ("uniform", "reward_variance"),
     "lr_scheduler_type": ("constant", "linear", "cosine"),
 }
+# generate / SamplingParams arguments that agro sets from its own keys (generation_kwargs may not): the layout
+# of a step's completions (count, order, length, EOS) depends on them
+GENERATION_SET_BY = {"max_new_tokens": "max_completion_length", "max_length": "max_completion_length",
+                     "max_tokens": "max_completion_length", "num_return_sequences": "num_generations",
+                     "n": "num_generations", "do_sample": "temperature", "eos_token_id": "the tokenizer's EOS",
+                     "pad_token_id": "the tokenizer's pad token", "use_cache": "cache_implementation",
+                     "cache_implementation": "cache_implementation"}
 POSITIVE = ("learning_rate", "prompts_per_step", "max_prompt_length", "max_completion_length",
             "temperature", "generation_batch_size", "mini_batch_size", "logprob_chunk_size", "reward_timeout",
             "reward_workers", "max_importance_weight", "lora_r", "max_nonfinite_steps", "logging_steps",
-            "num_iterations", "actor_threads")
+            "num_iterations", "actor_threads", "repetition_penalty", "replay_max_age", "replay_buffer_size")
 NON_NEGATIVE = ("num_generations", "offline_per_group", "replay_per_group", "replay_max_staleness", "offline_weight",
                 "replay_weight", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps", "save_total_limit",
                 "eval_steps", "eval_max_problems", "num_threads", "epsilon_high", "asymre_delta", "max_staleness",
-                "num_train_epochs")
-UNIT_INTERVAL = {"warmup_ratio": "[0, 1]", "top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]", "epsilon": "[0, 1)"}
+                "num_train_epochs", "top_k", "replay_groups_per_step")
+UNIT_INTERVAL = {"warmup_ratio": "[0, 1]", "top_p": "(0, 1]", "max_reward_failure_fraction": "[0, 1]", "epsilon": "[0, 1)",
+                 "min_p": "[0, 1]"}
+
+
+EPOCH_STEPS = ("logging_steps", "save_steps", "eval_steps")  # -1: once an epoch (`resolve_steps`)
 
 
 def out_of_bounds(key: str, value) -> str | None:
     """Why `value` is not allowed for config key `key` ("must be > 0, got -1"), or None when it is."""
-    if value is None:  # an optional setting left unset (epsilon_high)
+    if value is None or (key in EPOCH_STEPS and value == -1):  # unset (epsilon_high); once an epoch
         return None
     if key in CHOICES and value not in CHOICES[key]:
         return f"must be one of {', '.join(CHOICES[key])}, got {value!r}"
@@ -259,11 +304,14 @@ def _translate(values: dict, where: dict[str, str], whole: str) -> dict:
 
 
 def resolve_steps(config: TrainConfig, prompts: int) -> None:
-    """TRL's max_steps -1 (num_train_epochs over `prompts` training prompts) and warmup_ratio, as steps: called
-    once the data is loaded, before the scheduler is built."""
+    """TRL's max_steps -1 (num_train_epochs over `prompts` training prompts), the *_steps -1 of its epoch
+    strategies and warmup_ratio, as steps: called once the data is loaded, before the scheduler is built."""
+    per_epoch = math.ceil(prompts / config.prompts_per_step) * config.num_iterations
     if config.max_steps == -1:
-        per_epoch = math.ceil(prompts / config.prompts_per_step) * config.num_iterations
         config.max_steps = max(1, math.ceil(config.num_train_epochs * per_epoch))
+    for key in EPOCH_STEPS:
+        if getattr(config, key) == -1:
+            setattr(config, key, per_epoch)
     if config.warmup_ratio and not config.warmup_steps:
         config.warmup_steps = math.ceil(config.warmup_ratio * config.max_steps)
 
@@ -368,6 +416,8 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
         fail("train_data", "is required for on-policy generation (or give offline_data to take prompts from)")
     if config.replay_per_group > 0 and config.num_generations == 0:
         fail("replay_per_group", "replays on-policy generations, but num_generations is 0")
+    if config.replay_groups_per_step:
+        _validate_group_replay(config, fail)
     joining = (config.offline_per_group if offline_data else 0) + config.replay_per_group
     if config.num_generations == 1 and joining == 0:
         fail("num_generations", f"must be ≥ 2 with the group baseline of objective '{config.objective}', got 1")
@@ -375,6 +425,9 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
         fail("cache_implementation", "applies to the hf backend only (vllm manages its own cache)")
     if config.generation_backend == "vllm" and config.use_peft:
         fail("generation_backend", "vllm with use_peft is not supported (weights are synced unmerged); use hf")
+    for key in config.generation_kwargs:
+        if key in GENERATION_SET_BY:
+            fail("generation_kwargs", f"'{key}' is agro's to set: use {GENERATION_SET_BY[key]}")
     if config.async_generation and config.generation_backend != "hf":
         fail("async_generation", "runs the hf backend in its actor process; vllm is not supported with it")
     if config.lagged_generation and not (config.async_generation and config.max_staleness):
@@ -416,6 +469,24 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
         load_reward_function(config.reward_function)
     except ValueError as err:
         fail("reward_function", str(err))
+
+
+def _validate_group_replay(config: TrainConfig, fail) -> None:
+    """replay_groups_per_step > 0: groups are made (num_generations), enough are kept, and each can be replayed."""
+    if config.num_generations == 0:
+        fail("replay_groups_per_step", "replays groups of on-policy samples, but num_generations is 0: none is "
+                                       "ever made")
+    if config.replay_buffer_size < config.replay_groups_per_step:
+        fail("replay_buffer_size", f"keeps {config.replay_buffer_size} groups, fewer than the "
+                                   f"{config.replay_groups_per_step} replay_groups_per_step replays")
+    # a batch's groups are replayed from its next generation batch on (num_iterations steps later); under
+    # async_generation the batch was sampled up to max_staleness updates before it was trained on
+    lag = config.max_staleness if config.async_generation else 0
+    first_age = config.num_iterations + lag
+    if config.replay_max_age < first_age:
+        why = f"num_iterations {config.num_iterations}" + (f" + max_staleness {lag}" if lag else "")
+        fail("replay_max_age", f"is {config.replay_max_age}, but a group can be {first_age} updates old when it is "
+                               f"first replayed ({why}): must be ≥ {first_age}")
 
 
 def _key_lines(text: str, path: str) -> dict[str, str]:

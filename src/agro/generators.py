@@ -18,8 +18,9 @@ from agro.tokens import cut_at_eos, eos_token_ids, left_pad
 class HFGenerator:
     """Batched transformers `generate` with KV cache and left padding.
 
-    Sampling is from the policy itself (top_k disabled); `temperature`/`top_p` other than 1 make the
-    samples slightly off-policy, which AGRO handles as any other off-policy data. With the dynamic
+    Sampling is from the policy itself (top_k disabled); `temperature`/`top_p` other than 1, and `sampling`
+    (TRL's top_k, min_p, repetition_penalty, generation_kwargs: `sampling_kwargs`), make the samples slightly
+    off-policy, which AGRO handles as any other off-policy data. With the dynamic
     cache the samples of a prompt share its prefill (`shared_prefill`) and each step's keys and values
     are written in place (`agro.kv_cache`); `static_cache_len` gives `generate` a static cache of that
     many tokens instead (compiled decoding on a GPU). `bf16`: sample under bfloat16 autocast, the precision
@@ -28,8 +29,9 @@ class HFGenerator:
 
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  batch_size: int = 64, static_cache_len: int | None = None, share_prefill: bool = True,
-                 in_place_cache: bool = True, bf16: bool = False):
+                 in_place_cache: bool = True, bf16: bool = False, sampling: dict | None = None):
         self.tokenizer = tokenizer
+        self.sampling = dict(sampling or {})  # more GenerationConfig arguments of sampled generation, merged last
         self.bf16 = bf16
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_p = temperature, top_p
@@ -46,7 +48,8 @@ class HFGenerator:
             # one cache size for every call, so that a compiled decoding step is not recompiled per prompt width
             common.update(cache_implementation="static", max_cache_len=self.static_cache_len)
         if do_sample:
-            return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, **common)
+            return GenerationConfig(**{"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
+                                       "top_k": 0, **common, **self.sampling})
         return GenerationConfig(do_sample=False, **common)
 
     def generate(self, model, prompts: list[list[int]], num_generations: int = 1, do_sample: bool = True
@@ -113,17 +116,33 @@ def generate_with_progress(generator, model, prompts: list[list[int]], num_gener
     return out
 
 
+def sampling_kwargs(config) -> dict:
+    """TRL's sampling settings of a config (top_k, min_p, repetition_penalty, then generation_kwargs over them)
+    as generation arguments: only those switched on, so that at their defaults nothing is passed and the samples
+    are those of temperature and top_p alone."""
+    out = {}
+    if config.top_k:
+        out["top_k"] = config.top_k
+    if config.min_p is not None:
+        out["min_p"] = config.min_p
+    if config.repetition_penalty != 1.0:
+        out["repetition_penalty"] = config.repetition_penalty
+    return {**out, **config.generation_kwargs}
+
+
 def make_generator(backend: str, tokenizer, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
                    gpu_memory_utilization: float = 0.3, model_name_or_path: str | None = None,
-                   max_model_len: int | None = None, cache_implementation: str = "dynamic", bf16: bool = False):
+                   max_model_len: int | None = None, cache_implementation: str = "dynamic", bf16: bool = False,
+                   sampling: dict | None = None):
     """`hf`: transformers generate (`bf16`: under bfloat16 autocast); `vllm`: a colocated vLLM engine (optional
-    extra, GPU only, in the weights' dtype)."""
+    extra, GPU only, in the weights' dtype). `sampling`: more sampling arguments (`sampling_kwargs`)."""
     if backend == "hf":
         static_len = max_model_len if cache_implementation == "static" else None
-        return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size, static_len, bf16=bf16)
+        return HFGenerator(tokenizer, max_new_tokens, temperature, top_p, batch_size, static_len, bf16=bf16,
+                           sampling=sampling)
     if backend != "vllm":
         raise AgroError(f"unknown generation backend {backend!r}; choose hf or vllm")
     from agro.vllm_backend import VLLMGenerator
 
     return VLLMGenerator(tokenizer, max_new_tokens, temperature, top_p, gpu_memory_utilization,
-                         model_name_or_path=model_name_or_path, max_model_len=max_model_len)
+                         model_name_or_path=model_name_or_path, max_model_len=max_model_len, sampling=sampling)

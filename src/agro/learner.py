@@ -40,6 +40,9 @@ def check_distributed(config: TrainConfig, accelerator: Accelerator) -> None:
     if config.prompts_per_step % world:
         raise AgroError(f"config: key 'prompts_per_step': {config.prompts_per_step} groups cannot be split "
                         f"evenly over {world} processes")
+    if config.replay_groups_per_step % world:
+        raise AgroError(f"config: key 'replay_groups_per_step': {config.replay_groups_per_step} groups cannot be "
+                        f"split evenly over {world} processes")
     if config.async_generation and config.max_staleness and world > 1:
         raise AgroError(f"config: key 'async_generation': one actor process per run; not supported with {world} "
                         "processes")
@@ -89,13 +92,15 @@ class Learner:
         given = model
         if model is None:
             model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code)
+        # grpo with beta 0 (TRL's default) has no KL term: no reference is loaded and no reference pass runs
+        self.uses_reference = not (c.objective == "grpo" and c.beta == 0)
+        self.reference = None  # under LoRA the same weights with adapters disabled; none without a KL term
         if c.use_peft:
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=0.0,
                                                      target_modules=c.lora_target_modules, task_type="CAUSAL_LM"))
-            self.reference = None  # the reference is the same weights with adapters disabled
-        else:
+        elif self.uses_reference:
             ref_model = load_model(c.model_name_or_path, c.torch_dtype, c.trust_remote_code) if given is None \
                 else copy.deepcopy(given)
             self.reference = CompletionLogprobs(ref_model.requires_grad_(False).eval().to(self.accelerator.device))
@@ -201,9 +206,10 @@ class Learner:
 
     @torch.inference_mode()
     def with_reference(self, gens: list[Generation]) -> list[Generation]:
-        """`gens` with the π_ref log-probs of those that have none (records keep theirs: computed once)."""
+        """`gens` with the π_ref log-probs of those that have none (records keep theirs: computed once).
+        Without a reference (grpo, beta 0) they stay None: the batch tensors take π's own log-probs, Δ = 0."""
         todo = [i for i, g in enumerate(gens) if g.ref_logprobs is None]
-        if not todo:
+        if not todo or not self.uses_reference:
             return gens
         # accelerate runs the prepared policy's forward under its mixed-precision autocast: so does π_ref,
         # or Δ = log π − log π_ref would carry the rounding difference

@@ -38,6 +38,7 @@ class PromptPool:
         self.epoch, self.position = 0, 0
         self.order: list[int] | None = None  # this epoch's order when a wrap rearranged it, else its permutation
         self._warned_small = False
+        self.truncated_prompts = 0  # train_data prompts cut to their last max_prompt_length tokens
         self.ahead: list[list[str]] = []  # keys drawn for batches not yet trained on (agro.async_actor)
         c = config
         self.data_reports = []
@@ -59,7 +60,8 @@ class PromptPool:
         self.columns: dict[str, dict] = {}  # functions, and their data columns (`agro.rewards.functions`)
         self.problems: list[str] = []
         for p in problems[0] if problems else []:
-            self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt", columns=p.columns)
+            self._add_prompt(p.prompt, p.answer, f"{p.id}", "prompt", columns=p.columns,
+                             truncate=c.truncate_prompts == "left")
         if offline is None and c.offline_data and c.offline_per_group > 0:
             offline = data.load_offline_records(c.offline_data, on_bad_record=c.on_bad_record, split=c.dataset_split)
         if offline is not None and c.offline_per_group > 0:
@@ -68,6 +70,15 @@ class PromptPool:
         if not self.problems:
             raise AgroError("no usable prompts: every record was skipped or the data is empty")
         self.skipped_records = sum(len(r.skipped) for r in self.data_reports)
+
+    def notes(self) -> list[str]:
+        """What a run says about its data at start: skipped, duplicated or unused records, truncated prompts."""
+        notes = [r.summary() for r in self.data_reports if r.skipped or r.duplicates or r.unused]
+        if self.truncated_prompts:
+            notes.append(f"agro: {self.truncated_prompts} prompts longer than max_prompt_length were truncated from "
+                         f"the left (to {self.config.max_prompt_length} tokens; truncate_prompts: error makes them "
+                         "bad records)")
+        return notes
 
     def _bad(self, where: str, field: str, reason: str, report: data.DataReport | None = None) -> None:
         """A bad record: raise it (on_bad_record: error) or count it as skipped."""
@@ -78,20 +89,27 @@ class PromptPool:
         if report is not None:
             report.skipped.append(err)
 
-    def _add_prompt(self, prompt, answer, where: str, field: str, report=None, columns=None) -> str | None:
+    def _add_prompt(self, prompt, answer, where: str, field: str, report=None, columns=None,
+                    truncate: bool = False) -> str | None:
+        """Key a prompt, with its token ids, text and answer. Longer than max_prompt_length: with `truncate`
+        (train_data prompts, truncate_prompts left) it keeps its last max_prompt_length tokens, as TRL does;
+        else a bad record (an offline record's completion was written for the whole prompt)."""
         key = data.prompt_key(prompt)
         if key in self.prompt_ids:
             return key
         limit = self._max_chars["prompt"]
-        if limit is not None and text_chars(prompt) > limit:
+        if not truncate and limit is not None and text_chars(prompt) > limit:
             self._bad(where, field, f"prompt has {text_chars(prompt)} characters, more than max_prompt_length "
                       f"{self.config.max_prompt_length} tokens can hold ({limit} with this tokenizer)", report)
             return None
         ids = encode_prompt(self.tokenizer, prompt)
         if len(ids) > self.config.max_prompt_length:
-            self._bad(where, field, f"prompt has {len(ids)} tokens, more than max_prompt_length "
-                      f"{self.config.max_prompt_length}", report)
-            return None
+            if not truncate:
+                self._bad(where, field, f"prompt has {len(ids)} tokens, more than max_prompt_length "
+                          f"{self.config.max_prompt_length}", report)
+                return None
+            ids = ids[len(ids) - self.config.max_prompt_length:]
+            self.truncated_prompts += 1
         self.prompt_ids[key] = ids
         self.prompt_texts[key] = prompt_text(self.tokenizer, prompt)
         self.answers[key] = answer

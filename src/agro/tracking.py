@@ -3,6 +3,8 @@
 metrics.jsonl is our own writer, not a tracker: it is the run's record that `agro demo`, the study and the
 tests read line by line, and on resume it is cut back to the checkpoint's step (`discard_after`), which no
 tracker does. Every row carries "step" and "iteration"; the trackers get the same numbers at that step.
+With `log_completions` (TRL's), completions.jsonl holds the table of completions TRL logs: one row per
+generation of the newest generation batch at each logging step (`CompletionsLog`), cut back on resume too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from accelerate import Accelerator, PartialState
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, TensorBoardTracker, WandBTracker, get_available_trackers
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from agro.config import TRACKERS, TrainConfig
@@ -64,9 +67,51 @@ class MetricsLog:
         self.accelerator.end_training()
 
 
+class CompletionsLog:
+    """output_dir/completions.jsonl (main process, when `enabled`: TRL's log_completions): step, source, prompt,
+    completion, reward and the columns reward functions logged with `log_extra`, one row per generation of the
+    newest generation batch, written at the next logging step; every process's rows, gathered."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, enabled: bool):
+        self.accelerator, self.path, self.enabled = accelerator, output_dir / "completions.jsonl", enabled
+        self.pending: tuple[list, dict[str, list]] | None = None
+        self.file = None
+
+    def keep(self, gens: list, columns: dict[str, list]) -> None:
+        """A new batch's scored generations, with the columns logged for them in the same order."""
+        if self.enabled:
+            self.pending = (gens, dict(columns))
+
+    def write(self, step: int) -> None:
+        """The kept batch's rows at logging step `step` (nothing when none is kept); every process calls it."""
+        if self.pending is None:
+            return
+        gens, columns = self.pending
+        self.pending = None
+        rows = [{"step": step, "source": g.source, "prompt": g.prompt, "completion": g.completion,
+                 "reward": g.reward, **{name: values[i] for name, values in columns.items()}}
+                for i, g in enumerate(gens)]
+        if self.accelerator.num_processes > 1:
+            rows = gather_object(rows)
+        if self.accelerator.is_main_process:
+            self.file = self.file or open(self.path, "a", encoding="utf-8")
+            self.file.write("".join(json.dumps(row, default=str) + "\n" for row in rows))
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 def discard_after(output_dir: Path, step: int) -> None:
-    """Keep only the metrics.jsonl rows of steps 1..`step` (none when 0); torn lines go too."""
-    path = output_dir / "metrics.jsonl"
+    """Keep only the metrics.jsonl and completions.jsonl rows of steps 1..`step` (none when 0); torn lines go
+    too."""
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        _discard_after(output_dir / name, step)
+
+
+def _discard_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = []
@@ -77,6 +122,6 @@ def discard_after(output_dir: Path, step: int) -> None:
             continue
         if step and isinstance(row, dict) and row.get("step", math.inf) <= step:
             kept.append(line + "\n")
-    partial = path.with_name("metrics.jsonl.partial")
+    partial = path.with_name(path.name + ".partial")
     partial.write_text("".join(kept), encoding="utf-8")
     os.replace(partial, path)

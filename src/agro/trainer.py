@@ -2,9 +2,10 @@
 
     prompts (PromptPool) ─► actor (on-policy generations) ─┐
     offline records of the same prompts ───────────────────┤ assembly.assemble (pure)
-    replay of earlier generations (staleness-bounded) ─────┘
+    replay of earlier generations (staleness-bounded) ─────┤
+    replayed whole groups of other prompts (GroupReplay) ──┘
           ─► scoring.score (rewards) ─► learner.update (π_ref and policy log-probs, objective, AdamW)
-          ─► offline records back to the prompts, on-policy samples to the replay (by their positions)
+          ─► offline records back to the prompts, on-policy samples and groups to the replay (by their positions)
           ─► metrics (tracking), checkpoints (checkpoint), evaluation (evaluate)
 
 Each process takes whole groups (a group is never split across processes); gradients are averaged across
@@ -35,11 +36,11 @@ from agro.callbacks import Callbacks
 from agro.config import TrainConfig, resolve_steps, save_config
 from agro.errors import AgroError
 from agro.evaluate import evaluate
-from agro.generators import make_generator
+from agro.generators import make_generator, sampling_kwargs
 from agro.learner import Learner, Timer, check_distributed
 from agro.prompts import PromptPool
 from agro.records import GenerationBatch
-from agro.replay import ReplayBuffer
+from agro.replay import GroupReplay, ReplayBuffer
 from agro.rewards.workers import ScoringInterrupted
 from agro.run_inputs import RunInputs
 from agro.tokens import eos_token_ids
@@ -70,14 +71,16 @@ class Trainer:
         generator = make_generator(c.generation_backend, self.tokenizer, c.max_completion_length, c.temperature,
                                    c.top_p, c.generation_batch_size, c.vllm_gpu_memory_utilization,
                                    c.model_name_or_path, c.max_prompt_length + c.max_completion_length,
-                                   c.cache_implementation, c.bf16)
+                                   c.cache_implementation, c.bf16, sampling_kwargs(c))
         self.actor = Actor(generator, self.tokenizer, self.prompts, c.num_generations, self.rank, self.world)
         self.callbacks = Callbacks(inputs.callbacks, c, self)
         self.reward_warnings = scoring.RewardWarnings(c.max_completion_length, c.truncated_completions)
         self.replay = ReplayBuffer(c.replay_max_staleness, c.replay_weight)
+        self.group_replay = GroupReplay.for_process(c, self.world)
         self.step = 0
         self.batch: GenerationBatch | None = None  # the generation batch still in use (num_iterations)
         self.iteration = 0  # optimizer steps taken on the current (or last) generation batch
+        self.completions = tracking.CompletionsLog(self.accelerator, self.output_dir, c.log_completions)
         self.nonfinite_run = 0
         self._stop_signal: int | None = None
         self.interrupted: int | None = None  # the signal that stopped train() before max_steps
@@ -107,8 +110,8 @@ class Trainer:
             if first:
                 rng = assembly.group_rng(c.seed, self.step, self.rank)
                 assembled = assembly.assemble(keys, on_policy, self.prompts.offline_by_group, self.replay,
-                                              self.step, c.offline_per_group, c.replay_per_group, rng)
-                self.batch, self.iteration = GenerationBatch(keys, assembled.generations), 0
+                                              self.step, c.offline_per_group, c.replay_per_group, rng, self.group_replay)
+                self.batch, self.iteration = GenerationBatch(assembled.keys, assembled.generations), 0
             else:  # a later iteration generates nothing
                 timer.times["time_generation"] = 0.0
             self.iteration += 1
@@ -118,6 +121,8 @@ class Trainer:
                                                      c.max_reward_failure_fraction, self.eos_ids,
                                                      c.truncated_completions, self.prompts.columns,
                                                      self.prompts.raw_prompts)
+            if first:  # TRL's table of completions (log_completions): written at the next logging step
+                self.completions.keep(gens, getattr(self.scorer, "logged_columns", {}))
             self.batch, loss, learned = self.learner.update(dataclasses.replace(self.batch, generations=gens), first)
             gens = self.batch.generations
             self.step += 1
@@ -127,12 +132,14 @@ class Trainer:
                 if first:  # only a new batch's on-policy samples join (with their reward and log-probs)
                     self.replay.add([gens[at] for at in assembled.on_policy])
                 self.replay.evict(self.step)
+            self.group_replay.update(self.step, assembly.fresh_groups(gens, assembled.on_policy) if first else [])
             if self.iteration >= c.num_iterations:
                 self.batch = None
         tokens = sum(len(g.prompt_ids) + len(g.completion_ids) for g in gens)
         return {"step": self.step, "iteration": self.iteration, "loss": loss, **reward_metrics, **timer.times,
                 "tokens_per_s": tokens / timer.times["time_step"], "num_generations": float(len(gens)), **learned,
-                **assembly.staleness_metrics(gens, self.step - 1), **scoring.completion_metrics(gens, self.eos_ids)}
+                **assembly.staleness_metrics(gens, self.step - 1), **scoring.completion_metrics(gens, self.eos_ids),
+                **assembly.replay_metrics(gens, self.step - 1), **self.group_replay.metrics()}
 
     # ------------------------------------------------------------------ run, checkpoints, eval
 
@@ -155,6 +162,7 @@ class Trainer:
             checkpoint.write_training_args(staging, self.config, self.step)
         checkpoint.save_states(staging, self.learner.optimizer, self.learner.scheduler, self._trainer_state(), self.rank,
                                None if self.batch is None else self.batch.to_state())
+        self.group_replay.save(staging, self.rank)
         acc.wait_for_everyone()
         path = None
         if acc.is_main_process:
@@ -169,6 +177,7 @@ class Trainer:
         self.step, self.nonfinite_run = state["step"], state["nonfinite_run"]
         self.prompts.load_state(state)
         self.replay.load_state(state["replay"])
+        self.group_replay.load(path, self.rank)
         self.iteration = state.get("iteration", 0)  # checkpoints before num_iterations: none mid-batch
         saved_by = checkpoint.batch_files(path)
         if saved_by and saved_by != self.world:
@@ -189,8 +198,8 @@ class Trainer:
             checkpoint.clear_run(self.output_dir)
         # what this run creates: removed again if it stops before finishing a step, so that the corrected
         # rerun is not refused as a run to resume (what was there before is never touched)
-        created = [p for p in (self.output_dir, *(self.output_dir / n for n in ("config.yaml", "metrics.jsonl",
-                                                                               "tensorboard", "wandb")))
+        created = [p for p in (self.output_dir, *(self.output_dir / n for n in (
+                       "config.yaml", "metrics.jsonl", "completions.jsonl", "tensorboard", "wandb")))
                    if main and not p.exists()]
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -202,9 +211,8 @@ class Trainer:
             if self.world > 1:
                 tqdm.write(f"agro: {self.world} processes ({acc.distributed_type.value}), "
                            f"{c.prompts_per_step // self.world} prompts per step on each")
-            for report in self.prompts.data_reports:
-                if report.skipped or report.duplicates or report.unused:
-                    tqdm.write(report.summary())
+            for note in self.prompts.notes():
+                tqdm.write(note)
         metrics_log = tracking.MetricsLog(acc, self.output_dir)
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         if self.world == 1:  # a signal stops reward scoring at once (several processes stop between steps)
@@ -244,6 +252,7 @@ class Trainer:
                     metrics.update(self.run_evaluation(eval_problems))
                 if self.step % c.logging_steps == 0 or self.step == c.max_steps:
                     self._log(metrics_log, metrics)
+                    self.completions.write(self.step)
                 self._check_finite(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('reward/on_policy', metrics.get('objective/reward_mean', 0)):.3f}",
@@ -270,6 +279,7 @@ class Trainer:
             if isinstance(self.actor, AsyncActor):
                 self.actor.close()
             metrics_log.close()
+            self.completions.close()
             if self.step == 0 and not checkpoint.list_checkpoints(self.output_dir):
                 checkpoint.remove_created(self.output_dir, created)
         return last

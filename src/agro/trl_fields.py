@@ -9,6 +9,7 @@ so that one error lists them all; `markdown` writes docs/guide/trl-config.md fro
 from __future__ import annotations
 
 import difflib
+import json
 import os
 
 HONOURED, MAPPED, REFUSED = "honoured", "mapped", "refused"
@@ -16,8 +17,6 @@ HONOURED, MAPPED, REFUSED = "honoured", "mapped", "refused"
 # Refused fields given at one of these values change nothing in agro (an off switch, TRL's default), so they
 # are accepted and dropped: a ported block with `push_to_hub=False` runs.
 _OFF = (None, False, 0, "", {}, [], "no", "none")
-_SAMPLER = ("agro samples from the policy itself (the sampler's log-probs are the policy's); its sampling keys "
-            "are temperature and top_p")
 _VLLM = "agro's vllm backend is colocated and configured by generation_backend and vllm_gpu_memory_utilization"
 _TA = "a TrainingArguments setting agro's loop does not have"
 
@@ -44,13 +43,19 @@ TABLE: dict[str, tuple[str, str, tuple]] = {
     "auto_find_batch_size": (REFUSED, "set per_device_train_batch_size or prompts_per_step", _OFF),
     # generation
     "max_completion_length": (HONOURED, "maximum generated tokens", ()),
-    "max_prompt_length": (HONOURED, "agro's key: a longer prompt is a bad record (on_bad_record)", ()),
+    "max_prompt_length": (HONOURED, "a longer train_data prompt keeps its last max_prompt_length tokens (TRL's "
+                          "left truncation, counted in one warning; truncate_prompts: error makes it a bad record); "
+                          "an offline record's longer prompt is a bad record (its completion belongs to the whole "
+                          "prompt)", ()),
     "temperature": (HONOURED, "sampling temperature", ()),
     "top_p": (HONOURED, "nucleus sampling", ()),
-    "top_k": (REFUSED, _SAMPLER, (None, 0)),
-    "min_p": (REFUSED, _SAMPLER, (None, 0, 0.0)),
-    "repetition_penalty": (REFUSED, _SAMPLER, (None, 1, 1.0)),
-    "generation_kwargs": (REFUSED, _SAMPLER, (None, {})),
+    "top_k": (HONOURED, "top-k filtering of training samples (0 or None: off), hf and vllm; as in TRL, the "
+              "learner's log-probs are the unfiltered policy's", ()),
+    "min_p": (HONOURED, "min-p filtering of training samples (None: off), hf and vllm", ()),
+    "repetition_penalty": (HONOURED, "repetition penalty of training samples (1.0: off), hf and vllm", ()),
+    "generation_kwargs": (HONOURED, "merged last into the GenerationConfig (hf) or SamplingParams (vllm) of "
+                          "training samples (a JSON string too); the arguments agro sets from its own keys "
+                          "(max_new_tokens, num_return_sequences, do_sample...) are refused", ()),
     "chat_template_kwargs": (REFUSED, "agro applies the tokenizer's chat template as it is (prompt_template chat, "
                              "system_prompt)", (None, {})),
     "cache_implementation": (HONOURED, "agro's hf backend: dynamic | static (TRL's None is dynamic)", ()),
@@ -72,8 +77,9 @@ TABLE: dict[str, tuple[str, str, tuple]] = {
         ("vllm_importance_sampling_mode", ("sequence_mask",)), ("vllm_importance_sampling_clip_max", (3.0, 3)),
         ("vllm_importance_sampling_clip_min", _OFF), ("vllm_importance_sampling_cap", _OFF))},
     # the objective
-    "beta": (HONOURED, "KL coefficient; 0 (TRL's default) is allowed for objective grpo, the ratio-clipped one "
-             "(no KL term); agro's own objectives need β > 0, their target is π_ref·exp(r/β)", ()),
+    "beta": (HONOURED, "KL coefficient; 0 (TRL's default) is allowed for objective grpo, the ratio-clipped one: "
+             "no KL term, no reference model loaded, no reference pass (kl and log_ratio_mean are logged as 0); "
+             "agro's own objectives need β > 0, their target is π_ref·exp(r/β)", ()),
     "loss_type": (HONOURED, "objective grpo: grpo | dapo | bnpo | dr_grpo; other objectives accept TRL's default "
                   "dapo and agro's grpo as 'not used' (their loss scale is agro_loss_type)", ()),
     "scale_rewards": (MAPPED, "group / true: grpo's advantages are divided by the group std (agro's grpo); "
@@ -111,24 +117,28 @@ TABLE: dict[str, tuple[str, str, tuple]] = {
     "router_aux_loss_coef": (REFUSED, "no mixture-of-experts auxiliary loss", (None,)),
     "remove_unused_columns": (REFUSED, "agro passes every dataset column to batched reward functions", (False,)),
     # logging
-    "log_completions": (REFUSED, "not written yet; metrics.jsonl holds each step's rewards and lengths", _OFF),
-    "num_completions_to_print": (REFUSED, "see log_completions", (None,)),
+    "log_completions": (HONOURED, "at each logging step the newest generation batch's completions go to "
+                        "output_dir/completions.jsonl (step, source, prompt, completion, reward, log_extra "
+                        "columns), cut back on resume; nothing is printed", ()),
+    "num_completions_to_print": (REFUSED, "agro prints no completions; completions.jsonl (log_completions) has "
+                                 "them all", (None,)),
     "log_unique_prompts": (REFUSED, "see log_completions", _OFF),
     "log_completions_hub_repo": (REFUSED, "see log_completions", (None,)),
     "log_multimodal": (REFUSED, "agro trains text models", (True, False)),
     "report_to": (HONOURED, "accelerate's trackers: tensorboard, wandb, trackio, mlflow, comet_ml, aim, clearml, "
                   "dvclive, swanlab; all (those installed), none", ()),
     "run_name": (HONOURED, "the tracker run's name (wandb, trackio, mlflow...)", ()),
-    "logging_strategy": (MAPPED, "steps: logging_steps; no and epoch: not supported (metrics.jsonl is the run's "
-                         "record; set logging_steps)", ()),
+    "logging_strategy": (MAPPED, "steps: logging_steps; epoch: logging_steps -1, once an epoch (⌈prompts ÷ "
+                         "prompts_per_step⌉ × num_iterations steps, counted when the data is loaded); no: not "
+                         "supported (metrics.jsonl is the run's record)", ()),
     "logging_steps": (HONOURED, "write metrics every N steps", ()),
-    "save_strategy": (MAPPED, "steps: save_steps; no: save_steps 0 (final/ only, written at the end); epoch, "
-                      "best: not supported (set save_steps)", ()),
+    "save_strategy": (MAPPED, "steps: save_steps; no: save_steps 0 (final/ only, written at the end); epoch: "
+                      "save_steps -1, once an epoch (as logging_strategy); best: not supported", ()),
     "save_steps": (HONOURED, "checkpoint every N steps", ()),
     "save_total_limit": (HONOURED, "checkpoints kept", ()),
     "eval_strategy": (MAPPED, "steps: eval_steps (default logging_steps, as TRL); no: eval_steps 0 (agro still "
-                      "evaluates at start and end when eval data is given); epoch: not supported (set eval_steps)",
-                      ()),
+                      "evaluates at start and end when eval data is given); epoch: eval_steps -1, once an epoch (as "
+                      "logging_strategy)", ()),
     "eval_steps": (HONOURED, "evaluate every N steps", ()),
     "eval_on_start": (REFUSED, "true is what agro does: it evaluates at step 0 whenever eval data is given",
                       (True,)),
@@ -200,6 +210,15 @@ def translate(values: dict, defaults: dict) -> tuple[dict, list[tuple[str, str]]
     out = {k: v for k, v in values.items() if k in defaults}
     trl = {k: v for k, v in values.items() if k not in defaults}
     problems: list[tuple[str, str]] = []
+    for key, off in (("top_k", 0), ("generation_kwargs", {})):
+        if key in out and out[key] is None:  # TRL's None: off
+            out[key] = off
+    if isinstance(out.get("generation_kwargs"), str):  # TRL's command line gives it as JSON
+        try:
+            out["generation_kwargs"] = json.loads(out["generation_kwargs"])
+        except ValueError:
+            problems.append(("generation_kwargs", f"generation_kwargs={values['generation_kwargs']!r}: not a JSON "
+                                                  "object"))
 
     def take(source: str, target: str, value) -> None:
         if target in values and values[target] != value:
@@ -281,24 +300,25 @@ def _batch(trl: dict, out: dict, defaults: dict, take, problems: list) -> None:
 
 
 def _strategies(trl: dict, out: dict, defaults: dict, take, refuse) -> None:
-    """logging_strategy, save_strategy and eval_strategy onto agro's *_steps."""
+    """logging_strategy, save_strategy and eval_strategy onto agro's *_steps (-1: once an epoch, counted when
+    the data is loaded: agro.config.resolve_steps)."""
     strategy = trl.get("logging_strategy", "steps")
-    if strategy != "steps":
-        refuse("logging_strategy", "agro writes metrics.jsonl every logging_steps steps (steps only)")
-    strategy = trl.get("save_strategy", "steps")
-    if strategy == "no":
-        take("save_strategy", "save_steps", 0)
+    if strategy == "epoch":
+        take("logging_strategy", "logging_steps", -1)
     elif strategy != "steps":
-        refuse("save_strategy", "agro counts steps: set save_steps (⌈prompts ÷ prompts_per_step⌉ × num_iterations "
-                                "is an epoch)")
+        refuse("logging_strategy", "agro writes metrics.jsonl every logging_steps steps (steps or epoch)")
+    strategy = trl.get("save_strategy", "steps")
+    if strategy in ("no", "epoch"):
+        take("save_strategy", "save_steps", 0 if strategy == "no" else -1)
+    elif strategy != "steps":
+        refuse("save_strategy", "agro saves every save_steps steps (steps, epoch or no); best is not supported")
     strategy = trl.get("eval_strategy", "no" if "eval_strategy" in trl else None)
-    if strategy == "no":
-        take("eval_strategy", "eval_steps", 0)
+    if strategy in ("no", "epoch"):
+        take("eval_strategy", "eval_steps", 0 if strategy == "no" else -1)
     elif strategy == "steps":
         out.setdefault("eval_steps", out.get("logging_steps", defaults["logging_steps"]))
     elif strategy is not None:
-        refuse("eval_strategy", "agro counts steps: set eval_steps (⌈prompts ÷ prompts_per_step⌉ × num_iterations "
-                                "is an epoch)")
+        refuse("eval_strategy", "agro evaluates every eval_steps steps (steps, epoch or no)")
 
 
 def markdown() -> str:

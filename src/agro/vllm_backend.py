@@ -18,7 +18,7 @@ from agro.tokens import cut_at_eos, eos_token_ids
 class VLLMGenerator:
     def __init__(self, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  gpu_memory_utilization: float = 0.3, model_name_or_path: str | None = None,
-                 max_model_len: int | None = None, dtype: str = "auto", seed: int = 0):
+                 max_model_len: int | None = None, dtype: str = "auto", seed: int = 0, sampling: dict | None = None):
         try:
             import torch
             from vllm import LLM, SamplingParams
@@ -33,6 +33,7 @@ class VLLMGenerator:
         self.max_new_tokens = max_new_tokens
         self.sampling = SamplingParams
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.extra = dict(sampling or {})  # more SamplingParams arguments of sampled generation (top_k, min_p...)
         self.llm = LLM(model=resolve_model(model_name_or_path), gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
                        max_model_len=max_model_len, seed=seed, enable_prefix_caching=True)
         self._synced_version = None
@@ -53,6 +54,7 @@ class VLLMGenerator:
         params = self.sampling(
             n=num_generations, max_tokens=self.max_new_tokens,
             temperature=self.temperature if do_sample else 0.0, top_p=self.top_p if do_sample else 1.0,
+            **(self.extra if do_sample else {}),
         )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         eos = eos_token_ids(self.tokenizer, model)

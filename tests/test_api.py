@@ -206,7 +206,7 @@ def test_lora_on_all_linear_layers_and_a_signal_ends_the_run_with_train_end(asse
 
 def test_trl_reward_functions_run_unchanged_on_chat_prompts():
     """TRL's own reward functions, as GRPOTrainer calls them: chat prompts give message-list completions."""
-    rewards = pytest.importorskip("trl.rewards")  # trl is in the bench extra, not in `make setup`
+    rewards = pytest.importorskip("trl.rewards")  # trl is in the dev extra (make setup installs it)
     chat = [{"role": "user", "content": "What is 1/2 + 1/4?"}]
     samples = Samples(prompts=[chat] * 3, completions=["<think>add</think>\\boxed{\\frac{3}{4}}", "\\boxed{0.75}", "\\boxed{5}"],
                       answers=[None] * 3, completion_ids=[[1, 2, 3], [1] * 20, [1]],

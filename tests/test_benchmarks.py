@@ -238,7 +238,7 @@ def test_efficiency_refuses_to_resume_with_other_settings(tmp_path, capsys):
 
 
 def test_efficiency_without_trl(tmp_path):
-    """Without trl (CI installs only .[dev]) TRL's methods are skipped with a message, and the JSON says so."""
+    """Without trl installed, TRL's methods are skipped with a message, and the JSON says so."""
     proc, result = efficiency_run(tmp_path, "--methods", "grpo", "trl_grpo_num_iterations_4", hide_trl=True)
     assert "trl is not installed" in proc.stdout
     assert result["trl"] is False and set(result["methods"]) == {"grpo"}

@@ -315,7 +315,7 @@ class _TRLStub:
 def test_grpo_loss_types_match_trl(loss_type):
     """TRL's own GRPOTrainer._compute_loss on the same batch (groups of equal size, as TRL forms them; its
     advantages computed as TRL does: group mean, std with Bessel's correction, + 1e-4): same loss, same gradient."""
-    trl = pytest.importorskip("trl.trainer.grpo_trainer", reason="TRL is not installed (pip install -e '.[bench]')")
+    trl = pytest.importorskip("trl.trainer.grpo_trainer", reason="TRL is not installed (pip install -e '.[dev]')")
     g = torch.Generator().manual_seed(11)
     groups, width, max_len = 3, 7, 10
     num = 4

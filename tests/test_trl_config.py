@@ -11,7 +11,14 @@ from agro import AGROConfig, AGROTrainer
 from agro.cli import main
 from agro.config import load_config
 from agro.errors import AgroError
-from agro.trl_fields import TABLE, TRAINING_ARGUMENTS, markdown
+from agro.trl_fields import (
+    OLDER_VERSIONS,
+    TABLE,
+    TRAINING_ARGUMENTS,
+    TRAINING_ARGUMENTS_DEFAULTS,
+    _same,
+    markdown,
+)
 
 DOC = Path(__file__).parent.parent / "docs" / "guide" / "trl-config.md"
 
@@ -166,3 +173,90 @@ def test_the_docs_table_is_current_and_lists_every_grpo_config_field():
     fields = {f.name for f in dataclasses.fields(trl.GRPOConfig) if f.init}
     missing = fields - set(TABLE) - set(TRAINING_ARGUMENTS)
     assert not missing, f"GRPOConfig fields missing from agro.trl_fields: {sorted(missing)}"
+
+
+def test_training_arguments_are_accepted_at_their_own_default_only():
+    """Each TrainingArguments setting agro's loop lacks is dropped at its default and refused otherwise; True is
+    not 1 and not every field's default."""
+    with pytest.raises(AgroError) as info:
+        AGROConfig(model_name_or_path="m", load_best_model_at_end=True, use_liger_kernel=True, full_determinism=True,
+                   tf32=True, ddp_find_unused_parameters=True, dataloader_drop_last=1, shuffle_dataset=1)
+    message = str(info.value)
+    assert message.startswith("AGROConfig: 7 unsupported keys: ")
+    for part in ("load_best_model_at_end=True: a TrainingArguments setting agro's loop does not have (only its "
+                 "default, False, is accepted)", "use_liger_kernel=True", "full_determinism=True",
+                 "tf32=True: a TrainingArguments setting agro's loop does not have (only its default, None, ",
+                 "ddp_find_unused_parameters=True", "dataloader_drop_last=1", "shuffle_dataset=1"):
+        assert part in message
+    AGROConfig(model_name_or_path="m", load_best_model_at_end=False, use_liger_kernel=False, tf32=None,
+               dataloader_pin_memory=True, ddp_timeout=1800, eval_delay=0.0, hub_strategy="every_save",
+               include_num_input_tokens_seen=False, include_for_metrics=[], shuffle_dataset=True, push_to_hub=0)
+
+
+def test_the_training_arguments_defaults_are_the_installed_classes():
+    """TRAINING_ARGUMENTS_DEFAULTS (kept in agro: transformers' TrainingArguments imports torch) against the
+    installed GRPOConfig, or TrainingArguments without trl: the first accepted value is the field's default."""
+    try:
+        import trl
+        cls = trl.GRPOConfig
+    except ImportError:
+        from transformers import TrainingArguments as cls
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls) if f.init}
+    for name, accepted in TRAINING_ARGUMENTS_DEFAULTS.items():
+        if name in OLDER_VERSIONS and name not in defaults:
+            continue
+        assert name in defaults, name
+        assert _same(defaults[name], accepted[0]), (name, defaults[name], accepted)
+
+
+@pytest.mark.parametrize("given", [
+    dict(steps_per_generation=None), dict(steps_per_generation=1),  # TRL's default: gradient_accumulation_steps
+    dict(steps_per_generation=2, gradient_accumulation_steps=2, num_generations=8),
+])
+def test_steps_per_generation_at_trls_default_is_accepted(given):
+    AGROConfig(model_name_or_path="m", **given)
+
+
+def test_steps_per_generation_that_reuses_completions_is_refused():
+    with pytest.raises(AgroError, match=r"steps_per_generation=4: agro generates every optimizer step's "
+                                        r"completions fresh, .*gradient_accumulation_steps, 2\); to train on "
+                                        r"completions again use num_iterations or group replay "
+                                        r"\(replay_groups_per_step\)"):
+        AGROConfig(model_name_or_path="m", steps_per_generation=4, gradient_accumulation_steps=2, num_generations=8)
+    with pytest.raises(AgroError, match="steps_per_generation=2: .*gradient_accumulation_steps, 1"):
+        AGROConfig(model_name_or_path="m", steps_per_generation=2)
+    with pytest.raises(AgroError, match="steps_per_generation=True: expected None or a positive integer"):
+        AGROConfig(model_name_or_path="m", steps_per_generation=True)
+
+
+def test_activation_checkpointing_is_gradient_checkpointing():
+    assert AGROConfig(model_name_or_path="m", activation_checkpointing=True).gradient_checkpointing is True
+    assert AGROConfig(model_name_or_path="m", activation_checkpointing=None).gradient_checkpointing is False
+    assert AGROConfig(model_name_or_path="m", activation_checkpointing=True,
+                      gradient_checkpointing=True).gradient_checkpointing is True
+    with pytest.raises(AgroError, match="activation_checkpointing=False means gradient_checkpointing: False, but "
+                                        "gradient_checkpointing is True; give one of them"):
+        AGROConfig(model_name_or_path="m", activation_checkpointing=False, gradient_checkpointing=True)
+    config = load_config(None, ["model_name_or_path=m", "train_data=t.jsonl", "activation_checkpointing=true"])
+    assert config.gradient_checkpointing is True
+
+
+def test_fields_of_older_versions_are_marked_in_the_table():
+    for name in ("max_prompt_length", "warmup_ratio", "overwrite_output_dir"):
+        assert f"| `{name}` (from older TRL/transformers versions) |" in markdown()
+    assert "`logging_dir` (from older TRL/transformers versions)" in markdown()
+    trl = pytest.importorskip("trl")
+    fields = {f.name for f in dataclasses.fields(trl.GRPOConfig) if f.init}
+    assert OLDER_VERSIONS == {*TABLE, *TRAINING_ARGUMENTS} - fields
+
+
+def test_max_steps_minus_one_without_epochs_is_named_by_check():
+    """TRL's max_steps -1 brings its 3 epochs through AGROConfig and load_config; a config changed afterwards
+    is still checked."""
+    from agro.config import check
+
+    config = AGROConfig(model_name_or_path="m", train_data="t")
+    config.max_steps = -1
+    with pytest.raises(AgroError, match="key 'max_steps': is -1 .* but num_train_epochs is 0"):
+        check(config)

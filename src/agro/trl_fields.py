@@ -15,7 +15,8 @@ import os
 HONOURED, MAPPED, REFUSED = "honoured", "mapped", "refused"
 
 # Refused fields given at one of these values change nothing in agro (an off switch, TRL's default), so they
-# are accepted and dropped: a ported block with `push_to_hub=False` runs.
+# are accepted and dropped: a ported block with `push_to_hub=False` runs. Values are compared by `_same`: a
+# bool matches only a bool (True is not 1).
 _OFF = (None, False, 0, "", {}, [], "no", "none")
 _VLLM = "agro's vllm backend is colocated and configured by generation_backend and vllm_gpu_memory_utilization"
 _TA = "a TrainingArguments setting agro's loop does not have"
@@ -28,9 +29,10 @@ TABLE: dict[str, tuple[str, str, tuple]] = {
                                     "num_generations (TRL's completions per optimizer step)", ()),
     "gradient_accumulation_steps": (MAPPED, "see per_device_train_batch_size; agro splits a step into passes of "
                                     "mini_batch_size generations itself (the gradient is over the whole step)", ()),
-    "steps_per_generation": (MAPPED, "accepted; agro generates every optimizer step's completions fresh, as TRL "
-                             "does at its default (steps_per_generation = gradient_accumulation_steps); larger values "
-                             "make TRL train on older samples, which agro's num_iterations / async_generation do", ()),
+    "steps_per_generation": (REFUSED, "agro generates every optimizer step's completions fresh, as TRL does at its "
+                             "default (None or gradient_accumulation_steps, accepted); another value makes TRL train "
+                             "on older completions: use num_iterations or group replay (replay_groups_per_step)",
+                             (None,)),
     "generation_batch_size": (MAPPED, "agro's key of this name is a memory bound (sequences per generate call); "
                               "TRL's (completions per generation round) is prompts_per_step × num_generations", ()),
     "num_generations": (HONOURED, "samples per prompt", ()),
@@ -154,6 +156,8 @@ TABLE: dict[str, tuple[str, str, tuple]] = {
              "autocast) or torch_dtype: float16", (False,)),
     "bf16": (HONOURED, "bfloat16 autocast", ()),
     "gradient_checkpointing": (HONOURED, "recompute activations in backward", ()),
+    "activation_checkpointing": (MAPPED, "transformers 5's name of gradient_checkpointing (which became its alias): "
+                                 "→ gradient_checkpointing (None: not set)", ()),
     "learning_rate": (HONOURED, "AdamW learning rate", ()),
     "lr_scheduler_type": (HONOURED, "constant | linear | cosine", ()),
     "weight_decay": (HONOURED, "AdamW weight decay", ()),
@@ -175,33 +179,53 @@ TABLE: dict[str, tuple[str, str, tuple]] = {
     "dataloader_num_workers": (REFUSED, "agro has no dataloader", _OFF),
 }
 
-# TrainingArguments fields not in TABLE: refused unless at an inert value, with _TA as the reason.
-TRAINING_ARGUMENTS = (
-    "lr_scheduler_kwargs optim_args optim_target_modules average_tokens_across_devices label_smoothing_factor "
-    "bf16_full_eval fp16_full_eval tf32 activation_checkpointing activation_checkpointing_kwargs "
-    "gradient_checkpointing_kwargs torch_compile_backend torch_compile_mode use_liger_kernel liger_kernel_config "
-    "use_cache neftune_noise_alpha torch_empty_cache_steps log_on_each_node logging_nan_inf_filter "
-    "include_num_input_tokens_seen log_level_replica project trackio_space_id trackio_bucket_id "
-    "trackio_static_space_id eval_delay per_device_eval_batch_size prediction_loss_only eval_do_concat_batches "
-    "eval_use_gather_object eval_accumulation_steps include_for_metrics batch_eval_metrics save_only_model "
-    "save_on_each_node enable_jit_checkpoint hub_token hub_private_repo hub_model_id hub_strategy hub_always_push "
-    "hub_revision load_best_model_at_end metric_for_best_model greater_is_better ignore_data_skip "
-    "restore_callback_states_from_checkpoint full_determinism data_seed accelerator_config parallelism_config "
-    "dataloader_drop_last dataloader_pin_memory dataloader_persistent_workers dataloader_prefetch_factor "
-    "dataloader_multiprocessing_context dataloader_in_order label_names train_sampling_strategy "
-    "length_column_name ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_static_graph "
-    "ddp_backend ddp_timeout fsdp_config debug skip_memory_metrics do_predict local_rank logging_dir"
-).split()
-_TA_INERT = _OFF + ("passive", "steps", "linear", "every_save", "auto", True)
+# Fields (of TABLE or TrainingArguments) that the installed TRL / transformers no longer have: still taken.
+OLDER_VERSIONS = frozenset({"max_prompt_length", "warmup_ratio", "overwrite_output_dir", "logging_dir"})
+
+# TrainingArguments fields not in TABLE, each with its default (GRPOConfig's, as of trl 1.16 / transformers 5.25,
+# then an older version's where it differed): refused, with _TA as the reason, unless given at its default. Kept
+# here rather than read from transformers, whose TrainingArguments imports torch; tests/test_trl_config.py checks
+# them against the installed classes.
+TRAINING_ARGUMENTS_DEFAULTS: dict[str, tuple] = {
+    "lr_scheduler_kwargs": (None,), "optim_args": (None,), "optim_target_modules": (None,),
+    "average_tokens_across_devices": (True,), "label_smoothing_factor": (0.0,), "bf16_full_eval": (False,),
+    "fp16_full_eval": (False,), "tf32": (None,), "activation_checkpointing_kwargs": (None,),
+    "gradient_checkpointing_kwargs": (None,), "torch_compile_backend": (None,), "torch_compile_mode": (None,),
+    "use_liger_kernel": (False,), "liger_kernel_config": (None,), "use_cache": (False,),
+    "neftune_noise_alpha": (None,), "torch_empty_cache_steps": (None,), "log_on_each_node": (True,),
+    "logging_nan_inf_filter": (True,), "include_num_input_tokens_seen": ("no", False),
+    "log_level_replica": ("warning",), "project": ("huggingface",), "trackio_space_id": (None,),
+    "trackio_bucket_id": (None,), "trackio_static_space_id": (None,), "eval_delay": (0,),
+    "per_device_eval_batch_size": (8,), "prediction_loss_only": (False,), "eval_do_concat_batches": (True,),
+    "eval_use_gather_object": (False,), "eval_accumulation_steps": (None,), "include_for_metrics": ([],),
+    "batch_eval_metrics": (False,), "save_only_model": (False,), "save_on_each_node": (False,),
+    "enable_jit_checkpoint": (False,), "hub_token": (None,), "hub_private_repo": (None, False),
+    "hub_model_id": (None,), "hub_strategy": ("every_save",), "hub_always_push": (False,), "hub_revision": (None,),
+    "load_best_model_at_end": (False,), "metric_for_best_model": (None,), "greater_is_better": (None,),
+    "ignore_data_skip": (False,), "restore_callback_states_from_checkpoint": (False,), "full_determinism": (False,),
+    "data_seed": (None,), "accelerator_config": (None,), "parallelism_config": (None,),
+    "dataloader_drop_last": (False,), "dataloader_pin_memory": (True,), "dataloader_persistent_workers": (False,),
+    "dataloader_prefetch_factor": (None,), "dataloader_multiprocessing_context": (None,),
+    "dataloader_in_order": (True,), "label_names": (None,), "train_sampling_strategy": ("random",),
+    "length_column_name": ("length",), "ddp_find_unused_parameters": (None,), "ddp_bucket_cap_mb": (None,),
+    "ddp_broadcast_buffers": (None,), "ddp_static_graph": (None,), "ddp_backend": (None,), "ddp_timeout": (1800,),
+    "fsdp_config": (None,), "debug": ("",), "skip_memory_metrics": (True,), "do_predict": (False,),
+    "local_rank": (-1,), "logging_dir": (None,),
+}
+TRAINING_ARGUMENTS = list(TRAINING_ARGUMENTS_DEFAULTS)
 
 TRL_ONLY_DEFAULTS = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_train_epochs": 3.0}
 
 
 def status(name: str) -> tuple[str, str, tuple] | None:
-    """TABLE's entry for a TRL field, the generic refusal for another TrainingArguments field, or None."""
+    """TABLE's entry for a TRL field, the generic refusal for another TrainingArguments field (accepted at its
+    default), or None."""
     if name in TABLE:
         return TABLE[name]
-    return (REFUSED, _TA, _TA_INERT) if name in TRAINING_ARGUMENTS else None
+    if name in TRAINING_ARGUMENTS_DEFAULTS:
+        default = TRAINING_ARGUMENTS_DEFAULTS[name]
+        return REFUSED, f"{_TA} (only its default, {default[0]!r}, is accepted)", default
+    return None
 
 
 def translate(values: dict, defaults: dict) -> tuple[dict, list[tuple[str, str]]]:
@@ -231,9 +255,16 @@ def translate(values: dict, defaults: dict) -> tuple[dict, list[tuple[str, str]]
         problems.append((key, f"{key}={trl[key]!r}: {why}"))
 
     _batch(trl, out, defaults, take, problems)
-    if "steps_per_generation" in trl and not (isinstance(trl["steps_per_generation"], int | None)
-                                               and (trl["steps_per_generation"] or 1) > 0):
-        refuse("steps_per_generation", "expected a positive integer")
+    generation = trl.get("steps_per_generation")
+    accumulation = trl.get("gradient_accumulation_steps", TRL_ONLY_DEFAULTS["gradient_accumulation_steps"])
+    if generation is not None and not (isinstance(generation, int) and not isinstance(generation, bool)
+                                       and generation > 0):
+        refuse("steps_per_generation", "expected None or a positive integer")
+    elif generation is not None and not _same(generation, accumulation):
+        refuse("steps_per_generation", f"agro generates every optimizer step's completions fresh, as TRL does at "
+                                       f"its default (None or gradient_accumulation_steps, {accumulation!r}); to "
+                                       "train on completions again use num_iterations or group replay "
+                                       "(replay_groups_per_step)")
     if values.get("num_train_epochs") and "max_steps" not in values:
         out["max_steps"] = -1  # TRL: epochs govern unless max_steps is given
     if out.get("max_steps") == -1 and not out.get("num_train_epochs"):
@@ -250,6 +281,8 @@ def translate(values: dict, defaults: dict) -> tuple[dict, list[tuple[str, str]]
     if "importance_sampling_level" in trl and trl["importance_sampling_level"] != "token":
         refuse("importance_sampling_level", "agro's grpo clips the per-token ratio (token); sequence-level (GSPO) "
                                             "is not implemented")
+    if trl.get("activation_checkpointing") is not None:  # transformers 5's name; gradient_checkpointing its alias
+        take("activation_checkpointing", "gradient_checkpointing", trl["activation_checkpointing"])
     if trl.get("use_vllm"):
         take("use_vllm", "generation_backend", "vllm")
     if trl.get("vllm_mode", "colocate") != "colocate":
@@ -261,7 +294,7 @@ def translate(values: dict, defaults: dict) -> tuple[dict, list[tuple[str, str]]
     handled = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
                "mask_truncated_completions", "scale_rewards",
                "importance_sampling_level", "use_vllm", "vllm_mode", "logging_strategy", "save_strategy",
-               "eval_strategy")
+               "eval_strategy", "activation_checkpointing")
     for key, value in trl.items():
         if key in handled:
             continue
@@ -275,7 +308,21 @@ def translate(values: dict, defaults: dict) -> tuple[dict, list[tuple[str, str]]
 
 
 def _inert(value, accepted: tuple) -> bool:
-    return value in accepted
+    return any(_same(value, a) for a in accepted)
+
+
+def _same(value, other) -> bool:
+    """value == other, by type: a bool equals only a bool (True is not 1), a number only a number (2 is 2.0),
+    a list or tuple only a list or tuple, None only None, a string only a string."""
+    if isinstance(value, bool) or isinstance(other, bool):
+        return isinstance(value, bool) and isinstance(other, bool) and value == other
+    if isinstance(other, int | float):
+        return isinstance(value, int | float) and value == other
+    if isinstance(other, list | tuple):
+        return isinstance(value, list | tuple) and list(value) == list(other)
+    if other is None:
+        return value is None
+    return isinstance(value, type(other)) and value == other
 
 
 def _batch(trl: dict, out: dict, defaults: dict, take, problems: list) -> None:
@@ -312,7 +359,7 @@ def _strategies(trl: dict, out: dict, defaults: dict, take, refuse) -> None:
         take("save_strategy", "save_steps", 0 if strategy == "no" else -1)
     elif strategy != "steps":
         refuse("save_strategy", "agro saves every save_steps steps (steps, epoch or no); best is not supported")
-    strategy = trl.get("eval_strategy", "no" if "eval_strategy" in trl else None)
+    strategy = trl.get("eval_strategy")
     if strategy in ("no", "epoch"):
         take("eval_strategy", "eval_steps", 0 if strategy == "no" else -1)
     elif strategy == "steps":
@@ -330,8 +377,10 @@ def markdown() -> str:
             "default value (`push_to_hub: false`, `top_k: 0`, ...) is accepted: it changes nothing.",
             "Generated from `agro.trl_fields.TABLE`.", "",
             "| field | agro | why / what to use |", "|---|---|---|"]
+    older = " (from older TRL/transformers versions)"
     for name, (state, why, _) in TABLE.items():
-        rows.append(f"| `{name}` | {state} | {why.replace('|', '/')} |")
-    rows += ["", "Every other `TrainingArguments` field is refused unless left at its default: "
-             + ", ".join(f"`{name}`" for name in TRAINING_ARGUMENTS) + "."]
+        rows.append(f"| `{name}`{older if name in OLDER_VERSIONS else ''} | {state} | {why.replace('|', '/')} |")
+    rows += ["", "Every other `TrainingArguments` field is refused unless given at its default: "
+             + ", ".join(f"`{name}`" + (older if name in OLDER_VERSIONS else "") for name in TRAINING_ARGUMENTS)
+             + "."]
     return "\n".join(rows) + "\n"

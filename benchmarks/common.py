@@ -8,9 +8,12 @@
                   real_model_screen.py and real_model.py write
     the study     METHODS, REGIMES, run_one: study.py's methods and regimes and one run of them (task_screen.py
                   runs one too)
+    efficiency    metrics_curve, trl_evaluation, check_resumable, stats, num, fmt, table, plot_accuracy: what
+                  efficiency.py and efficiency_real.py (its --model cells) both measure and report
 
-The standard library and agro's torch-free objective table at import, nothing else: agro's reward workers
-re-import the script that runs them, so torch and transformers are imported inside the functions that need them.
+The standard library, agro's torch-free objective table and AgroError at import, nothing else: agro's reward
+workers re-import the script that runs them, so torch and transformers are imported inside the functions that
+need them.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from agro.errors import AgroError
 from agro.objective_table import OBJECTIVES
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smollm2-135m-cpu.yaml"
@@ -220,3 +225,111 @@ def run_one(prep: dict, method: str, regime: str, seed: int, out: Path, args) ->
                           if regime in OFFLINE_SOURCE else None),
         "seconds": time.perf_counter() - start,
     }
+
+
+# ----------------------------------------------------------------------------- efficiency
+
+
+def metrics_curve(rows: list[dict], fresh) -> list[list]:
+    """[[step, fresh, seconds, accuracy]] at each evaluation of an agro run's metrics.jsonl rows: `fresh(row)`
+    summed over the rows of generation batches' first iterations (iteration 1: their fresh samples were made for
+    them), seconds Σ time_step (evaluations excluded)."""
+    total, seconds, curve = 0, 0.0, []
+    for r in rows:  # a step's evaluation follows its update and is logged in the step's row
+        if r.get("iteration") == 1:
+            total += fresh(r)
+        seconds += r.get("time_step", 0.0)
+        if "eval/accuracy" in r:
+            curve.append([int(r["step"]), total, round(seconds, 3), r["eval/accuracy"]])
+    return curve
+
+
+def trl_evaluation(curve: list, model, accuracy, fresh, every: int):
+    """A transformers TrainerCallback for TRL's GRPOTrainer that appends [step, fresh(), seconds, accuracy] to
+    `curve` when training begins (step 0), every `every` optimizer steps and at the last: `accuracy(model())` with
+    the model in eval mode, seconds the time since training began less the time spent in these evaluations."""
+    from transformers import TrainerCallback
+
+    class Evaluate(TrainerCallback):
+        def score(self, step: int) -> None:
+            t0 = time.perf_counter()
+            m = model()
+            was_training = m.training
+            m.eval()
+            value = accuracy(m)
+            m.train(was_training)
+            seconds = 0.0 if step == 0 else t0 - self.start - self.eval_seconds
+            curve.append([step, fresh(), round(seconds, 3), value])
+            self.eval_seconds += time.perf_counter() - t0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.eval_seconds = 0.0
+            self.score(0)
+            self.start, self.eval_seconds = time.perf_counter(), 0.0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0 or state.global_step == args.max_steps:
+                self.score(state.global_step)
+
+    return Evaluate()
+
+
+def check_resumable(runs: list[dict], log: Path, mismatch) -> None:
+    """AgroError (one line) at the first row of `log` made with other shared settings than this command's, which
+    `mismatch(row)` describes (None: the row fits): resuming would average them into one table."""
+    for i, r in enumerate(runs, 1):
+        if (what := mismatch(r)) is not None:
+            raise AgroError(f"{log}:{i}: {r['method']} seed {r['seed']} was run with {what}: use another --out")
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (0.0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def num(value, digits: int, suffix: str = "") -> str:
+    """A table's number, — for None."""
+    return "—" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def fmt(mean, std, digits: int = 0) -> str:
+    """A table's mean ± std, — for None."""
+    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def plot_accuracy(path: Path, lines: dict[str, tuple], fresh_label: str, title: str, target: float | None = None,
+                  top: float | None = None, log_fresh: bool = False) -> None:
+    """Held-out accuracy against fresh generations or tokens (left) and training seconds (right): `lines` maps a
+    method to (colour index, fresh, seconds, accuracy), TRL's dashed; `target` a dotted line, `top` the accuracy
+    axis' top (from 0), `log_fresh` a log-scale left axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for method, (color, fresh, seconds, y) in lines.items():
+        style = dict(marker=".", label=method, color=f"C{color}", linestyle="--" if method.startswith("trl") else "-")
+        for ax, x in zip(axes, (fresh, seconds)):
+            ax.plot(x, y, **style)
+    for ax in axes:
+        if target is not None:
+            ax.axhline(target, color="gray", linestyle=":", linewidth=1, label="target")
+        if top is not None:
+            ax.set_ylim(0, top)
+    if log_fresh:
+        axes[0].set_xscale("log")
+    axes[0].set_xlabel(fresh_label)
+    axes[1].set_xlabel("training seconds (evaluations excluded)")
+    axes[0].set_ylabel("greedy held-out accuracy")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

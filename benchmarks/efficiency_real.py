@@ -47,7 +47,19 @@ import sys
 import time
 from pathlib import Path
 
-from common import CONFIG, TASKS, agro_cli
+from common import (
+    CONFIG,
+    TASKS,
+    agro_cli,
+    fmt,
+    metrics_curve,
+    num,
+    plot_accuracy,
+    stats,
+    table,
+    trl_evaluation,
+)
+from common import check_resumable as check_rows
 
 from agro.errors import AgroError
 
@@ -182,14 +194,7 @@ def cell_settings(args, method: str, seed: int, base) -> list[str]:
 def agro_curve(rows: list[dict]) -> list[list]:
     """[[step, fresh tokens, seconds, accuracy]] at each evaluation of an agro run's metrics.jsonl rows: fresh
     tokens are the on-policy completions' tokens of generation batches' first iterations, seconds Σ time_step."""
-    fresh, seconds, curve = 0, 0.0, []
-    for r in rows:  # a step's evaluation follows its update and is logged in the step's row
-        if r.get("iteration") == 1:
-            fresh += round(r.get("count/on_policy", 0) * r.get("length/on_policy", 0))
-        seconds += r.get("time_step", 0.0)
-        if "eval/accuracy" in r:
-            curve.append([int(r["step"]), fresh, round(seconds, 3), r["eval/accuracy"]])
-    return curve
+    return metrics_curve(rows, lambda r: round(r.get("count/on_policy", 0) * r.get("length/on_policy", 0)))
 
 
 def run_agro(args, method: str, seed: int, base, run_dir: Path) -> dict:
@@ -221,10 +226,10 @@ def run_trl(args, method: str, seed: int, base, run_dir: Path) -> dict:
     a callback every --eval-every steps by agro's evaluation code, and the fresh tokens TRL made so far."""
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from agro import data, gym
+    import agro.data as data
+    import agro.gym as gym
     from agro.evaluate import evaluate, load_eval_problems
     from agro.models import load_tokenizer, resolve_model
     from agro.rewards.answers import is_truncated
@@ -253,35 +258,18 @@ def run_trl(args, method: str, seed: int, base, run_dir: Path) -> dict:
         return score_texts(scorer, [prompt_text(tokenizer, p) for p in prompts], texts, list(answer), cut,
                            c.truncated_completions)[0]
 
+    def accuracy(model) -> float:
+        return evaluate(model, tokenizer, heldout, scorer, c.max_completion_length, batch_size=c.generation_batch_size,
+                        truncated_completions=c.truncated_completions)["accuracy"]
+
     curve: list[list] = []
-
-    class Evaluate(TrainerCallback):
-        def score(self, step: int) -> None:
-            t0 = time.perf_counter()
-            model = trainer.model
-            was_training = model.training
-            model.eval()
-            result = evaluate(model, tokenizer, heldout, scorer, c.max_completion_length,
-                              batch_size=c.generation_batch_size, truncated_completions=c.truncated_completions)
-            model.train(was_training)
-            seconds = 0.0 if step == 0 else t0 - self.start - self.eval_seconds
-            curve.append([step, counter["fresh"], round(seconds, 3), result["accuracy"]])
-            self.eval_seconds += time.perf_counter() - t0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.eval_seconds = 0.0
-            self.score(0)
-            self.start, self.eval_seconds = time.perf_counter(), 0.0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % c.eval_steps == 0 or state.global_step == args.max_steps:
-                self.score(state.global_step)
+    callback = trl_evaluation(curve, lambda: trainer.model, accuracy, lambda: counter["fresh"], c.eval_steps)
 
     with scorer:
         trainer = GRPOTrainer(model=model_dir, reward_funcs=task_reward, args=GRPOConfig(**trl_args),
                               train_dataset=Dataset.from_list([{"prompt": p.prompt, "answer": p.answer}
                                                                for p in train]),
-                              processing_class=tokenizer, callbacks=[Evaluate()])
+                              processing_class=tokenizer, callbacks=[callback])
         trainer.train()
     return {"curve": curve, "settings": {k: v for k, v in trl_args.items() if isinstance(v, int | float | str | bool)}}
 
@@ -308,14 +296,8 @@ def read_runs(path: Path) -> list[dict]:
 
 def check_resumable(runs: list[dict], digest: str, log: Path) -> None:
     """One line and exit 2 when a row of `log` was made with other shared settings: a table would mix them."""
-    for i, r in enumerate(runs, 1):
-        if r["shared"] != digest:
-            raise AgroError(f"{log}:{i}: {r['method']} seed {r['seed']} was run with other shared settings "
-                            f"(digest {r['shared']}, this command {digest}): use another --out")
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    check_rows(runs, log, lambda r: None if r["shared"] == digest
+               else f"other shared settings (digest {r['shared']}, this command {digest})")
 
 
 def mean_curve(curves: list[list[list]]) -> list[list]:
@@ -332,9 +314,9 @@ def summarise(runs: list[dict]) -> dict:
         rs = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
         if not rs:
             continue
-        accuracy, accuracy_std = _stats([r["final_accuracy"] for r in rs])
-        fresh, fresh_std = _stats([r["fresh_tokens"] for r in rs])
-        seconds, seconds_std = _stats([r["seconds"] for r in rs])
+        accuracy, accuracy_std = stats([r["final_accuracy"] for r in rs])
+        fresh, fresh_std = stats([r["fresh_tokens"] for r in rs])
+        seconds, seconds_std = stats([r["seconds"] for r in rs])
         methods[method] = {"final_accuracy": accuracy, "final_accuracy_std": accuracy_std, "fresh_tokens": fresh,
                            "fresh_tokens_std": fresh_std, "seconds": seconds, "seconds_std": seconds_std,
                            "seeds": [r["seed"] for r in rs], "curve": mean_curve([r["curve"] for r in rs])}
@@ -349,48 +331,26 @@ def summarise(runs: list[dict]) -> dict:
             "reference_accuracy": {str(r["seed"]): r["curve"][0][3] for r in runs if r["curve"][0][0] == 0}}
 
 
-def _num(value, digits: int, suffix: str = "") -> str:
-    return "—" if value is None else f"{value:.{digits}f}{suffix}"
-
-
 def write_table(summary: dict, path: Path, command: str) -> None:
     lines = [f"Command: `{command}`", "",
              f"{summary['model']} on {summary['task']} {json.dumps(summary['task_kwargs'])}, {summary['steps']} "
              f"optimizer steps, greedy accuracy on {summary['heldout']} held-out problems; mean ± std over seeds. "
              "Fresh tokens: completion tokens sampled for training by the policy being trained; seconds: "
              "training, evaluations excluded. Step 0 (π_ref) per seed: "
-             + ", ".join(f"{s}: {a:.3f}" for s, a in sorted(summary["reference_accuracy"].items())) + ".", "",
-             "| method | seeds | final accuracy | − grpo | fresh tokens | ÷ grpo | seconds | ÷ grpo |",
-             "|---|---|---|---|---|---|---|---|"]
-    for method, e in summary["methods"].items():
-        lines.append(f"| {method} | {','.join(map(str, e['seeds']))} | {e['final_accuracy']:.3f} ± "
-                     f"{e['final_accuracy_std']:.3f} | {_num(e['accuracy_vs_grpo'], 3)} | {e['fresh_tokens']:.0f} ± "
-                     f"{e['fresh_tokens_std']:.0f} | {_num(e['fresh_tokens_vs_grpo'], 2, '×')} | {e['seconds']:.0f} ± "
-                     f"{e['seconds_std']:.0f} | {_num(e['seconds_vs_grpo'], 2, '×')} |")
+             + ", ".join(f"{s}: {a:.3f}" for s, a in sorted(summary["reference_accuracy"].items())) + ".", ""]
+    lines += table(["method", "seeds", "final accuracy", "− grpo", "fresh tokens", "÷ grpo", "seconds", "÷ grpo"],
+                   [[method, ",".join(map(str, e["seeds"])), fmt(e["final_accuracy"], e["final_accuracy_std"], 3),
+                     num(e["accuracy_vs_grpo"], 3), fmt(e["fresh_tokens"], e["fresh_tokens_std"]),
+                     num(e["fresh_tokens_vs_grpo"], 2, "×"), fmt(e["seconds"], e["seconds_std"]),
+                     num(e["seconds_vs_grpo"], 2, "×")] for method, e in summary["methods"].items()])
     path.write_text("\n".join(lines) + "\n")
 
 
 def plot(summary: dict, path: Path) -> None:
     """Held-out accuracy against fresh tokens (left) and seconds (right), mean over seeds per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    for method, e in summary["methods"].items():
-        style = dict(marker=".", label=method, color=f"C{list(METHODS).index(method)}",
-                     linestyle="--" if method.startswith("trl") else "-")
-        for ax, column in zip(axes, (1, 2)):
-            ax.plot([p[column] for p in e["curve"]], [p[3] for p in e["curve"]], **style)
-    axes[0].set_xlabel("fresh generated tokens")
-    axes[1].set_xlabel("training seconds (evaluations excluded)")
-    axes[0].set_ylabel("greedy held-out accuracy")
-    axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{summary['model']}, {summary['task']}: mean over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    lines = {method: (list(METHODS).index(method), *([p[i] for p in e["curve"]] for i in (1, 2, 3)))
+             for method, e in summary["methods"].items()}
+    plot_accuracy(path, lines, "fresh generated tokens", f"{summary['model']}, {summary['task']}: mean over seeds")
 
 
 # ----------------------------------------------------------------------------- main

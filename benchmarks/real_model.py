@@ -53,7 +53,7 @@ where it stopped. Runs go under --runs; their checkpoints and models are deleted
 (--keep-models keeps final/).
 
 The task screen (which task gives the methods room) is benchmarks/real_model_screen.py; --task takes its
-task names (`common.TASKS`). docs/real_model.md reports both.
+task names (`common.TASKS`). docs/results/real-model.md reports both.
 """
 
 from __future__ import annotations

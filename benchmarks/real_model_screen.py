@@ -14,7 +14,7 @@ Two phases, each cell run once and appended to --out as a JSON line (a rerun ski
     python benchmarks/real_model_screen.py report --out runs/screen.jsonl   # markdown tables of what ran
 
 Every cell uses the config's prompt, instruction, reward and length; only the task, its kwargs, the
-truncation rule, the seed and the step budget change. docs/real_model.md reports the results.
+truncation rule, the seed and the step budget change. docs/results/real-model.md reports the results.
 """
 
 from __future__ import annotations

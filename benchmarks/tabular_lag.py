@@ -3,7 +3,7 @@
     python benchmarks/tabular_lag.py --out docs/real_model    # 20 seeds, both optimisers (10 s)
     python benchmarks/tabular_lag.py --seeds 5                  # quick, prints only
 
-A miniature of issue 30's stale regime (docs/real_model.md): one prompt, K = 20 answers of which 2 are right
+A miniature of the real-model study's stale regime (docs/results/real-model.md): one prompt, K = 20 answers of which 2 are right
 (reward 1, the rest 0), π_ref holding 0.1 on the right ones, β = 0.05, groups of M = 8 samples, 40 steps. The data
 is the policy's own samples (on-policy) or those of the policy 4 updates older (`--data lagged --lag 4`). Each
 candidate runs from π = π_ref with `adam` (lr 0.3, max_grad_norm 1: the LLM trainer's update) and with `sgd`

@@ -50,7 +50,7 @@ def test_the_reasoning_gym_reward_scores_plain_answers(row):
 
 
 def test_the_cut_preamble_would_score_without_the_truncation_rule():
-    """The failure issue 27 measured: the cut preamble's last number matches, so scored as is it gets 1."""
+    """The failure measured on SmolLM2's completions: the cut preamble's last number matches, so scored as is it gets 1."""
     row = next(r for r in FIXTURES if r["truncated"] and r["final"] == r["gold"])
     assert load_reward_function("math")("p", row["completion"], row["gold"]) == 1.0
 

@@ -93,6 +93,8 @@ def load_efficiency():
     """benchmarks/efficiency.py as a module (its summary functions)."""
     import importlib.util
 
+    if str(EFFICIENCY.parent) not in sys.path:  # the script imports common.py from its folder, as `python` runs it
+        sys.path.insert(0, str(EFFICIENCY.parent))
     spec = importlib.util.spec_from_file_location("efficiency", EFFICIENCY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

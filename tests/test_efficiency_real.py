@@ -4,6 +4,7 @@ real_model.py's offline regime from a stronger policy's records."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_each_method_sets_only_its_own_keys():
 
 
 def test_trl_gets_the_configs_hyper_parameters_and_one_generation_batch_a_step(tmp_path):
-    from trl import GRPOConfig
+    GRPOConfig = pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[bench]')").GRPOConfig
 
     args = real.parse([*BASE, "--steps", "9"])
     c = real.load(real.cell_settings(args, "grpo", 0, real.load(real.shared_settings(args), args.config)), args.config)
@@ -92,6 +93,66 @@ def test_trl_gets_the_configs_hyper_parameters_and_one_generation_batch_a_step(t
     assert trl.per_device_train_batch_size == c.prompts_per_step * c.num_generations == 32
     assert trl.generation_batch_size == 32 and trl.num_iterations == 2 and trl.max_steps == 9
     assert trl.scale_rewards == "group" and trl.use_bias_correction_kl is False and trl.gradient_checkpointing is False
+
+
+def test_trl_tests_skip_without_trl(tmp_path):
+    """CI installs only .[dev]: without trl the tests that need it are skipped, not failed."""
+    hidden = tmp_path / "trl"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ModuleNotFoundError('trl hidden for this test')\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-k",
+                           "trl_gets_the_configs or tiny_agro_replay_and_trl", __file__],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0 and proc.stdout.count("SKIPPED") == 2, proc.stdout[-2000:]
+    assert proc.stdout.count("TRL is not installed") == 2
+
+
+def test_both_efficiency_scripts_share_one_copy_of_their_helpers():
+    import inspect
+
+    import common
+
+    spec = importlib.util.spec_from_file_location("efficiency", BENCHMARKS / "efficiency.py")
+    efficiency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(efficiency)
+    for name in ("metrics_curve", "trl_evaluation", "stats", "num", "fmt", "table", "plot_accuracy"):
+        assert getattr(efficiency, name) is getattr(real, name) is getattr(common, name), name
+    assert efficiency.check_rows is real.check_rows is common.check_resumable
+    for module in (efficiency, real):
+        text = inspect.getsource(module)
+        assert not any(f"def {name}(" in text for name in ("_stats", "_num", "_fmt")), module
+        assert "TrainerCallback" not in text and "matplotlib" not in text, module
+
+
+def test_trl_evaluation_leaves_the_evaluations_time_out(monkeypatch):
+    """The callback's curve: step 0 when training begins, every `every` steps and the last; seconds are the
+    training time since it began less the time its evaluations took."""
+    import types
+
+    import common
+
+    clock = iter([0.0, 1.0, 1.0, 5.0, 7.0, 10.0, 11.0])
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+
+    class Model:
+        training = True
+
+        def eval(self):
+            self.training = False
+
+        def train(self, mode):
+            self.training = mode
+
+    model, seen, curve = Model(), [], []
+    callback = common.trl_evaluation(curve, lambda: model, lambda m: seen.append(m.training) or 0.5,
+                                     lambda: 10 * len(curve), every=2)
+    args = types.SimpleNamespace(max_steps=3)
+    callback.on_train_begin(args, None, None)
+    for step in (1, 2, 3):
+        callback.on_step_end(args, types.SimpleNamespace(global_step=step), None)
+    assert curve == [[0, 0, 0.0, 0.5], [2, 10, 4.0, 0.5], [3, 20, 7.0, 0.5]]
+    assert seen == [False] * 3 and model.training  # evaluated in eval mode, then back to training
 
 
 def test_fresh_tokens_count_first_iterations_on_policy_completions():
@@ -253,6 +314,7 @@ def test_tiny_agro_replay_and_trl_cells(tiny_model, tmp_path, capsys):
     """An agro cell (through `agro train`), a group-replay cell and a TRL cell with the tiny model: each evaluated at
     steps 0, 1, 2 on the same held-out problems, with the fresh tokens it made (at most 2 prompts × 2 samples × 4
     tokens a step; replay: 1 fresh prompt a step)."""
+    pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[bench]')")
     out = tmp_path / "out"
     argv = ["--model", str(tiny_model), "--task", "reasoning_gym:chain_sum_2", "--methods", "agro,agro_replay_1_1,trl_grpo",
             "--seeds", "0", "--steps", "2", "--eval-every", "1", "--heldout", "8", "--out", str(out),

@@ -1,5 +1,5 @@
 """Offline records keep the tokens that were sampled (`completion_ids`), so that records `agro generate` wrote
-with a max_completion_length train with the same one (issue 30: SmolLM2's samples re-encode to more tokens).
+with a max_completion_length train with the same one (SmolLM2's samples re-encode to more tokens).
 
 The round trip runs on the real SmolLM2 tokenizer: a sampled token sequence is often not the canonical encoding
 of its text, and re-encoded it can be longer."""

@@ -1,4 +1,4 @@
-"""Issue 29's check, with the public API only, as a TRL user would write it: SmolLM2-135M-Instruct trains 2 short
+"""The TRL user's check, with the public API only, as a TRL user would write it: SmolLM2-135M-Instruct trains 2 short
 steps on a datasets.Dataset with an extra column and two TRL-style reward functions; final/ loads with
 from_pretrained, the extra column reaches the functions as a keyword, and each function's mean is logged."""
 

@@ -1,4 +1,4 @@
-"""benchmarks/real_model.py, the study driver of issue 30: flags, each method's config, the Wilson interval, and a
+"""benchmarks/real_model.py, the real-model study's driver: flags, each method's config, the Wilson interval, and a
 tiny run of every regime (the tiny arithmetic model on reasoning-gym's chain_sum) that resumes, skips what is
 written, and generates the offline data once."""
 

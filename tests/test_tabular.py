@@ -37,7 +37,7 @@ def test_reference_data_agro_converges_naive_kl_pg_does_not():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reference_data_tapered_agro_and_topr_converge_asymre_is_biased(seed):
     """The shipped taper keeps π* as the fixed point under full coverage: normalised KL < 1e-4 after the
-    Figure-1 budget (slower than untapered AGRO, docs/results.md). With μ = π_ref, TOPR's taper min(1, π/μ)
+    Figure-1 budget (slower than untapered AGRO, docs/results/tabular.md). With μ = π_ref, TOPR's taper min(1, π/μ)
     is the same weight, so TOPR follows the same path; AsymRE's shifted baseline settles elsewhere."""
     results = tabular.run(TabularConfig(**FIGURE1, data="reference", seed=seed, methods=["agro", "topr", "asymre"]))
     assert results["config"]["taper"] == "ref"

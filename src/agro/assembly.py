@@ -5,10 +5,10 @@ A step's groups are its fresh prompts' groups (on-policy samples, offline record
 whole replayed groups of other prompts (`GroupReplay`).
 
 Nothing here changes a `Generation`: a stage that learns something about one (its reward, its π_ref
-log-probs, its behaviour log-probs) returns new records (`with_values`). A prompt drawn twice in one step
-(the epoch wrapped) puts the same record in the batch twice; both places get the same new record, carrying
-the value computed at the later place. `assemble` says where the on-policy samples and offline records
-sit, so that their new versions are found by position once the step is done.
+log-probs, its behaviour log-probs) returns new records (`with_values`). A record sits at one place in a
+batch: `PromptPool` never draws a prompt twice in a step, and a replayed group is never of one of the step's
+fresh prompts on this process. `assemble` says where the on-policy samples and offline records sit, so that
+their new versions are found by position once the step is done.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def assemble(keys: list[str], on_policy: list[Generation], offline_by_group: dic
             pick = torch.randperm(len(offline), generator=rng)[:offline_per_group].tolist()
             by_key[key] += [(offline[i], "offline", i) for i in pick]
         by_key[key] += [(g, "replay", None) for g in replay.sample(key, step, replay_per_group, rng)]
-        for g, source, i in by_key[key]:  # a key drawn twice: its members again, at new positions
+        for g, source, i in by_key[key]:
             if source == "on_policy":
                 on_policy_at[i] = len(out)
             elif source == "offline":

@@ -5,15 +5,18 @@ half-written one. Model weights go through safetensors; optimizer and scheduler 
 loaded with `torch.load(weights_only=True)` and RNG states are JSON (no arbitrary pickle).
 
 Layout of `checkpoint-<step>/`: model (save_pretrained, safetensors), `optimizer.pt`,
-`scheduler.pt`, `rng_state_<rank>.json`, `trainer_state.json` (step, data position, replay buffer),
-and, when saved in the middle of a generation batch's `num_iterations` optimizer steps,
-`batch_<rank>.json` (each process's batch: its generations, rewards, cached log-probs), and `agro.json`
-(what `agro eval` and `agro generate` default to). `final/` has the model, tokenizer and `agro.json`.
+`scheduler.pt`, `rng_state_<rank>.json`, `trainer_state.json` (step, data position, reward warnings given),
+each process's replay: `replay_<rank>.json` (its per-prompt samples, `replay_per_group`; a checkpoint
+without it kept one buffer in trainer_state.json) and `replay_groups_<rank>.json` (its whole groups,
+`replay_groups_per_step`), and, when saved in the middle of a generation batch's `num_iterations` optimizer
+steps, `batch_<rank>.json` (each process's batch: its generations, rewards, cached log-probs), and
+`agro.json` (what `agro eval` and `agro generate` default to). `final/` has the model, tokenizer and
+`agro.json`.
 
 Also the run's hold on output_dir: a run is refused where one exists unless resumed or overwritten
-(overwrite_output_dir removes the previous run's outputs only, never other files), an output_dir that
-cannot be written is refused before anything starts, and what a run created is removed again when it stops
-before finishing a step.
+(overwrite_output_dir removes the previous run's outputs only, never other files; a resume ignores it), an
+output_dir that cannot be written is refused before anything starts, and what a run created is removed again
+when it stops before finishing a step.
 """
 
 from __future__ import annotations
@@ -70,9 +73,12 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(np_state)
 
 
-def staging_dir(output_dir: Path, step: int | str) -> Path:
-    """Temporary directory a checkpoint is written into before `publish` renames it."""
+def staging_dir(output_dir: Path, step: int | str, create: bool = True) -> Path:
+    """Temporary directory a checkpoint (`step` an int) or `final/` ("final") is written into before `publish`
+    or `replace_dir` renames it; made empty with `create` (one process), else only named (the others)."""
     path = output_dir / (f".tmp-checkpoint-{step}" if isinstance(step, int) else f".tmp-{step}")
+    if not create:
+        return path
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
@@ -160,11 +166,9 @@ def write_training_args(path: Path, config, step: int) -> None:
 def check_output_dir(output_dir: Path, resume: bool, overwrite: bool = False) -> None:
     """A run in output_dir (config.yaml or a checkpoint; a run killed before its first checkpoint resumes from
     step 0) is refused unless resumed or overwritten (`clear_run` then removes its outputs); the rules are
-    phrased for Python and the CLI alike."""
+    phrased for Python and the CLI alike. Resume and overwrite both given: resume wins, as in transformers'
+    Trainer (the run continues, nothing is removed)."""
     has_run = (output_dir / "config.yaml").exists() or list_checkpoints(output_dir)
-    if resume and overwrite:
-        raise AgroError(f"{output_dir}: resume and overwrite_output_dir both given: resume continues the run in "
-                        "output_dir, overwrite_output_dir replaces it; choose one")
     if has_run and not resume and not overwrite:
         raise AgroError(f"{output_dir}: output_dir already holds a run; continue it (Python: "
                         "trainer.train(resume_from_checkpoint=True); CLI: agro train --resume), replace its outputs "

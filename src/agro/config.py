@@ -91,7 +91,9 @@ class TrainConfig:
     replay_weight: float = _f(1.0, "loss weight of replayed generations (replay_per_group and replay_groups_per_step)")
     replay_groups_per_step: int = _f(0, "replayed groups that join each step's prompts_per_step fresh ones, over all "
                                      "processes (0: off): whole groups of earlier steps (their samples, rewards, π_ref "
-                                     "and sampler log-probs), of prompts not in the step; agro recomputes Δ and R̃ with "
+                                     "and sampler log-probs), of prompts not among the step's fresh ones on this "
+                                     "process (with several processes, another process's fresh prompt may be "
+                                     "replayed); agro recomputes Δ and R̃ with "
                                      "the current policy, grpo clips its ratio to their sampler (docs/guide/regimes.md)")
     replay_max_age: int = _f(4, "replay_groups_per_step: a group is dropped once the policy is more than this many "
                              "updates ahead of the one that sampled it")
@@ -178,13 +180,14 @@ class TrainConfig:
     output_dir: str = _f("runs/agro", "where config, metrics, checkpoints and final/ go")
     overwrite_output_dir: bool = _f(False, "a run already in output_dir is replaced: its outputs (config, metrics, "
                                     "checkpoints, final/) are removed first, other files stay (default: refused "
-                                    "unless resumed)")
+                                    "unless resumed; a resume ignores it)")
     seed: int = _f(0, "seed of data order, sampling and initialisation")
     logging_steps: int = _f(1, "write metrics every N steps (-1: once an epoch, TRL's logging_strategy epoch: "
                             "⌈prompts ÷ prompts_per_step⌉ × num_iterations, counted when the data is loaded)")
-    log_completions: bool = _f(False, "at each logging step, append the newest generation batch's completions to "
-                               "output_dir/completions.jsonl (TRL's table): step, source, prompt, completion, "
-                               "reward and the columns reward functions logged with log_extra")
+    log_completions: bool = _f(False, "append the rows of every generation batch a logging step trains on to "
+                               "output_dir/completions.jsonl (TRL's table) as the batch is scored: step (the first "
+                               "that trains on it), source, prompt, completion, reward and the columns reward "
+                               "functions logged with log_extra")
     report_to: list[str] = _f(["tensorboard"], "accelerate's trackers: " + " | ".join(TRACKERS) + "; all "
                               "(those installed) | none")
     run_name: str | None = _f(None, "the trackers' name for this run (wandb, trackio, mlflow...)")

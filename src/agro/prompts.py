@@ -39,6 +39,7 @@ class PromptPool:
         self.order: list[int] | None = None  # this epoch's order when a wrap rearranged it, else its permutation
         self._warned_small = False
         self.truncated_prompts = 0  # train_data prompts cut to their last max_prompt_length tokens
+        self._whole_length: dict[str, int] = {}  # a truncated prompt's key: its length in tokens before the cut
         self.ahead: list[list[str]] = []  # keys drawn for batches not yet trained on (agro.async_actor)
         c = config
         self.data_reports = []
@@ -108,6 +109,7 @@ class PromptPool:
                 self._bad(where, field, f"prompt has {len(ids)} tokens, more than max_prompt_length "
                           f"{self.config.max_prompt_length}", report)
                 return None
+            self._whole_length[key] = len(ids)
             ids = ids[len(ids) - self.config.max_prompt_length:]
             self.truncated_prompts += 1
         self.prompt_ids[key] = ids
@@ -132,6 +134,10 @@ class PromptPool:
                 key = self._add_prompt(r.prompt, r.answer, where, "prompt", report)
                 if key is None:
                     continue
+            elif key in self._whole_length:  # a train_data prompt truncated: the record's is the whole prompt
+                self._bad(where, "prompt", f"prompt has {self._whole_length[key]} tokens, more than max_prompt_length "
+                          f"{c.max_prompt_length}", report)
+                continue
             limit = self._max_chars["completion"]
             if limit is not None and len(r.completion) > limit:
                 self._bad(where, "completion", f"completion has {len(r.completion)} characters, more than "

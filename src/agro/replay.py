@@ -65,6 +65,17 @@ class ReplayBuffer:
         self.by_group.clear()
         self.add([Generation.from_state(s) for s in state])
 
+    def save(self, directory: Path, rank: int) -> None:
+        """This process's samples in `directory`/replay_<rank>.json (each process keeps its own; none: no file)."""
+        if self.by_group:
+            (directory / f"replay_{rank}.json").write_text(json.dumps(self.state()))
+
+    def load(self, directory: Path, rank: int, older: list[dict] | None = None) -> None:
+        """The samples `save` wrote in `directory` for process `rank`; without that file, `older` (a checkpoint
+        that kept one buffer in trainer_state.json, key "replay") or none."""
+        file = directory / f"replay_{rank}.json"
+        self.load_state(json.loads(file.read_text()) if file.exists() else older or [])
+
 
 def reward_variance(members: list[Generation]) -> float:
     """The population variance of the rewards of a group's members in the loss (weight > 0): 0 when they are
@@ -80,7 +91,8 @@ class GroupReplay:
 
     A group is dropped once the policy is more than `max_age` versions ahead of the one that sampled it, and the
     oldest go first beyond `size` groups. `sample` draws groups of distinct prompts, none of them a prompt of the
-    step's fresh groups (the group baseline needs one group per prompt), uniformly (`uniform`) or with probability
+    step's fresh groups on this process (the group baseline needs one group per prompt; each process has its own
+    groups and baselines), uniformly (`uniform`) or with probability
     ∝ the group's reward variance (`reward_variance`: only groups whose rewards are not all equal are drawn).
     `per_step` groups a step (0: off: the buffer keeps nothing, saves nothing and reports nothing).
     """

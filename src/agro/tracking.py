@@ -3,8 +3,10 @@
 metrics.jsonl is our own writer, not a tracker: it is the run's record that `agro demo`, the study and the
 tests read line by line, and on resume it is cut back to the checkpoint's step (`discard_after`), which no
 tracker does. Every row carries "step" and "iteration"; the trackers get the same numbers at that step.
-With `log_completions` (TRL's), completions.jsonl holds the table of completions TRL logs: one row per
-generation of the newest generation batch at each logging step (`CompletionsLog`), cut back on resume too.
+With `log_completions` (TRL's), completions.jsonl holds the table of completions TRL logs: the rows of
+every generation batch a logging step trains on, one per generation, written when the batch is scored and
+tagged with the step that first trains on it (`CompletionsLog`), cut back on resume too: nothing waits
+unsaved, so a resumed run's table is an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -69,25 +71,19 @@ class MetricsLog:
 
 class CompletionsLog:
     """output_dir/completions.jsonl (main process, when `enabled`: TRL's log_completions): step, source, prompt,
-    completion, reward and the columns reward functions logged with `log_extra`, one row per generation of the
-    newest generation batch, written at the next logging step; every process's rows, gathered."""
+    completion, reward and the columns reward functions logged with `log_extra`, one row per generation of a
+    generation batch, written as it is scored; every process's rows, gathered. It keeps nothing between
+    calls, so a checkpoint has nothing of it to save."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, enabled: bool):
         self.accelerator, self.path, self.enabled = accelerator, output_dir / "completions.jsonl", enabled
-        self.pending: tuple[list, dict[str, list]] | None = None
         self.file = None
 
-    def keep(self, gens: list, columns: dict[str, list]) -> None:
-        """A new batch's scored generations, with the columns logged for them in the same order."""
-        if self.enabled:
-            self.pending = (gens, dict(columns))
-
-    def write(self, step: int) -> None:
-        """The kept batch's rows at logging step `step` (nothing when none is kept); every process calls it."""
-        if self.pending is None:
+    def write(self, step: int, gens: list, columns: dict[str, list]) -> None:
+        """The rows of a new batch's scored generations, with the columns logged for them in the same order,
+        tagged `step` (the step that first trains on the batch); every process calls it."""
+        if not self.enabled:
             return
-        gens, columns = self.pending
-        self.pending = None
         rows = [{"step": step, "source": g.source, "prompt": g.prompt, "completion": g.completion,
                  "reward": g.reward, **{name: values[i] for name, values in columns.items()}}
                 for i, g in enumerate(gens)]
@@ -102,6 +98,14 @@ class CompletionsLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def logged_batch(config: TrainConfig, first: int) -> bool:
+    """Whether a logging step trains on the generation batch first trained on at step `first` (its rows go to
+    completions.jsonl as it is scored, so that nothing waits unsaved for that logging step)."""
+    c = config
+    return any(s % c.logging_steps == 0 or s == c.max_steps
+               for s in range(first, min(first + c.num_iterations - 1, c.max_steps) + 1))
 
 
 def discard_after(output_dir: Path, step: int) -> None:

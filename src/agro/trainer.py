@@ -121,8 +121,8 @@ class Trainer:
                                                      c.max_reward_failure_fraction, self.eos_ids,
                                                      c.truncated_completions, self.prompts.columns,
                                                      self.prompts.raw_prompts)
-            if first:  # TRL's table of completions (log_completions): written at the next logging step
-                self.completions.keep(gens, getattr(self.scorer, "logged_columns", {}))
+            if first and tracking.logged_batch(c, self.step + 1):  # TRL's table of completions (log_completions)
+                self.completions.write(self.step + 1, gens, getattr(self.scorer, "logged_columns", {}))
             self.batch, loss, learned = self.learner.update(dataclasses.replace(self.batch, generations=gens), first)
             gens = self.batch.generations
             self.step += 1
@@ -144,8 +144,9 @@ class Trainer:
     # ------------------------------------------------------------------ run, checkpoints, eval
 
     def _trainer_state(self) -> dict:
+        """trainer_state.json (the main process's; each process's replay has files of its own)."""
         return {"step": self.step, **self.prompts.state(), "iteration": self.iteration,
-                "nonfinite_run": self.nonfinite_run, "replay": self.replay.state()}
+                "nonfinite_run": self.nonfinite_run, "reward_warnings": self.reward_warnings.state()}
 
     def save_checkpoint(self) -> Path | None:
         """`checkpoint-<step>/`, written atomically; a step already saved is not rewritten."""
@@ -153,15 +154,14 @@ class Trainer:
         existing = self.output_dir / f"checkpoint-{self.step}"
         if existing.is_dir():
             return existing
-        staging = self.output_dir / f".tmp-checkpoint-{self.step}"
-        if acc.is_main_process:
-            checkpoint.staging_dir(self.output_dir, self.step)
+        staging = checkpoint.staging_dir(self.output_dir, self.step, create=acc.is_main_process)
         acc.wait_for_everyone()
         self.learner.save_policy(staging)
         if acc.is_main_process:
             checkpoint.write_training_args(staging, self.config, self.step)
         checkpoint.save_states(staging, self.learner.optimizer, self.learner.scheduler, self._trainer_state(), self.rank,
                                None if self.batch is None else self.batch.to_state())
+        self.replay.save(staging, self.rank)
         self.group_replay.save(staging, self.rank)
         acc.wait_for_everyone()
         path = None
@@ -176,8 +176,9 @@ class Trainer:
         state = checkpoint.load_states(path, self.learner.optimizer, self.learner.scheduler, self.rank)
         self.step, self.nonfinite_run = state["step"], state["nonfinite_run"]
         self.prompts.load_state(state)
-        self.replay.load_state(state["replay"])
+        self.replay.load(path, self.rank, state.get("replay"))
         self.group_replay.load(path, self.rank)
+        self.reward_warnings.load_state(state.get("reward_warnings", {}))  # none in older checkpoints
         self.iteration = state.get("iteration", 0)  # checkpoints before num_iterations: none mid-batch
         saved_by = checkpoint.batch_files(path)
         if saved_by and saved_by != self.world:
@@ -204,6 +205,8 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.resumed:
+                if c.overwrite_output_dir:
+                    tqdm.write("agro: resuming, so overwrite_output_dir is ignored: nothing is removed")
                 checkpoint.remove_staging(self.output_dir)
                 tracking.discard_after(self.output_dir, self.step)
                 tqdm.write(f"agro: resuming at step {self.step}")
@@ -252,7 +255,6 @@ class Trainer:
                     metrics.update(self.run_evaluation(eval_problems))
                 if self.step % c.logging_steps == 0 or self.step == c.max_steps:
                     self._log(metrics_log, metrics)
-                    self.completions.write(self.step)
                 self._check_finite(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('reward/on_policy', metrics.get('objective/reward_mean', 0)):.3f}",
@@ -315,10 +317,9 @@ class Trainer:
 
     def save_final(self) -> Path:
         """`final/`: `save_pretrained` into a staging directory, renamed in place of any earlier one."""
-        final, staging = self.output_dir / "final", self.output_dir / ".tmp-final"
+        final = self.output_dir / "final"
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            checkpoint.staging_dir(self.output_dir, "final")
+        staging = checkpoint.staging_dir(self.output_dir, "final", create=self.accelerator.is_main_process)
         self.save_pretrained(staging)
         if self.accelerator.is_main_process:
             checkpoint.replace_dir(staging, final)

@@ -119,7 +119,7 @@ TABLE: dict[str, tuple[str, str, tuple]] = {
     "router_aux_loss_coef": (REFUSED, "no mixture-of-experts auxiliary loss", (None,)),
     "remove_unused_columns": (REFUSED, "agro passes every dataset column to batched reward functions", (False,)),
     # logging
-    "log_completions": (HONOURED, "at each logging step the newest generation batch's completions go to "
+    "log_completions": (HONOURED, "the completions of every generation batch a logging step trains on go to "
                         "output_dir/completions.jsonl (step, source, prompt, completion, reward, log_extra "
                         "columns), cut back on resume; nothing is printed", ()),
     "num_completions_to_print": (REFUSED, "agro prints no completions; completions.jsonl (log_completions) has "

@@ -10,7 +10,8 @@ inside C code that does not return to Python (a long regex, a tensor op) is cut 
 catches BaseException and carries on gets it again every RERAISE_AFTER s, and is not stopped. Off the main
 thread, or where `pthread_kill` is missing (Windows), a synchronous call runs without a limit: mark the
 function `agro.rewards.functions.isolated` to keep one. ``async def`` functions get their limit from the
-event loop (`asyncio.wait_for`) everywhere; one function's calls of a batch run concurrently.
+event loop (`asyncio.wait_for`) everywhere; one function's calls of a batch run concurrently, and a stop
+request (`check_stop`) cancels those not yet settled.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 
 from agro.rewards.functions import CallLog, CallTimeout, call_logged, failed, one_line, outcomes, submit
 
 RESIGNAL_INTERVAL = 0.05  # seconds between signals to a call past its limit
 RERAISE_AFTER = 1.0  # a call that swallowed CallTimeout gets it again after this many seconds
+STOP_POLL = 0.05  # seconds between polls of check_stop while async calls run
 
 
 class _Watchdog:
@@ -117,7 +120,7 @@ def run_calls(fn: Callable, batched: bool, asynchronous: bool, calls: list[tuple
     logged)` records each and returns True to stop the batch; `check_stop` raises to interrupt it between
     calls. Returns how many calls were not made."""
     if asynchronous:
-        return _run_concurrently(fn, batched, calls, timeout, settle)
+        return _run_concurrently(fn, batched, calls, timeout, settle, check_stop)
     with TimeLimit(timeout) as limit:
         for task, (args, log_names) in enumerate(calls):
             check_stop()
@@ -126,8 +129,11 @@ def run_calls(fn: Callable, batched: bool, asynchronous: bool, calls: list[tuple
     return 0
 
 
-def _run_concurrently(fn: Callable, batched: bool, calls: list, timeout: float, settle) -> int:
-    """An async function's calls, all started at once on agro's event loop, settled in order."""
+def _run_concurrently(fn: Callable, batched: bool, calls: list, timeout: float, settle,
+                      check_stop: Callable[[], None]) -> int:
+    """An async function's calls, all started at once on agro's event loop, settled in order; `check_stop` is
+    polled before they start and every STOP_POLL s while waiting (its exception cancels the calls not settled)."""
+    check_stop()
     started = []
     for args, log_names in calls:
         log = CallLog(len(args["completions"]) if batched else 1)
@@ -141,12 +147,18 @@ def _run_concurrently(fn: Callable, batched: bool, calls: list, timeout: float, 
         for task, (future, log, error) in enumerate(started):
             count = log.size
             if future is not None:
-                try:
-                    result = outcomes(future.result(max(0.0, deadline - time.monotonic())), batched, count)
-                except TimeoutError:
+                while not future.done() and (left := deadline - time.monotonic()) > 0:
+                    check_stop()
+                    futures.wait([future], timeout=min(STOP_POLL, left))
+                if not future.done():
                     result = failed("timeout", f"exceeded {timeout:g} s", count)
-                except (Exception, SystemExit) as raised:
-                    result = failed("error", one_line(raised), count)
+                else:
+                    try:
+                        result = outcomes(future.result(), batched, count)
+                    except TimeoutError:
+                        result = failed("timeout", f"exceeded {timeout:g} s", count)
+                    except (Exception, SystemExit) as raised:
+                        result = failed("error", one_line(raised), count)
             else:
                 result = failed("error", one_line(error), count)
             if settle(task, result, log.logged()):
@@ -156,4 +168,3 @@ def _run_concurrently(fn: Callable, batched: bool, calls: list, timeout: float, 
             if future is not None:
                 future.cancel()
     return 0
-

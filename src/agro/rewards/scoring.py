@@ -288,3 +288,11 @@ class RewardWarnings:
         said = [message for kind, message in found if kind not in self.said]
         self.said.update(kind for kind, _ in found)
         return said
+
+    def state(self) -> dict:
+        """What a resumed run carries on from (checkpoints): the run of cut batches, the warnings given."""
+        return {"cut_run": self.cut_run, "said": sorted(self.said)}
+
+    def load_state(self, state: dict) -> None:
+        """A `state()`; an empty one (a checkpoint without it) starts afresh."""
+        self.cut_run, self.said = state.get("cut_run", 0), set(state.get("said", []))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import final_weights, overrides, read_metrics
+from test_trainer import checkpointed_after, final_weights, overrides, read_metrics
 
 import agro.assembly as assembly
 from agro.config import load_config
@@ -159,11 +159,7 @@ def test_resume_restores_the_buffer_bit_exactly(assets, tmp_path, one_thread):
     Trainer(load_config(None, overrides(assets, straight, **extra))).train()
 
     broken = tmp_path / "broken"
-    first = Trainer(load_config(None, overrides(assets, broken, **extra)))
-    first.output_dir.mkdir(parents=True)
-    for _ in range(2):
-        first.train_step()
-    saved = first.save_checkpoint()
+    first, saved = checkpointed_after(assets, broken, 2, **extra)
     held = [[g.to_state() for g in m] for m in first.group_replay.groups]
     first.train_step()  # step 3 changes the buffer, then the process is killed: no checkpoint of it
     assert [[g.to_state() for g in m] for m in first.group_replay.groups] != held

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from test_trainer import final_weights, overrides, read_metrics, run_cli, write_offline
+from test_trainer import checkpointed_after, final_weights, overrides, read_metrics, run_cli, write_offline
 
 import agro.data as data
 from agro.config import load_config
@@ -167,12 +167,8 @@ def test_resume_in_a_rearranged_epoch_is_bit_exact(assets, tmp_path, one_thread)
     straight = tmp_path / "straight"
     Trainer(load_config(None, overrides(assets, straight, **extra))).train()
     broken = tmp_path / "broken"
-    first = Trainer(load_config(None, overrides(assets, broken, **extra)))
-    first.output_dir.mkdir(parents=True)
-    for _ in range(2):
-        first.train_step()
+    first, _ = checkpointed_after(assets, broken, 2, **extra)
     assert first.prompts.order == [2, 1, 0]
-    first.save_checkpoint()
     first.scorer.close()
     (broken / "config.yaml").write_text("")  # the interrupted run had started
     resumed = Trainer(load_config(None, overrides(assets, broken, **extra)), resume=True)

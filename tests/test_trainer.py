@@ -94,6 +94,15 @@ def final_weights(out):
     return load_file(out / "final" / "model.safetensors")
 
 
+def checkpointed_after(assets, out, steps: int, **extra) -> tuple[Trainer, Path]:
+    """A run interrupted after `steps` steps and a checkpoint: the trainer, and the checkpoint's path."""
+    trainer = Trainer(load_config(None, overrides(assets, out, **extra)))
+    trainer.output_dir.mkdir(parents=True)
+    for _ in range(steps):
+        trainer.train_step()
+    return trainer, trainer.save_checkpoint()
+
+
 def test_resume_is_bit_exact(assets, tmp_path):
     extra = {"max_steps": 4, "save_steps": 2, "offline_data": assets / "offline.jsonl", "offline_per_group": 1,
              "replay_per_group": 1, "lr_scheduler_type": "linear", "warmup_steps": 1}
@@ -101,11 +110,7 @@ def test_resume_is_bit_exact(assets, tmp_path):
     Trainer(load_config(None, overrides(assets, straight, **extra))).train()
 
     broken = tmp_path / "broken"
-    first = Trainer(load_config(None, overrides(assets, broken, **extra)))
-    first.output_dir.mkdir(parents=True)
-    for _ in range(2):
-        first.train_step()
-    first.save_checkpoint()
+    first, _ = checkpointed_after(assets, broken, 2, **extra)
     first.scorer.close()
     (broken / "config.yaml").write_text("")  # the interrupted run had started
     torch.manual_seed(12345)  # a fresh process would not share the first one's RNG

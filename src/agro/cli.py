@@ -293,13 +293,19 @@ def _problems_from_flags(args):
         problem = out_of_bounds(key, getattr(args, flag))
         if problem:
             raise AgroError(f"--{flag.replace('_', '-')} {problem}")
+    model_error = None
     if args.prompt_template is None:  # agro eval, neither flag nor agro.json: what the model's tokenizer takes
-        _model_template(args)
+        try:
+            _model_template(args)
+        except AgroError as err:  # reported after the data's own errors, as when the template is given
+            model_error, args.prompt_template = err, "plain"
     if args.system_prompt is not None and args.prompt_template != "chat":
         raise AgroError(f"--system-prompt applies to --prompt-template chat only, got {args.prompt_template}")
     problems, _ = data.load_problems(args.data, format=args.format, template=args.prompt_template,
                                      require_answer=True, split=args.split, kwargs=args.data_kwargs,
                                      instruction=args.instruction, system_prompt=args.system_prompt)
+    if model_error is not None:
+        raise model_error
     return problems[: args.max_problems] if args.max_problems else problems
 
 

@@ -43,3 +43,19 @@ def assets(tmp_path_factory):
                                     "reward": 1.0 if k == 0 else 0.0,
                                     "behavior_logprobs": [-1.0] * len(completion)}) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")  # seeded where a module first asks for it, as when each module built its own
+def chain_sum_model(tmp_path_factory):
+    """A 1-layer, 16-wide Llama with the arithmetic task's character tokenizer and room for chain_sum's prompts."""
+    import dataclasses
+
+    from agro.tasks.arithmetic import ArithmeticTask, build_model
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    settings = dataclasses.replace(ArithmeticTask(hidden_size=16, num_layers=1, num_heads=2), max_positions=256)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    build_model(settings, tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -292,31 +292,13 @@ def test_strong_goals_are_reported_only_with_strong_cells(tmp_path):
             f"pi_ref 0.100 (+0.200; seeds 0,1) | met | {0.2 - noise:+.3f} | ±{noise:.3f} |") in text
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 1-layer, 16-wide Llama with the arithmetic task's character tokenizer and room for chain_sum's prompts."""
-    import dataclasses
-
-    import torch
-
-    from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    settings = dataclasses.replace(ArithmeticTask(hidden_size=16, num_layers=1, num_heads=2), max_positions=256)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    build_model(settings, tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def test_tiny_agro_replay_and_trl_cells(tiny_model, tmp_path, capsys):
+def test_tiny_agro_replay_and_trl_cells(chain_sum_model, tmp_path, capsys):
     """An agro cell (through `agro train`), a group-replay cell and a TRL cell with the tiny model: each evaluated at
     steps 0, 1, 2 on the same held-out problems, with the fresh tokens it made (at most 2 prompts × 2 samples × 4
     tokens a step; replay: 1 fresh prompt a step)."""
     pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[bench]')")
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_model), "--task", "reasoning_gym:chain_sum_2", "--methods", "agro,agro_replay_1_1,trl_grpo",
+    argv = ["--model", str(chain_sum_model), "--task", "reasoning_gym:chain_sum_2", "--methods", "agro,agro_replay_1_1,trl_grpo",
             "--seeds", "0", "--steps", "2", "--eval-every", "1", "--heldout", "8", "--out", str(out),
             *(a for s in ("prompt_template=raw", "instruction=null", "max_prompt_length=128", "max_completion_length=4",
                           "num_generations=2", "prompts_per_step=2", "num_threads=1", "mini_batch_size=8",

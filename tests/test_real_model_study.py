@@ -137,25 +137,7 @@ def test_training_stats_of_a_run():
     assert study.training_stats(steps[:1], 1.0)["equal_reward_step_ratio"] is None  # no step without signal
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 1-layer, 16-wide Llama with the arithmetic task's character tokenizer and room for chain_sum's prompts."""
-    import dataclasses
-
-    import torch
-
-    from agro.tasks.arithmetic import ArithmeticTask, build_model, build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    settings = dataclasses.replace(ArithmeticTask(hidden_size=16, num_layers=1, num_heads=2), max_positions=256)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    build_model(settings, tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeypatch, capsys):
+def test_tiny_study_every_regime_resumes_and_skips(chain_sum_model, tmp_path, monkeypatch, capsys):
     """Every regime with the tiny model: cells of the right shape; an interrupted training cell resumes from
     its checkpoint, an interrupted stale cell starts again (a resume would sample its in-flight batches with
     newer weights); the offline data is generated once for the three offline methods; a rerun runs nothing."""
@@ -176,7 +158,7 @@ def test_tiny_study_every_regime_resumes_and_skips(tiny_model, tmp_path, monkeyp
     out, runs = tmp_path / "cells.jsonl", tmp_path / "runs"
     argv = ["--methods", "pi_ref,agro,grpo_stale,agro_offline,kl_pg_offline,topr_offline", "--seeds", "0",
             "--max-steps", "2", "--eval-every", "1", "--heldout", "8", "--kl-samples", "4", "--task", "chain_sum_2",
-            "--model", str(tiny_model), "--out", str(out), "--runs", str(runs),
+            "--model", str(chain_sum_model), "--out", str(out), "--runs", str(runs),
             "--set", "prompt_template=raw", "--set", "instruction=null", "--set", "max_prompt_length=128",
             "--set", "max_completion_length=8",
             "--set", "num_generations=2", "--set", "prompts_per_step=2", "--set", "num_threads=1",
@@ -230,7 +212,7 @@ def test_the_committed_tables_are_the_report_of_the_committed_cells(folder):
 
 
 @pytest.mark.parametrize("native, bf16, warned", [(False, "true", True), (False, "false", False), (True, "true", False)])
-def test_emulated_bf16_is_warned_and_each_cell_records_its_precision(tiny_model, tmp_path, monkeypatch, capsys, native, bf16, warned):
+def test_emulated_bf16_is_warned_and_each_cell_records_its_precision(chain_sum_model, tmp_path, monkeypatch, capsys, native, bf16, warned):
     """A CPU without native bf16 runs the config's bf16 emulated (several times slower than float32): the study
     says so once, up front, where a cell's own warning would scroll by; each cell records its precision."""
     import agro.models
@@ -238,7 +220,7 @@ def test_emulated_bf16_is_warned_and_each_cell_records_its_precision(tiny_model,
     monkeypatch.setattr(agro.models, "native_bf16", lambda device_type: native)
     out = tmp_path / "cells.jsonl"
     assert study.main(["--methods", "pi_ref", "--seeds", "0", "--heldout", "4", "--task", "chain_sum_2",
-                       "--model", str(tiny_model), "--out", str(out), "--runs", str(tmp_path / "runs"),
+                       "--model", str(chain_sum_model), "--out", str(out), "--runs", str(tmp_path / "runs"),
                        "--set", "prompt_template=raw", "--set", "instruction=null", "--set", "max_prompt_length=128",
                        "--set", "max_completion_length=4", "--set", "num_threads=1", "--set", f"bf16={bf16}"]) == 0
     err = capsys.readouterr().err

@@ -5,9 +5,7 @@ import json
 import shutil
 
 import pytest
-import torch
-from test_eval_cli import GENERIC, GoldGenerator, char_tokenizer, run
-from transformers import LlamaConfig, LlamaForCausalLM
+from test_eval_cli import GENERIC, GoldGenerator, model_dir, run  # noqa: F401 (model_dir: a fixture)
 
 from agro.config import FIELDS
 from agro.data import INSTRUCTION, load_problems
@@ -18,17 +16,9 @@ QUESTIONS = [p.prompt for p in load_problems(GENERIC, template="raw")[0][:3]]
 
 
 @pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    """A tiny random model whose tokenizer (one token a character) has a chat template."""
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tokenizer = char_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=0,
-                         eos_token_id=0, bos_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def chat_model(model_dir):  # noqa: F811 (the imported fixture, asked for by name)
+    """A tiny random model whose tokenizer (one token a character) has a chat template: test_eval_cli's."""
+    return model_dir
 
 
 class Recorder(GoldGenerator):

@@ -14,6 +14,7 @@ oldest first, until the learner consumes them. `PromptPool.state()` is the pool'
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import defaultdict
 
@@ -251,11 +252,12 @@ class PromptPool:
         return self.ahead.pop(0) if self.ahead else self.next_keys(rank, world)
 
     def keep_offline(self, scored: list[tuple[Generation, int]]) -> None:
-        """Put the scored versions of drawn offline records (reward, π_ref log-probs), each with its index in
-        its group's records, in their place, so that a record drawn again later reuses them: each is computed
-        once per run."""
+        """Put the scored versions of drawn offline records, each with its index in its group's records, in their
+        place, so that a record drawn again later reuses its reward. Not its π_ref log-probs: a record's are
+        computed in the batch it joins, whose padding moves their last bits, so a run resumed from a
+        checkpoint (which keeps no such cache) and a straight run compute the same ones."""
         for g, i in scored:
-            self.offline_by_group[g.group][i] = g
+            self.offline_by_group[g.group][i] = dataclasses.replace(g, ref_logprobs=None)
 
 
 def new_first(order: list[int], drawn: set[int], count: int) -> list[int]:

@@ -20,15 +20,15 @@ hyper-parameters and held-out problems; a method changes only these keys (`METHO
                    clips its ratio to the sampler: its π_old is the batch's behaviour log-probs, which the
                    lagged actor computes with the policy that sampled them (`agro.assembly.sampling_logprobs`);
                    AGRO's default taper (clip) masks the same trust region.
-    agro_stale_no_taper   a diagnostic: agro_stale with `taper: none` (AGRO's loss on the stale samples as
-                   they are, no trust region)
-    agro_stale_beta_0.01  a diagnostic: agro_stale with β 0.01 instead of 0.05 (a fifth of the KL term's pull;
-                   another objective, so not a candidate for the goals)
-    agro_dr_grpo, agro_stale_dr_grpo, agro_offline_dr_grpo
-                   agro, agro_stale and agro_offline with `agro_loss_type: dr_grpo` (the same loss ÷
-                   max_completion_length, so that max_grad_norm no longer rescales every step to the same norm;
+    agro_sum, agro_stale_sum, agro_offline_sum
+                   agro, agro_stale and agro_offline with `agro_loss_type: sum` (the estimator as written, whose
+                   gradient norm is max_completion_length times larger, so max_grad_norm clips nearly every step;
                    each step's direction is unchanged): `--report` puts the goals to AGRO at either scale (each
                    goal on the seeds both of its sides have) and pairs the two scales by seed
+    agro_stale_sum_no_taper   a diagnostic: agro_stale_sum with `taper: none` (AGRO's loss on the stale
+                   samples as they are, no trust region)
+    agro_stale_sum_beta_0.01  a diagnostic: agro_stale_sum with β 0.01 instead of 0.05 (a fifth of the KL
+                   term's pull; another objective, so not a candidate for the goals)
     agro_offline,  offline only (num_generations 0): π_ref's own samples, num_generations per prompt for
     kl_pg_offline, max_steps × prompts_per_step training problems (one epoch), written once per task × seed by
     topr_offline   `agro generate` with rewards (temperature and length of the config) and re-used by all
@@ -81,19 +81,21 @@ METHODS: dict[str, tuple[str, dict]] = {
                              "max_staleness": STALENESS}),
     "grpo_stale": ("stale", {"objective": "grpo", "async_generation": True, "lagged_generation": True,
                              "max_staleness": STALENESS}),
-    # a diagnostic: agro_stale without the taper (pure AGRO on the stale samples)
-    "agro_stale_no_taper": ("stale", {"objective": "agro", "taper": "none", "async_generation": True,
-                                      "lagged_generation": True, "max_staleness": STALENESS}),
-    # agro_stale with the loss at a token-mean scale (÷ max_completion_length)
-    "agro_stale_dr_grpo": ("stale", {"objective": "agro", "agro_loss_type": "dr_grpo", "async_generation": True,
-                                     "lagged_generation": True, "max_staleness": STALENESS}),
-    # a diagnostic: a fifth of the KL term
-    "agro_stale_beta_0.01": ("stale", {"objective": "agro", "beta": 0.01, "async_generation": True,
-                                       "lagged_generation": True, "max_staleness": STALENESS}),
+    # a diagnostic: agro_stale_sum without the taper (pure AGRO on the stale samples)
+    "agro_stale_sum_no_taper": ("stale", {"objective": "agro", "agro_loss_type": "sum", "taper": "none",
+                                          "async_generation": True, "lagged_generation": True,
+                                          "max_staleness": STALENESS}),
+    # agro_stale with the loss at the summed scale (the estimator as written, × max_completion_length)
+    "agro_stale_sum": ("stale", {"objective": "agro", "agro_loss_type": "sum", "async_generation": True,
+                                 "lagged_generation": True, "max_staleness": STALENESS}),
+    # a diagnostic: agro_stale_sum with a fifth of the KL term
+    "agro_stale_sum_beta_0.01": ("stale", {"objective": "agro", "agro_loss_type": "sum", "beta": 0.01,
+                                           "async_generation": True, "lagged_generation": True,
+                                           "max_staleness": STALENESS}),
     "agro_offline": ("offline", {"objective": "agro"}),
-    # AGRO at the token-mean scale in the other two regimes, to tell whether the scale helps stale data only
-    "agro_dr_grpo": ("on_policy", {"objective": "agro", "agro_loss_type": "dr_grpo"}),
-    "agro_offline_dr_grpo": ("offline", {"objective": "agro", "agro_loss_type": "dr_grpo"}),
+    # AGRO at the summed scale in the other two regimes, to tell whether the scale matters for stale data only
+    "agro_sum": ("on_policy", {"objective": "agro", "agro_loss_type": "sum"}),
+    "agro_offline_sum": ("offline", {"objective": "agro", "agro_loss_type": "sum"}),
     "kl_pg_offline": ("offline", {"objective": "kl_pg"}),
     "topr_offline": ("offline", {"objective": "topr"}),
     # offline only, from the records of the on-policy `agro` run of the same seed (a stronger policy than π_ref)
@@ -458,8 +460,8 @@ STRONG_GOALS = [
     ("AGRO offline from a stronger policy above π_ref by more than the noise", "agro_offline_strong", ("pi_ref",),
      None),
 ]
-# the same goals for AGRO at the token-mean scale (agro_loss_type dr_grpo): each AGRO method its dr_grpo cell
-DR_GRPO = {"agro": "agro_dr_grpo", "agro_stale": "agro_stale_dr_grpo", "agro_offline": "agro_offline_dr_grpo"}
+# the same goals for AGRO at the summed scale (agro_loss_type sum): each AGRO method its sum cell
+SUM = {"agro": "agro_sum", "agro_stale": "agro_stale_sum", "agro_offline": "agro_offline_sum"}
 
 
 def on_seeds(stats: dict[str, dict], method: str, seeds: set[int]) -> dict:
@@ -473,7 +475,7 @@ def scale_lines(stats: dict[str, dict]) -> list[str]:
     how many seeds it is positive. Pairing removes what the seed does to both (seed 4's stale batches, say)."""
     lines = ["| AGRO, `sum` → `dr_grpo` | seeds | paired change, mean ± std | change on each seed | seeds where "
              "`dr_grpo` is higher |", "|---|---|---|---|---|"]
-    for sums, dr_grpo in DR_GRPO.items():
+    for dr_grpo, sums in SUM.items():
         if sums not in stats or dr_grpo not in stats:
             continue
         by_seed = {r["seed"]: r["accuracy"] for r in stats[sums]["cells"]}
@@ -561,10 +563,10 @@ def report(out: Path, plot: Path | None) -> str:
                      f"{s['curve_mean']:.3f} | {s['kl']:.3f} |")
     if any(r.get("training") for r in rows):
         lines += ["", *training_lines(stats)]
-    lines += ["", "The goals, AGRO as configured (`agro_loss_type: sum`):", "", *goal_lines(stats)]
-    if any(m in stats for m in DR_GRPO.values()):
-        lines += ["", "The same goals, AGRO at the token-mean scale (`agro_loss_type: dr_grpo`):", "",
-                  *goal_lines(stats, DR_GRPO), "", "The two scales on the same seeds:", "", *scale_lines(stats)]
+    lines += ["", "The goals, AGRO with its defaults (`agro_loss_type: dr_grpo`):", "", *goal_lines(stats)]
+    if any(m in stats for m in SUM.values()):
+        lines += ["", "The same goals, AGRO at the summed scale (`agro_loss_type: sum`):", "",
+                  *goal_lines(stats, SUM), "", "The two scales on the same seeds:", "", *scale_lines(stats)]
     if any(METHODS[m][0] == "offline_strong" for m in stats):
         lines += ["", "Offline from a stronger policy's records (the final model of the `agro` cell of each seed):",
                   "", *goal_lines(stats, goals=STRONG_GOALS)]

@@ -11,7 +11,7 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_study.sh: no CUDA device')" || exit 2
 mkdir -p "$OUT"
 $PY benchmarks/real_model.py --config configs/smollm2-135m-gpu.yaml --task chain_sum_2 \
-  --methods pi_ref,agro,grpo,agro_stale,grpo_stale,agro_offline,kl_pg_offline,topr_offline,agro_dr_grpo,agro_stale_dr_grpo,agro_offline_dr_grpo \
+  --methods pi_ref,agro,grpo,agro_stale,grpo_stale,agro_offline,kl_pg_offline,topr_offline,agro_sum,agro_stale_sum,agro_offline_sum \
   --seeds "${SEEDS:-0,1,2}" --max-steps "${STEPS:-50}" --heldout 500 --eval-every 10 --kl-samples 256 \
   --out "$OUT/cells.jsonl" --runs "$OUT/runs"
 $PY benchmarks/real_model.py --report --out "$OUT/cells.jsonl" --plot "$OUT/curves.png"

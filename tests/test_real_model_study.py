@@ -44,15 +44,21 @@ def test_each_method_sets_only_its_own_keys(tmp_path):
                for m in study.METHODS if m != "pi_ref"}
     assert {m: c["objective"] for m, c in configs.items()} == {
         "agro": "agro", "grpo": "grpo", "agro_stale": "agro", "grpo_stale": "grpo", "agro_offline": "agro",
-        "kl_pg_offline": "kl_pg", "topr_offline": "topr", "agro_stale_no_taper": "agro", "agro_stale_dr_grpo": "agro",
-        "agro_stale_beta_0.01": "agro", "agro_dr_grpo": "agro", "agro_offline_dr_grpo": "agro",
+        "kl_pg_offline": "kl_pg", "topr_offline": "topr", "agro_stale_sum_no_taper": "agro", "agro_stale_sum": "agro",
+        "agro_stale_sum_beta_0.01": "agro", "agro_sum": "agro", "agro_offline_sum": "agro",
         "agro_offline_strong": "agro", "kl_pg_offline_strong": "kl_pg", "topr_offline_strong": "topr"}
-    assert configs["agro_stale_no_taper"]["taper"] == "none" and configs["agro_stale"]["taper"] == "clip"
+    assert configs["agro_stale_sum_no_taper"]["taper"] == "none" and configs["agro_stale"]["taper"] == "clip"
+    assert configs["agro_stale_sum"]["taper"] == "clip"
+    # the AGRO methods without a suffix run the config's default scale, the *_sum ones the estimator as written
     assert {m: c["agro_loss_type"] for m, c in configs.items() if c["objective"] == "agro"} == {
-        "agro": "sum", "agro_stale": "sum", "agro_offline": "sum", "agro_stale_no_taper": "sum",
-        "agro_stale_dr_grpo": "dr_grpo", "agro_stale_beta_0.01": "sum", "agro_dr_grpo": "dr_grpo",
-        "agro_offline_dr_grpo": "dr_grpo", "agro_offline_strong": "sum"}
-    assert {m: c["beta"] for m, c in configs.items() if c["beta"] != 0.05} == {"agro_stale_beta_0.01": 0.01}
+        "agro": "dr_grpo", "agro_stale": "dr_grpo", "agro_offline": "dr_grpo", "agro_stale_sum_no_taper": "sum",
+        "agro_stale_sum": "sum", "agro_stale_sum_beta_0.01": "sum", "agro_sum": "sum", "agro_offline_sum": "sum",
+        "agro_offline_strong": "dr_grpo"}
+    assert {m: c["beta"] for m, c in configs.items() if c["beta"] != 0.05} == {"agro_stale_sum_beta_0.01": 0.01}
+    # each *_sum method is its default-scale method in the same regime, but for agro_loss_type
+    for default, sums in study.SUM.items():
+        assert study.METHODS[sums][0] == study.METHODS[default][0]
+        assert {**configs[sums], "agro_loss_type": "dr_grpo"} == configs[default]
     for m, c in configs.items():
         stale, offline = study.METHODS[m][0] == "stale", study.METHODS[m][0] in study.OFFLINE
         assert c["async_generation"] == c["lagged_generation"] == stale
@@ -76,34 +82,44 @@ def test_report_tables_goals_and_plot(tmp_path):
                 "accuracy_start": start, "kl": 0.5, "kl_se": 0.1, "step_seconds_median": 20.0,
                 "training": {"grad_clipped_share": accuracy, "grad_norm_median": 2.0, "zero_std_groups": 0.5,
                              "completion_length": 20.0, "cut_share": 0.25, "cut_curve": [[1, 0.5], [2, 0.0]]}}
-    rows = [cell("pi_ref", 0, 0.1, 0.1), cell("agro", 0, 0.40), cell("agro", 1, 0.30), cell("grpo", 0, 0.38),
-            cell("agro_offline", 0, 0.15), cell("topr_offline", 0, 0.30), cell("grpo_stale", 0, 0.30),
-            cell("agro_dr_grpo", 0, 0.30), cell("agro_stale_dr_grpo", 0, 0.35), cell("agro_stale_dr_grpo", 1, 0.50)]
+    rows = [cell("pi_ref", 0, 0.1, 0.1), cell("agro_sum", 0, 0.40), cell("agro_sum", 1, 0.30), cell("grpo", 0, 0.38),
+            cell("agro_offline_sum", 0, 0.15), cell("topr_offline", 0, 0.30), cell("grpo_stale", 0, 0.30),
+            cell("agro", 0, 0.30), cell("agro_stale", 0, 0.35), cell("agro_stale", 1, 0.50)]
     rows[-1]["training"] = {**rows[-1]["training"], "equal_reward_steps": 0.1, "equal_reward_step_ratio": 0.2}
     out = tmp_path / "cells.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = study.report(out, tmp_path / "curves.png")
-    assert "| agro | 2 | 0.350 ± 0.071 | 0.300–0.400 | 0.350 | 0.500 |" in text
+    assert "| agro_sum | 2 | 0.350 ± 0.071 | 0.300–0.400 | 0.350 | 0.500 |" in text
     assert "| grpo | 1 | 0.380 | 0.380–0.380 | 0.380 | 0.500 |" in text
-    assert "| agro | 0.35 | 0.50 | 20.0 | 0.25 | 2.00 | – | – |" in text  # training batches: the mean over seeds
+    # training batches: the mean over seeds
+    assert "| agro_sum | 0.35 | 0.50 | 20.0 | 0.25 | 2.00 | – | – |" in text
     # one seed of two recorded the steps without a reward signal
-    assert "| agro_stale_dr_grpo | 0.42 | 0.50 | 20.0 | 0.25 | 2.00 | 0.10 (1 of 2 seeds) | 0.20 (1 of 2 seeds) |" in text
-    # a goal compares the seeds both sides have: agro's seed 0 against grpo's only seed
-    assert "| AGRO on-policy ≥ GRPO − 0.02 | agro 0.400 vs grpo 0.380 (+0.020; seeds 0) | met | +0.040 |" in text
-    assert ("| AGRO offline ≥ π_ref + 0.10 | agro_offline 0.150 vs pi_ref 0.100 (+0.050; seeds 0) | missed | -0.050 |"
-            in text)
-    sums, dr_grpo = text.split("The same goals, AGRO at the token-mean scale")
+    assert "| agro_stale | 0.42 | 0.50 | 20.0 | 0.25 | 2.00 | 0.10 (1 of 2 seeds) | 0.20 (1 of 2 seeds) |" in text
+    defaults, sums = text.split("The same goals, AGRO at the summed scale (`agro_loss_type: sum`):")
+    sums, scales = sums.split("The two scales on the same seeds:")
+    # the goals put to the AGRO methods as the config has them (dr_grpo), each on the seeds both sides have
+    assert "The goals, AGRO with its defaults (`agro_loss_type: dr_grpo`):" in defaults
+    assert ("| AGRO on-policy ≥ GRPO − 0.02 | agro 0.300 vs grpo 0.380 (-0.080; seeds 0) | missed | "
+            "-0.060 |") in defaults
+    assert ("| AGRO stale ≥ GRPO stale | agro_stale 0.350 vs grpo_stale 0.300 (+0.050; seeds 0) | met | "
+            "+0.050 |") in defaults
+    assert ("| AGRO stale within 0.03 of AGRO on-policy | agro_stale 0.350 vs agro 0.300 (+0.050; "
+            "seeds 0) | met | +0.080 |") in defaults
+    assert "| AGRO offline ≥ π_ref + 0.10 | not run |" in defaults
+    # the same goals with each AGRO method replaced by its sum cell: agro_sum's seed 0 against grpo's only seed
+    assert ("| AGRO on-policy ≥ GRPO − 0.02 | agro_sum 0.400 vs grpo 0.380 (+0.020; seeds 0) | met | "
+            "+0.040 |") in sums
+    assert ("| AGRO offline ≥ π_ref + 0.10 | agro_offline_sum 0.150 vs pi_ref 0.100 (+0.050; seeds 0) | missed | "
+            "-0.050 |") in sums
     assert "| AGRO stale ≥ GRPO stale | not run |" in sums
-    # the same goals with each AGRO method replaced by its dr_grpo cell, again on the seeds both sides have
-    assert ("| AGRO stale ≥ GRPO stale | agro_stale_dr_grpo 0.350 vs grpo_stale 0.300 (+0.050; seeds 0) | met | "
-            "+0.050 |") in dr_grpo
-    assert ("| AGRO stale within 0.03 of AGRO on-policy | agro_stale_dr_grpo 0.350 vs agro_dr_grpo 0.300 (+0.050; "
-            "seeds 0) | met | +0.080 |") in dr_grpo
-    assert "| AGRO offline ≥ π_ref + 0.10 | not run |" in dr_grpo
-    # the two scales paired by seed: agro_dr_grpo's seed 0 against agro's seed 0; agro_stale has no sum cell
-    assert "| agro → agro_dr_grpo | 0 | -0.100 | -0.100 | 0 of 1 |" in dr_grpo
-    assert "agro_stale → " not in dr_grpo
+    # the two scales paired by seed: agro's seed 0 against agro_sum's seed 0; agro_stale has no sum cell
+    assert "| agro_sum → agro | 0 | -0.100 | -0.100 | 0 of 1 |" in scales
+    assert "agro_stale_sum → " not in scales
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without a sum cell the report has the defaults' goals only
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows if not r["method"].endswith("_sum")))
+    text = study.report(out, None)
+    assert "The goals, AGRO with its defaults" in text and "summed scale" not in text and "two scales" not in text
 
 
 def test_noise_is_the_larger_of_binomial_and_seed_spread():
@@ -235,12 +251,12 @@ def final_cells(*cells: tuple[str, int, float]) -> list[dict]:
 
 
 def test_the_two_loss_scales_are_paired_by_seed():
-    rows = final_cells(("agro_stale", 0, 0.20), ("agro_stale", 1, 0.40), ("agro_stale", 2, 0.30),
-                       ("agro_stale_dr_grpo", 0, 0.30), ("agro_stale_dr_grpo", 1, 0.35),
-                       ("agro_stale_dr_grpo", 3, 0.90))  # seed 3 has no sum cell: left out
+    rows = final_cells(("agro_stale_sum", 0, 0.20), ("agro_stale_sum", 1, 0.40), ("agro_stale_sum", 2, 0.30),
+                       ("agro_stale", 0, 0.30), ("agro_stale", 1, 0.35),
+                       ("agro_stale", 3, 0.90))  # seed 3 has no sum cell: left out
     lines = study.scale_lines(study.summary(rows))
     std = math.sqrt(((0.1 - 0.025) ** 2 + (-0.05 - 0.025) ** 2) / 1)
-    assert lines[2] == (f"| agro_stale → agro_stale_dr_grpo | 0,1 | +0.025 ± {std:.3f} | +0.100, -0.050 | 1 of 2 |")
+    assert lines[2] == (f"| agro_stale_sum → agro_stale | 0,1 | +0.025 ± {std:.3f} | +0.100, -0.050 | 1 of 2 |")
     assert len(lines) == 3  # no on-policy or offline pair
 
 

@@ -195,3 +195,21 @@ def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "agro.cli", "tabular", "--beta", "0"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "agro: error: --beta must be > 0, got 0.0"
+
+
+@pytest.mark.parametrize("data", ["reference", "on-policy", "lagged", "mixed"])
+def test_agro_config_defaults_keep_the_fixed_point(data):
+    """AGROConfig's defaults (its loss scale: the summed loss ÷ max_completion_length; its max_grad_norm and
+    taper) under Adam, the trainer's update, still end at π* = π_ref·exp(r/β)/Z: the scale changes the steps, not
+    where they stop. On-policy, off-policy (π_ref's data), 4 updates stale, and a mix."""
+    from agro import AGROConfig
+
+    defaults = AGROConfig(model_name_or_path="unused")
+    assert defaults.taper == "clip"  # behavior, but a trust region on the run's own older samples: the lab's names
+    taper = "clip" if data == "lagged" else "behavior"
+    config = TabularConfig(actions=20, beta=0.5, mode="exact", steps=3000, lr=0.02, data=data, methods=["agro"],
+                           optimizer="adam", max_grad_norm=defaults.max_grad_norm, taper=taper)
+    config.agro_loss_type, config.max_completion_length = defaults.agro_loss_type, defaults.max_completion_length
+    assert config.agro_loss_type == "dr_grpo" and config.max_completion_length > 1  # the scale is really applied
+    policy = torch.tensor(tabular.run(config)["methods"]["agro"]["final_policy"], dtype=torch.float64)
+    assert (policy - tabular.make_bandit(config).log_optimal.exp()).abs().max().item() < 1e-4

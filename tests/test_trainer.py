@@ -174,8 +174,8 @@ def run_cli(args, capsys):
         ("epsilon: 1.0\n", "cfg.yaml:4: key 'epsilon': must be in [0, 1), got 1.0"),  # 1 − ε must stay > 0
         ("epsilon_high: -0.5\n", "cfg.yaml:4: key 'epsilon_high': must be ≥ 0"),
         ("objective: asymre\nasymre_delta: -0.1\n", "cfg.yaml:5: key 'asymre_delta': must be ≥ 0"),
-        ("agro_loss_type: mean\n", "cfg.yaml:4: key 'agro_loss_type': must be one of sum, dr_grpo"),
-        ("objective: rloo\nagro_loss_type: dr_grpo\n", "cfg.yaml:5: key 'agro_loss_type': applies to objective agro"),
+        ("agro_loss_type: mean\n", "cfg.yaml:4: key 'agro_loss_type': must be one of dr_grpo, sum"),
+        ("objective: rloo\nagro_loss_type: sum\n", "cfg.yaml:5: key 'agro_loss_type': applies to objective agro"),
         ("loss_type: dr_grpo\n", "cfg.yaml:4: key 'loss_type': applies to objective grpo only (objective is 'agro'; "
                                   "AGRO's loss scale is agro_loss_type)"),
         ("beta: [1\n", "cfg.yaml:5: invalid YAML"),
@@ -337,7 +337,9 @@ def test_cut_completions_score_zero_or_leave_the_step_and_are_logged(assets, tmp
 
 
 def test_gradient_checkpointing_gives_the_same_step(assets, tmp_path):
-    """Checkpointed activations (train mode, dropout off) must not change the update."""
+    """Checkpointed activations (train mode, dropout off) must not change the update. Adam's first step moves each
+    weight by lr·g/(|g| + ε): where |g| is near ε, the recomputation's rounding moves that step by a small fraction
+    of lr (1e-2 here), hence a tolerance of 1e-3·lr."""
     weights = []
     for flag in (False, True):
         out = tmp_path / f"gc{flag}"
@@ -348,7 +350,7 @@ def test_gradient_checkpointing_gives_the_same_step(assets, tmp_path):
         trainer.train()
         weights.append(final_weights(out))
     for name in weights[0]:
-        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=1e-5)
 
 
 def test_agro_loss_type_dr_grpo_reaches_the_trainer_as_the_sum_over_max_completion_length(assets, tmp_path):

@@ -62,10 +62,12 @@ class TrainConfig:
                     "behavior, except that the run's own samples of an earlier version (the async actor's, a "
                     "batch's later iterations) get a token trust region instead: no gradient on the tokens whose "
                     "π_t/μ_t is outside [1 − epsilon, 1 + epsilon_high] in the direction of their advantage")
-    agro_loss_type: str = _f("sum", "agro: sum: −(1/N) Σ_i ρ_i A_i Σ_t log π, the estimator as written | dr_grpo: "
-                             "the same ÷ max_completion_length (Dr. GRPO's constant): the same direction and fixed "
-                             "point at a token-mean scale, so max_grad_norm rescales few steps, as for grpo (under "
-                             "AdamW it equals sum with max_grad_norm × max_completion_length; docs/results/efficiency.md)")
+    agro_loss_type: str = _f("dr_grpo", "agro: dr_grpo: −(1/(N·L)) Σ_i ρ_i A_i Σ_t log π with L = "
+                             "max_completion_length (Dr. GRPO's constant): the estimator at a token-mean scale, so "
+                             "max_grad_norm rescales few steps, as for grpo, and a step without reward signal stays "
+                             "small | sum: the same × L, the estimator as written (its gradient norm is L times "
+                             "larger, so max_grad_norm clips nearly every step; under AdamW it equals dr_grpo with "
+                             "max_grad_norm ÷ L; docs/results/real-model.md)")
     asymre_delta: float = _f(0.1, "asymre: the baseline sits δ below the group mean of the regularised reward")
     epsilon: float = _f(0.2, "grpo, and agro with taper clip: lower clip range of the ratio to the sampler (a ratio "
                              "≠ 1 needs num_iterations > 1 or async_generation)")
@@ -235,7 +237,7 @@ CHOICES = {
     "objective": tuple(OBJECTIVES),  # agro.objective_table
     "baseline": ("mean", "loo"),
     "taper": ("none", "ref", "behavior", "clip"),
-    "agro_loss_type": ("sum", "dr_grpo"),
+    "agro_loss_type": ("dr_grpo", "sum"),
     "loss_type": ("grpo", "dapo", "bnpo", "dr_grpo"),
     "torch_dtype": ("float32", "bfloat16", "float16"),
     "train_data_format": ("auto", "math", "gsm8k", "generic"),
@@ -451,7 +453,7 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
             fail(key, f"applies to reasoning_gym:NAME data only ({key.removesuffix('_kwargs')} is {source!r})")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
-    if config.objective == "rloo" and config.agro_loss_type != "sum":
+    if config.objective == "rloo" and config.agro_loss_type != TrainConfig.agro_loss_type:
         fail("agro_loss_type", "applies to objective agro only")
     if config.objective != "grpo" and config.loss_type not in ("grpo", "dapo"):  # agro's default, TRL's
         fail("loss_type", f"applies to objective grpo only (objective is '{config.objective}'; AGRO's loss scale is "

@@ -32,7 +32,8 @@ time_step; TRL: the time since training began less the time in the evaluation ca
 
 Each finished cell is appended to <out>/runs.jsonl; a rerun skips the cells there (an unfinished one starts
 again), and refuses, in one line, a runs.jsonl made with other shared settings. <out> also gets summary.json
-(the JSON printed last), efficiency.md (the table) and efficiency.png (accuracy against fresh tokens and against
+(the JSON printed last), efficiency.md (the table, then the study's goals met or missed, each with its slack and
+the 95% noise of the accuracy difference: `GOALS`) and efficiency.png (accuracy against fresh tokens and against
 seconds, mean over seeds).
 """
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -307,8 +309,92 @@ def mean_curve(curves: list[list[list]]) -> list[list]:
     return [[s, *(round(statistics.mean(b[s][i] for b in by_step), 4) for i in (1, 2, 3))] for s in steps]
 
 
+Z95 = 1.959963984540054
+# (goal, AGRO methods (the best counts), the method compared with, condition -> bound): met when, on the seeds both
+# ran, mean accuracy − the other's ≥ its bound and mean fresh tokens and seconds ÷ the other's ≤ their bounds
+GOALS = [
+    ("AGRO's best reuse reaches GRPO's final accuracy (within 0.02) with ≤ 0.5× its fresh tokens and ≤ 0.7× its "
+     "seconds", ("agro_replay_1_1", "agro_replay_1_3", "agro_num_iterations_2"), "grpo",
+     {"accuracy": -0.02, "fresh_tokens": 0.5, "seconds": 0.7}),
+    ("At equal fresh generations, AGRO's reuse ≥ GRPO's with the same reuse", ("agro_replay_1_1",),
+     "grpo_replay_1_1", {"accuracy": 0.0}),
+    ("At equal fresh generations, AGRO's reuse ≥ TRL's num_iterations=2", ("agro_replay_1_1", "agro_num_iterations_2"),
+     "trl_grpo_num_iterations_2", {"accuracy": 0.0}),
+]
+
+
+def side(runs: list[dict], method: str, seeds: list[int]) -> dict:
+    """`method`'s runs on `seeds`: final accuracy's mean and std, mean fresh tokens and seconds, and the pooled
+    held-out problems n = Σ heldout."""
+    rs = [r for r in runs if r["method"] == method and r["seed"] in seeds]
+    accuracy, std = stats([r["final_accuracy"] for r in rs])
+    return {"accuracy": accuracy, "std": std, "seeds": len(rs), "n": sum(r["heldout"] for r in rs),
+            "fresh_tokens": statistics.mean(r["fresh_tokens"] for r in rs),
+            "seconds": statistics.mean(r["seconds"] for r in rs)}
+
+
+def noise(a: dict, b: dict) -> float:
+    """real_model.py's half-width of a 95% interval of a difference of mean accuracies: Z95 × the larger of
+    √(Σ p(1−p)/n), each mean a binomial over its pooled problems, and √(Σ std²/seeds), each mean's standard error
+    over seeds (its binomial variance where it has one seed)."""
+    def binomial(s):
+        return s["accuracy"] * (1 - s["accuracy"]) / s["n"]
+
+    def over_seeds(s):
+        return s["std"] ** 2 / s["seeds"] if s["seeds"] > 1 else binomial(s)
+
+    return Z95 * max(math.sqrt(binomial(a) + binomial(b)), math.sqrt(over_seeds(a) + over_seeds(b)))
+
+
+def compare(runs: list[dict], method: str, other: str, bounds: dict) -> dict | None:
+    """`method` against `other` on the seeds both ran (None: no such seed): accuracies, their difference d and its
+    noise, ratios r of fresh tokens and seconds; per condition its slack, d − bound (accuracy) or bound − r."""
+    seeds = sorted({r["seed"] for r in runs if r["method"] == method}
+                   & {r["seed"] for r in runs if r["method"] == other})
+    if not seeds:
+        return None
+    a, b = side(runs, method, seeds), side(runs, other, seeds)
+    diff, spread = a["accuracy"] - b["accuracy"], noise(a, b)
+    values = {"accuracy": [a["accuracy"], b["accuracy"]], "accuracy_diff": diff,
+              "fresh_tokens_ratio": a["fresh_tokens"] / b["fresh_tokens"], "seconds_ratio": a["seconds"] / b["seconds"]}
+    slack = {k: diff - bound if k == "accuracy" else bound - values[f"{k}_ratio"] for k, bound in bounds.items()}
+    return {"methods": [method, other], "seeds": seeds, "values": values, "met": min(slack.values()) >= 0,
+            "slack": slack, "noise": spread, "within_noise": abs(diff) < spread}
+
+
+def goals(runs: list[dict]) -> list[dict]:
+    """Each of `GOALS` by its best AGRO method, the one with the largest smallest slack (met: it is ≥ 0); met None
+    where no AGRO method shares a seed with the other."""
+    out = []
+    for text, methods, other, bounds in GOALS:
+        best = max(filter(None, (compare(runs, m, other, bounds) for m in methods)),
+                   key=lambda c: min(c["slack"].values()), default=None)
+        out.append({"goal": text, **(best or {"methods": [*methods, other], "seeds": [], "values": None, "met": None,
+                                              "slack": None, "noise": None, "within_noise": None})})
+    return out
+
+
+def goal_table(entries: list[dict]) -> list[str]:
+    """The goals' Markdown table: measured values on the seeds both sides ran, met or missed, slacks, noise."""
+    rows = []
+    for g in entries:
+        if g["met"] is None:
+            rows.append([g["goal"], f"{', '.join(g['methods'][:-1])} vs {g['methods'][-1]}: no seed both ran",
+                         "not run", "—", "—"])
+            continue
+        (method, other), v = g["methods"], g["values"]
+        rows.append([g["goal"], f"{method} {v['accuracy'][0]:.3f} vs {other} {v['accuracy'][1]:.3f} "
+                     f"({v['accuracy_diff']:+.3f}{', within noise' if g['within_noise'] else ''}; seeds "
+                     f"{','.join(map(str, g['seeds']))}); fresh tokens {v['fresh_tokens_ratio']:.2f}×, seconds "
+                     f"{v['seconds_ratio']:.2f}×", "met" if g["met"] else "missed",
+                     ", ".join(f"{k.replace('_', ' ')} {s:+.3f}" for k, s in g["slack"].items()),
+                     f"±{g['noise']:.3f}"])
+    return table(["goal", "measured (seeds both ran)", "met?", "slack", "95% noise of the accuracy difference"], rows)
+
+
 def summarise(runs: list[dict]) -> dict:
-    """Per method (in `METHODS` order), the means over its seeds; ratios to grpo's fresh tokens and seconds."""
+    """Per method (in `METHODS` order), the means over its seeds; ratios to grpo's fresh tokens and seconds; the
+    study's goals (`goals`)."""
     methods = {}
     for method in METHODS:
         rs = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
@@ -328,7 +414,8 @@ def summarise(runs: list[dict]) -> dict:
     first = runs[0]
     return {"methods": methods, "task": first["task"], "task_kwargs": first["task_kwargs"], "model": first["model"],
             "steps": first["steps"], "heldout": first["heldout"],
-            "reference_accuracy": {str(r["seed"]): r["curve"][0][3] for r in runs if r["curve"][0][0] == 0}}
+            "reference_accuracy": {str(r["seed"]): r["curve"][0][3] for r in runs if r["curve"][0][0] == 0},
+            "goals": goals(runs)}
 
 
 def write_table(summary: dict, path: Path, command: str) -> None:
@@ -343,6 +430,8 @@ def write_table(summary: dict, path: Path, command: str) -> None:
                      num(e["accuracy_vs_grpo"], 3), fmt(e["fresh_tokens"], e["fresh_tokens_std"]),
                      num(e["fresh_tokens_vs_grpo"], 2, "×"), fmt(e["seconds"], e["seconds_std"]),
                      num(e["seconds_vs_grpo"], 2, "×")] for method, e in summary["methods"].items()])
+    lines += ["", "Goals (means over the seeds both sides ran; slack ≥ 0 on every condition: met; within noise: "
+              "the accuracy difference inside ± its 95% noise):", "", *goal_table(summary["goals"])]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -5,6 +5,7 @@ real_model.py's offline regime from a stronger policy's records."""
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,60 @@ def test_summary_json_table_and_plot_from_runs_jsonl(tmp_path, capsys):
                             "reasoning_gym:chain_sum_2 --seeds 0,1,2")
     assert "| agro_replay_1_1 | 0,1 | 0.500 ± 0.000 | 0.000 | 1000 ± 707 | 0.50× | 80 ± 28 | 0.40× |" in table
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_goals_met_or_missed_on_the_seeds_both_sides_ran(tmp_path, capsys):
+    """Goal 1 met by agro_replay_1_3 (agro_replay_1_1, more accurate, misses its seconds), goal 2 missed by more
+    than the noise, goal 3 not run; every comparison on the seeds both sides ran (grpo's and grpo_replay_1_1's seed
+    2 left out)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = [fake_row("grpo", 0, 0.5, 1000, 100.0), fake_row("grpo", 1, 0.6, 2000, 200.0),
+            fake_row("grpo", 2, 0.1, 9000, 900.0),
+            fake_row("agro_replay_1_3", 0, 0.44, 300, 80.0), fake_row("agro_replay_1_3", 1, 0.65, 450, 100.0),
+            fake_row("agro_replay_1_1", 0, 0.56, 500, 80.0), fake_row("agro_replay_1_1", 1, 0.56, 1000, 160.0),
+            fake_row("grpo_replay_1_1", 0, 0.71, 500, 70.0), fake_row("grpo_replay_1_1", 1, 0.71, 1000, 130.0),
+            fake_row("grpo_replay_1_1", 2, 0.0, 4500, 600.0)]
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert real.main([*BASE, "--out", str(out), "--summarise-only"]) == 0
+    reuse, same, trl = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["goals"]
+    # goal 1 on seeds 0,1: accuracy 0.545 vs 0.55, fresh tokens 375 ÷ 1500, seconds 90 ÷ 150
+    assert reuse["goal"].startswith("AGRO's best reuse reaches GRPO's final accuracy (within 0.02)")
+    assert (reuse["methods"], reuse["seeds"], reuse["met"], reuse["within_noise"]) == (
+        ["agro_replay_1_3", "grpo"], [0, 1], True, True)
+    values = reuse["values"]
+    assert values["accuracy"] == pytest.approx([0.545, 0.55])
+    assert (values["accuracy_diff"], values["fresh_tokens_ratio"], values["seconds_ratio"]) == pytest.approx(
+        (-0.005, 0.25, 0.6))
+    assert reuse["slack"] == pytest.approx({"accuracy": 0.015, "fresh_tokens": 0.25, "seconds": 0.1})
+    other = real.compare(rows, "agro_replay_1_1", "grpo", real.GOALS[0][3])  # 0.56 vs 0.55, 0.5× tokens, 0.8× seconds
+    assert other["met"] is False and other["slack"] == pytest.approx({"accuracy": 0.03, "fresh_tokens": 0.0,
+                                                                      "seconds": -0.1})
+    by_seed = {m: [r["final_accuracy"] for r in rows if r["method"] == m and r["seed"] < 2]
+               for m in ("agro_replay_1_3", "grpo", "agro_replay_1_1", "grpo_replay_1_1")}
+
+    def cells(m):  # real_model.py's summary of a method: mean, std over seeds, pooled problems
+        return {"mean": sum(by_seed[m]) / 2, "std": statistics.stdev(by_seed[m]), "n": 400, "cells": [0, 1]}
+
+    assert reuse["noise"] == pytest.approx(study.noise(cells("agro_replay_1_3"), cells("grpo")))  # over seeds: 0.228
+    # goal 2: 0.56 vs 0.71 on seeds 0,1, beyond its binomial noise (no spread over seeds)
+    assert (same["methods"], same["seeds"], same["met"], same["within_noise"]) == (
+        ["agro_replay_1_1", "grpo_replay_1_1"], [0, 1], False, False)
+    assert same["slack"] == pytest.approx({"accuracy": -0.15})
+    assert same["noise"] == pytest.approx(study.noise(cells("agro_replay_1_1"), cells("grpo_replay_1_1")))
+    assert trl == {"goal": "At equal fresh generations, AGRO's reuse ≥ TRL's num_iterations=2",
+                   "methods": ["agro_replay_1_1", "agro_num_iterations_2", "trl_grpo_num_iterations_2"], "seeds": [],
+                   "values": None, "met": None, "slack": None, "noise": None, "within_noise": None}
+    table = (out / "efficiency.md").read_text()
+    assert ("| AGRO's best reuse reaches GRPO's final accuracy (within 0.02) with ≤ 0.5× its fresh tokens and ≤ 0.7× "
+            "its seconds | agro_replay_1_3 0.545 vs grpo 0.550 (-0.005, within noise; seeds 0,1); fresh tokens 0.25×, "
+            "seconds 0.60× | met | accuracy +0.015, fresh tokens +0.250, seconds +0.100 | ±0.228 |") in table
+    assert ("| At equal fresh generations, AGRO's reuse ≥ GRPO's with the same reuse | agro_replay_1_1 0.560 vs "
+            "grpo_replay_1_1 0.710 (-0.150; seeds 0,1); fresh tokens 1.00×, seconds 1.20× | missed | accuracy -0.150 | "
+            "±0.066 |") in table
+    assert ("| At equal fresh generations, AGRO's reuse ≥ TRL's num_iterations=2 | agro_replay_1_1, "
+            "agro_num_iterations_2 vs trl_grpo_num_iterations_2: no seed both ran | not run | — | — |") in table
+    assert table.index("| agro_replay_1_3 | 0,1 |") < table.index("| goal | measured (seeds both ran) |")
 
 
 def test_finished_cells_are_skipped_and_other_settings_refused(tmp_path, monkeypatch, capsys):

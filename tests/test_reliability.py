@@ -136,6 +136,20 @@ def test_reward_faults_get_zero_are_counted_and_the_run_goes_on(assets, tmp_path
     assert (out / "final" / "model.safetensors").exists()
 
 
+def test_offline_rewards_kept_across_a_resume_are_not_scored_again(assets, tmp_path, capsys, faulty_offline):
+    """A checkpoint keeps the offline records' scored rewards: a run resumed after step 1 does not call the
+    misbehaving reward again at step 2 (no 1 s timeout, no error), as a straight run does not."""
+    out = tmp_path / "run"
+    assert cli(faulty_run(assets, out, faulty_offline, max_steps=1, save_steps=1), capsys)[0] == 0
+    state = json.loads((checkpoint.list_checkpoints(out)[-1] / "trainer_state.json").read_text())
+    assert sorted(len(v) for v in state["offline_rewards"].values()) == [2, 2]
+    assert all(r == 0.0 for v in state["offline_rewards"].values() for _, r in v)
+    rc, _, err = cli(faulty_run(assets, out, faulty_offline, max_steps=2, save_steps=1) + ["--resume"], capsys)
+    assert rc == 0, err
+    second = read_metrics(out)[-1]
+    assert second["step"] == 2 and second["reward_failures"] == 0 and second["reward_timeouts"] == 0
+
+
 @pytest.mark.slow
 def test_too_many_reward_failures_abort_with_one_line(assets, tmp_path, capsys, faulty_offline):
     out = tmp_path / "run"

@@ -206,7 +206,8 @@ class Learner:
 
     @torch.inference_mode()
     def with_reference(self, gens: list[Generation]) -> list[Generation]:
-        """`gens` with the π_ref log-probs of those that have none (records keep theirs: computed once).
+        """`gens` with the π_ref log-probs of those that have none (a batch's records keep theirs over its
+        iterations, replayed samples theirs from when they were made).
         Without a reference (grpo, beta 0) they stay None: the batch tensors take π's own log-probs, Δ = 0."""
         todo = [i for i, g in enumerate(gens) if g.ref_logprobs is None]
         if not todo or not self.uses_reference:

@@ -48,6 +48,7 @@ class PromptPool:
         self._max_chars = {"prompt": max_text_chars(self.tokenizer, c.max_prompt_length),
                            "completion": max_text_chars(self.tokenizer, c.max_completion_length)}
         self.offline_by_group: dict[str, list[Generation]] = defaultdict(list)
+        self.offline_scored: dict[str, dict[int, float]] = defaultdict(dict)  # key -> record index -> its reward
         if problems is None and c.train_data:
             problems = data.load_problems(c.train_data, format=c.train_data_format, template=c.prompt_template,
                                           require_answer=False, on_bad_record=c.on_bad_record,
@@ -233,31 +234,37 @@ class PromptPool:
         return size
 
     def state(self) -> dict:
-        """The draw's place, for checkpoints: epoch, position, keys drawn ahead, and `order` only where a wrap
-        rearranged the epoch (else its seeded permutation is recomputed)."""
+        """The draw's place, for checkpoints: epoch, position, keys drawn ahead, `order` only where a wrap
+        rearranged the epoch (else its seeded permutation is recomputed), and the offline records' rewards
+        scored so far, where there are any."""
         kept = {"order": list(self.order)} if self.order is not None else {}
+        if self.offline_scored:
+            kept["offline_rewards"] = {k: [[i, r] for i, r in scored.items()] for k, scored in self.offline_scored.items()}
         return {"epoch": self.epoch, "position": self.position, "ahead": [list(k) for k in self.ahead], **kept}
 
     def load_state(self, state: dict) -> None:
-        """A `state()`; one without "ahead" or "order" (an older checkpoint's) has none."""
+        """A `state()`; one without "ahead", "order" or "offline_rewards" (an older checkpoint's) has none."""
         order = state.get("order")
         if order is not None and sorted(order) != list(range(len(self.problems))):
             raise AgroError(f"trainer_state.json: key 'order': an epoch of {len(order)} prompts, but the data has "
                             f"{len(self.problems)}: resume with the data the checkpoint was trained on")
         self.epoch, self.position, self.order = state["epoch"], state["position"], order
         self.ahead = [list(k) for k in state.get("ahead", [])]
+        for key, scored in state.get("offline_rewards", {}).items():
+            self.keep_offline([(dataclasses.replace(self.offline_by_group[key][i], reward=r), i) for i, r in scored])
 
     def take_keys(self, rank: int, world: int) -> list[str]:
         """The next batch's keys: the oldest drawn ahead (a resumed asynchronous run's), else new ones."""
         return self.ahead.pop(0) if self.ahead else self.next_keys(rank, world)
 
     def keep_offline(self, scored: list[tuple[Generation, int]]) -> None:
-        """Put the scored versions of drawn offline records, each with its index in its group's records, in their
-        place, so that a record drawn again later reuses its reward. Not its π_ref log-probs: a record's are
-        computed in the batch it joins, whose padding moves their last bits, so a run resumed from a
-        checkpoint (which keeps no such cache) and a straight run compute the same ones."""
+        """Keep the rewards of drawn offline records (each with its index in its group's records), so that a record
+        drawn again later reuses its reward and is not scored twice (`state` saves them). Not their π_ref
+        log-probs: a record's are computed in the batch it joins, whose padding moves their last bits, so a
+        resumed run and a straight one compute the same ones."""
         for g, i in scored:
-            self.offline_by_group[g.group][i] = dataclasses.replace(g, ref_logprobs=None)
+            self.offline_scored[g.group][i] = g.reward
+            self.offline_by_group[g.group][i] = dataclasses.replace(self.offline_by_group[g.group][i], reward=g.reward)
 
 
 def new_first(order: list[int], drawn: set[int], count: int) -> list[int]:

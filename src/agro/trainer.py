@@ -126,7 +126,7 @@ class Trainer:
             self.batch, loss, learned = self.learner.update(dataclasses.replace(self.batch, generations=gens), first)
             gens = self.batch.generations
             self.step += 1
-            if first:  # offline records keep their reward for later draws
+            if first:  # offline records keep their reward for later draws (not scored twice)
                 self.prompts.keep_offline([(gens[at], i) for at, i in assembled.offline])
             if c.replay_per_group:
                 if first:  # only a new batch's on-policy samples join (with their reward and log-probs)

@@ -359,7 +359,7 @@ def compare(runs: list[dict], method: str, other: str, bounds: dict) -> dict | N
               "fresh_tokens_ratio": a["fresh_tokens"] / b["fresh_tokens"], "seconds_ratio": a["seconds"] / b["seconds"]}
     slack = {k: diff - bound if k == "accuracy" else bound - values[f"{k}_ratio"] for k, bound in bounds.items()}
     return {"methods": [method, other], "seeds": seeds, "values": values, "met": min(slack.values()) >= 0,
-            "slack": slack, "noise": spread, "within_noise": abs(diff) < spread}
+            "slack": slack, "noise": spread, "within_noise": abs(diff) <= spread}
 
 
 def goals(runs: list[dict]) -> list[dict]:

@@ -1,12 +1,15 @@
 """The tabular lab reproduces the convergence claims (the paper's Figure 1) with the real objectives."""
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import agro.objectives as objectives
 import agro.tabular as tabular
 from agro.cli import main
 from agro.tabular import TabularConfig
@@ -198,7 +201,7 @@ def test_console_script_exit_code():
 
 
 @pytest.mark.parametrize("data", ["reference", "on-policy", "lagged", "mixed"])
-def test_agro_config_defaults_keep_the_fixed_point(data):
+def test_agro_config_defaults_keep_the_fixed_point(data, monkeypatch):
     """AGROConfig's defaults (its loss scale: the summed loss ÷ max_completion_length; its max_grad_norm and
     taper) under Adam, the trainer's update, still end at π* = π_ref·exp(r/β)/Z: the scale changes the steps, not
     where they stop. On-policy, off-policy (π_ref's data), 4 updates stale, and a mix."""
@@ -210,6 +213,15 @@ def test_agro_config_defaults_keep_the_fixed_point(data):
     config = TabularConfig(actions=20, beta=0.5, mode="exact", steps=3000, lr=0.02, data=data, methods=["agro"],
                            optimizer="adam", max_grad_norm=defaults.max_grad_norm, taper=taper)
     config.agro_loss_type, config.max_completion_length = defaults.agro_loss_type, defaults.max_completion_length
-    assert config.agro_loss_type == "dr_grpo" and config.max_completion_length > 1  # the scale is really applied
+    assert config.agro_loss_type == "dr_grpo" and config.max_completion_length > 1
+    scales = []  # every step's loss at the defaults ÷ the same loss at `sum`: the scale is really applied
+
+    def spy(**kwargs):
+        out = objectives.agro_loss(**kwargs)
+        scales.append((objectives.agro_loss(**{**kwargs, "loss_type": "sum"}).loss / out.loss).item())
+        return out
+    monkeypatch.setitem(objectives.LOSSES, "agro", dataclasses.replace(objectives.LOSSES["agro"], function=spy))
     policy = torch.tensor(tabular.run(config)["methods"]["agro"]["final_policy"], dtype=torch.float64)
     assert (policy - tabular.make_bandit(config).log_optimal.exp()).abs().max().item() < 1e-4
+    finite = [x for x in scales if math.isfinite(x)]  # a step whose loss is exactly 0 has no ratio
+    assert len(finite) > len(scales) // 2 and finite == pytest.approx([defaults.max_completion_length] * len(finite))

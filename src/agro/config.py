@@ -453,8 +453,8 @@ def _validate(config: TrainConfig, where: dict[str, str], given: tuple[str, ...]
             fail(key, f"applies to reasoning_gym:NAME data only ({key.removesuffix('_kwargs')} is {source!r})")
     if config.objective == "rloo" and config.baseline != "mean":
         fail("baseline", "applies to objective agro only")
-    if config.objective == "rloo" and config.agro_loss_type != TrainConfig.agro_loss_type:
-        fail("agro_loss_type", "applies to objective agro only")
+    if config.objective == "rloo" and ("agro_loss_type" in where or config.agro_loss_type != TrainConfig.agro_loss_type):
+        fail("agro_loss_type", "applies to objective agro only (rloo is the summed estimator)")
     if config.objective != "grpo" and config.loss_type not in ("grpo", "dapo"):  # agro's default, TRL's
         fail("loss_type", f"applies to objective grpo only (objective is '{config.objective}'; AGRO's loss scale is "
                           "agro_loss_type)")

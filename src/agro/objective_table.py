@@ -33,7 +33,7 @@ OBJECTIVES: dict[str, Objective] = {
     "grpo": Objective(False, "ratio", "GRPO as TRL computes it: std-normalised group advantages, a clipped "
                                       "per-token ratio, k3 KL in the loss"),
     "rloo": Objective(False, "consistency", "REINFORCE leave-one-out with k1 KL in the reward: agro with "
-                                            "baseline loo"),
+                                            "baseline loo and agro_loss_type sum"),
     "kl_pg": Objective(False, "reinforce", "the naive KL-regularised policy gradient: a reward-only baseline, "
                                            "settles off π* off-policy"),
     "is_pg": Objective(True, "reinforce", "REINFORCE with truncated sequence importance weights min(π/μ, c)"),

@@ -194,7 +194,7 @@ def agro_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Te
 
         Δ_i = Σ_t mask·(log π − log π_ref),  R̃_i = r_i − β·Δ_i,  A_i = R̃_i − V̂_i   (V̂: the group's mean of R̃,
         or its leave-one-out mean);  ∇ = −Σ_i w_i ρ_i A_i Σ_t mask·m·∇log π / Σ_i w_i   (÷ max_completion_length
-        with loss_type "dr_grpo")
+        with loss_type "dr_grpo", the config's default; this function's, "sum", needs no max_completion_length)
 
     ρ_i = 1, or with taper "ref" min(1, exp(Δ_i)) where A_i < 0 in a group with no fresh sample; "behavior" also
     min(ρ_i, π(y_i)/μ(y_i)) where A_i < 0; "clip" the same except on fresh samples, whose ρ is 1 and whose

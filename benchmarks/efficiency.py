@@ -463,7 +463,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm of every method (0: off)")
     p.add_argument("--agro-loss-type", default="sum", choices=CHOICES["agro_loss_type"],
-                   help="agro_loss_type of the AGRO methods (dr_grpo: the loss ÷ max_completion_length)")
+                   help="agro_loss_type of the AGRO methods (dr_grpo: the loss ÷ max_completion_length); sum, "
+                        "the committed toy runs' setting, unlike the library's default dr_grpo")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--target-fraction", type=float, default=0.9)
     p.add_argument("--warmup-steps", type=int, help="π_ref's supervised warm-up steps (default: the task's)")

@@ -30,7 +30,8 @@ iteration (iteration 1 in metrics.jsonl); for TRL, the completion tokens its rew
 scores each generation batch once, when it is made). Seconds: training time, evaluations excluded (agro: Σ
 time_step; TRL: the time since training began less the time in the evaluation callback).
 
-Each finished cell is appended to <out>/runs.jsonl; a rerun skips the cells there (an unfinished one starts
+A cell runs in --runs/NAME/METHOD-seedSEED (its logs are kept there, not its weights). Each finished cell is
+appended to <out>/runs.jsonl; a rerun skips the cells there (an unfinished one starts
 again), and refuses, in one line, a runs.jsonl made with other shared settings. <out> also gets summary.json
 (the JSON printed last), efficiency.md (the table, then the study's goals met or missed, each with its slack and
 the 95% noise of the accuracy difference: `GOALS`) and efficiency.png (accuracy against fresh tokens and against
@@ -106,6 +107,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a base-config override for every cell")
     p.add_argument("--out", type=Path, help="runs.jsonl, summary.json, efficiency.md, efficiency.png "
                    "(default runs/efficiency/real_model/NAME)")
+    p.add_argument("--runs", type=Path, default=Path("runs/efficiency/real_model"),
+                   help="the cells' run directories go in RUNS/NAME (metrics.jsonl and config.yaml are kept; the "
+                        "weights of a finished cell are removed)")
     p.add_argument("--summarise-only", action="store_true", help="rebuild summary, table and plot from runs.jsonl")
     args = p.parse_args(argv)
     if not args.task.startswith(PREFIX) or args.task == PREFIX:
@@ -277,11 +281,14 @@ def run_trl(args, method: str, seed: int, base, run_dir: Path) -> dict:
 
 
 def run_cell(args, method: str, seed: int, base) -> dict:
-    """One (method, seed) cell from scratch (an unfinished one's run directory is removed): its runs.jsonl row."""
-    run_dir = args.out / "runs" / f"{method}-seed{seed}"
+    """One (method, seed) cell from scratch (an unfinished one's run directory is removed): its runs.jsonl row. The
+    finished run keeps its logs, not its weights (final/, checkpoint-*/)."""
+    run_dir = args.runs / args.name / f"{method}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     result = (run_trl if METHODS[method][0] == "trl" else run_agro)(args, method, seed, base, run_dir)
+    for weights in [run_dir / "final", *run_dir.glob("checkpoint-*")]:
+        shutil.rmtree(weights, ignore_errors=True)
     curve = result["curve"]
     return {"method": method, "seed": seed, "task": args.task, "task_kwargs": args.task_kwargs, "model": args.model,
             "steps": args.steps, "heldout": args.heldout, "shared": settings_digest(args), "curve": curve,

@@ -355,6 +355,7 @@ def test_tiny_agro_replay_and_trl_cells(chain_sum_model, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--model", str(chain_sum_model), "--task", "reasoning_gym:chain_sum_2", "--methods", "agro,agro_replay_1_1,trl_grpo",
             "--seeds", "0", "--steps", "2", "--eval-every", "1", "--heldout", "8", "--out", str(out),
+            "--runs", str(tmp_path / "runs"),
             *(a for s in ("prompt_template=raw", "instruction=null", "max_prompt_length=128", "max_completion_length=4",
                           "num_generations=2", "prompts_per_step=2", "num_threads=1", "mini_batch_size=8",
                           "learning_rate=0.01", "bf16=false") for a in ("--set", s))]
@@ -367,3 +368,9 @@ def test_tiny_agro_replay_and_trl_cells(chain_sum_model, tmp_path, capsys):
         assert r["curve"][0][1:3] == [0, 0.0] and 0 < r["fresh_tokens"] <= 2 * 2 * 2 * 4 and r["seconds"] > 0
     assert rows["agro_replay_1_1"]["fresh_tokens"] <= 2 * 2 * 4
     assert set(summary["methods"]) == set(rows) == {"agro", "agro_replay_1_1", "trl_grpo"}
+    # the runs keep their logs, not their weights, and none is written beside the results
+    kept = tmp_path / "runs" / "chain_sum_2"
+    assert sorted(p.name for p in kept.iterdir()) == ["agro-seed0", "agro_replay_1_1-seed0", "trl_grpo-seed0"]
+    assert (kept / "agro-seed0" / "metrics.jsonl").exists() and not list(kept.glob("*/final"))
+    assert not list(kept.glob("*/checkpoint-*")) and sorted(p.name for p in out.iterdir()) == [
+        "efficiency.md", "efficiency.png", "runs.jsonl", "summary.json"]

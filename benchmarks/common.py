@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -280,6 +281,23 @@ def check_resumable(runs: list[dict], log: Path, mismatch) -> None:
     for i, r in enumerate(runs, 1):
         if (what := mismatch(r)) is not None:
             raise AgroError(f"{log}:{i}: {r['method']} seed {r['seed']} was run with {what}: use another --out")
+
+
+Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+
+
+def difference_noise(a: tuple, b: tuple) -> float:
+    """Half-width of a 95% normal interval of the difference of two mean accuracies, each side (mean, std over
+    seeds or None, seeds, pooled held-out problems n): Z95 × the larger of √Σ p(1−p)/n (each mean a binomial over
+    its pooled problems) and √Σ std²/seeds (each mean's standard error over seeds, what training's randomness
+    adds; with 2–3 seeds a rough figure itself; its binomial variance where it has one seed)."""
+    def binomial(mean, std, seeds, n):
+        return mean * (1 - mean) / n
+
+    def over_seeds(mean, std, seeds, n):
+        return binomial(mean, std, seeds, n) if std is None or seeds < 2 else std ** 2 / seeds
+
+    return Z95 * max(math.sqrt(binomial(*a) + binomial(*b)), math.sqrt(over_seeds(*a) + over_seeds(*b)))
 
 
 def stats(values: list[float]) -> tuple[float, float]:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -54,6 +53,7 @@ from common import (
     CONFIG,
     TASKS,
     agro_cli,
+    difference_noise,
     fmt,
     metrics_curve,
     num,
@@ -316,7 +316,6 @@ def mean_curve(curves: list[list[list]]) -> list[list]:
     return [[s, *(round(statistics.mean(b[s][i] for b in by_step), 4) for i in (1, 2, 3))] for s in steps]
 
 
-Z95 = 1.959963984540054
 # (goal, AGRO methods (the best counts), the method compared with, condition -> bound): met when, on the seeds both
 # ran, mean accuracy − the other's ≥ its bound and mean fresh tokens and seconds ÷ the other's ≤ their bounds
 GOALS = [
@@ -340,19 +339,6 @@ def side(runs: list[dict], method: str, seeds: list[int]) -> dict:
             "seconds": statistics.mean(r["seconds"] for r in rs)}
 
 
-def noise(a: dict, b: dict) -> float:
-    """real_model.py's half-width of a 95% interval of a difference of mean accuracies: Z95 × the larger of
-    √(Σ p(1−p)/n), each mean a binomial over its pooled problems, and √(Σ std²/seeds), each mean's standard error
-    over seeds (its binomial variance where it has one seed)."""
-    def binomial(s):
-        return s["accuracy"] * (1 - s["accuracy"]) / s["n"]
-
-    def over_seeds(s):
-        return s["std"] ** 2 / s["seeds"] if s["seeds"] > 1 else binomial(s)
-
-    return Z95 * max(math.sqrt(binomial(a) + binomial(b)), math.sqrt(over_seeds(a) + over_seeds(b)))
-
-
 def compare(runs: list[dict], method: str, other: str, bounds: dict) -> dict | None:
     """`method` against `other` on the seeds both ran (None: no such seed): accuracies, their difference d and its
     noise, ratios r of fresh tokens and seconds; per condition its slack, d − bound (accuracy) or bound − r."""
@@ -361,7 +347,8 @@ def compare(runs: list[dict], method: str, other: str, bounds: dict) -> dict | N
     if not seeds:
         return None
     a, b = side(runs, method, seeds), side(runs, other, seeds)
-    diff, spread = a["accuracy"] - b["accuracy"], noise(a, b)
+    diff = a["accuracy"] - b["accuracy"]
+    spread = difference_noise(*((s["accuracy"], s["std"], s["seeds"], s["n"]) for s in (a, b)))
     values = {"accuracy": [a["accuracy"], b["accuracy"]], "accuracy_diff": diff,
               "fresh_tokens_ratio": a["fresh_tokens"] / b["fresh_tokens"], "seconds_ratio": a["seconds"] / b["seconds"]}
     slack = {k: diff - bound if k == "accuracy" else bound - values[f"{k}_ratio"] for k, bound in bounds.items()}

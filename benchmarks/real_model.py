@@ -69,7 +69,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import CONFIG, TASKS, agro_cli, append, done_cells
+from common import CONFIG, TASKS, Z95, agro_cli, append, difference_noise, done_cells
 
 STALENESS = 4
 # method -> (regime, the config keys it sets); every other key is the base config's
@@ -105,7 +105,6 @@ METHODS: dict[str, tuple[str, dict]] = {
 }
 OFFLINE = ("offline", "offline_strong")  # the regimes that train on records only
 STRONG_SOURCE = "agro"  # the cell whose final model samples the offline_strong records
-Z95 = 1.959963984540054
 
 
 class UsageError(Exception):
@@ -433,17 +432,9 @@ def summary(rows: list[dict]) -> dict[str, dict]:
 
 
 def noise(a: dict, b: dict) -> float:
-    """Half-width of a 95% normal interval of the difference of two methods' mean accuracies: the larger of
-    (1) each mean a binomial over its pooled problems (seeds × held-out problems), and (2) each mean's standard
-    error over seeds, std/√seeds, where it has 2+ seeds (what training's randomness adds; with 2–3 seeds a rough
-    figure itself), its binomial variance where it has one."""
-    def binomial(s):
-        return s["mean"] * (1 - s["mean"]) / s["n"]
-
-    def over_seeds(s):
-        return binomial(s) if s["std"] is None else s["std"] ** 2 / len(s["cells"])
-
-    return Z95 * max(math.sqrt(binomial(a) + binomial(b)), math.sqrt(over_seeds(a) + over_seeds(b)))
+    """Half-width of a 95% normal interval of the difference of two methods' mean accuracies
+    (`common.difference_noise`: each mean a binomial over seeds × held-out problems, or its spread over seeds)."""
+    return difference_noise(*((s["mean"], s["std"], len(s["cells"]), s["n"]) for s in (a, b)))
 
 
 GOALS = [  # (text, method, reference method(s), margin): met when method ≥ best reference + margin

@@ -251,7 +251,8 @@ class PromptPool:
         self.epoch, self.position, self.order = state["epoch"], state["position"], order
         self.ahead = [list(k) for k in state.get("ahead", [])]
         for key, scored in state.get("offline_rewards", {}).items():
-            self.keep_offline([(dataclasses.replace(self.offline_by_group[key][i], reward=r), i) for i, r in scored])
+            for i, reward in scored:
+                self._keep_reward(key, i, reward)
 
     def take_keys(self, rank: int, world: int) -> list[str]:
         """The next batch's keys: the oldest drawn ahead (a resumed asynchronous run's), else new ones."""
@@ -263,8 +264,11 @@ class PromptPool:
         log-probs: a record's are computed in the batch it joins, whose padding moves their last bits, so a
         resumed run and a straight one compute the same ones."""
         for g, i in scored:
-            self.offline_scored[g.group][i] = g.reward
-            self.offline_by_group[g.group][i] = dataclasses.replace(self.offline_by_group[g.group][i], reward=g.reward)
+            self._keep_reward(g.group, i, g.reward)
+
+    def _keep_reward(self, key: str, i: int, reward: float) -> None:
+        self.offline_scored[key][i] = reward
+        self.offline_by_group[key][i] = dataclasses.replace(self.offline_by_group[key][i], reward=reward)
 
 
 def new_first(order: list[int], drawn: set[int], count: int) -> list[int]:

@@ -31,7 +31,8 @@ scores each generation batch once, when it is made). Seconds: training time, eva
 time_step; TRL: the time since training began less the time in the evaluation callback).
 
 A cell runs in --runs/NAME/METHOD-seedSEED (its logs are kept there, not its weights). Each finished cell is
-appended to <out>/runs.jsonl; a rerun skips the cells there (an unfinished one starts
+appended to <out>/runs.jsonl, an agro cell's per-step metrics.jsonl copied to <out>/logs/METHOD-seedSEED.jsonl
+(gradient norms, KL, rewards, replay: what the table's accuracies come from); a rerun skips the cells there (an unfinished one starts
 again), and refuses, in one line, a runs.jsonl made with other shared settings. <out> also gets summary.json
 (the JSON printed last), efficiency.md (the table, then the study's goals met or missed, each with its slack and
 the 95% noise of the accuracy difference: `GOALS`) and efficiency.png (accuracy against fresh tokens and against
@@ -287,6 +288,9 @@ def run_cell(args, method: str, seed: int, base) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     result = (run_trl if METHODS[method][0] == "trl" else run_agro)(args, method, seed, base, run_dir)
+    if (log := run_dir / "metrics.jsonl").exists():
+        (args.out / "logs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, args.out / "logs" / f"{method}-seed{seed}.jsonl")
     for weights in [run_dir / "final", *run_dir.glob("checkpoint-*")]:
         shutil.rmtree(weights, ignore_errors=True)
     curve = result["curve"]
@@ -439,12 +443,17 @@ def plot(summary: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def command_line(args) -> str:
+def command_line(args, runs: list[dict]) -> str:
+    """The one command that makes every row of `runs` (and every cell this one asked for, unless it only
+    summarises)."""
+    methods = {r["method"] for r in runs} | (set() if args.summarise_only else set(args.methods))
+    seeds = sorted({r["seed"] for r in runs} | (set() if args.summarise_only else set(args.seeds)))
     parts = ["python benchmarks/efficiency.py", f"--model {args.model}", f"--task {args.task}"]
     if args.task_kwargs != TASKS.get(args.name, (None, {}))[1]:
         parts.append(f"--task-kwargs '{json.dumps(args.task_kwargs)}'")
-    parts += [f"--seeds {','.join(map(str, args.seeds))}", f"--steps {args.steps}",
-              f"--methods {','.join(args.methods)}", f"--heldout {args.heldout}", f"--eval-every {args.eval_every}"]
+    parts += [f"--seeds {','.join(map(str, seeds))}", f"--steps {args.steps}",
+              f"--methods {','.join(m for m in METHODS if m in methods)}", f"--heldout {args.heldout}",
+              f"--eval-every {args.eval_every}"]
     if args.config != CONFIG:
         parts.append(f"--config {args.config}")
     parts += [f"--set {s}" for s in args.overrides] + [f"--out {args.out}"]
@@ -497,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"efficiency.py: error: {' '.join(err.cmd[2:4])} failed with exit code {err.returncode}",
               file=sys.stderr)
         return 1
-    command = command_line(args)
+    command = command_line(args, runs)
     summary = {**summarise(runs), "command": command}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_table(summary, args.out / "efficiency.md", command)

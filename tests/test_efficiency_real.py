@@ -195,8 +195,9 @@ def test_summary_json_table_and_plot_from_runs_jsonl(tmp_path, capsys):
     assert grpo["curve"] == [[0, 0, 0.0, 0.1], [5, 1000, 100.0, 0.4], [10, 2000, 200.0, 0.5]]  # mean over seeds
     assert printed["reference_accuracy"] == {"0": 0.1, "1": 0.1}
     table = (out / "efficiency.md").read_text()
+    # the command that makes every row, though these were written by other commands
     assert table.startswith("Command: `python benchmarks/efficiency.py --model smollm2-135m-instruct --task "
-                            "reasoning_gym:chain_sum_2 --seeds 0,1,2")
+                            "reasoning_gym:chain_sum_2 --seeds 0,1 --steps 40 --methods grpo,trl_grpo,agro_replay_1_1 ")
     assert "| agro_replay_1_1 | 0,1 | 0.500 ± 0.000 | 0.000 | 1000 ± 707 | 0.50× | 80 ± 28 | 0.40× |" in table
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -373,4 +374,7 @@ def test_tiny_agro_replay_and_trl_cells(chain_sum_model, tmp_path, capsys):
     assert sorted(p.name for p in kept.iterdir()) == ["agro-seed0", "agro_replay_1_1-seed0", "trl_grpo-seed0"]
     assert (kept / "agro-seed0" / "metrics.jsonl").exists() and not list(kept.glob("*/final"))
     assert not list(kept.glob("*/checkpoint-*")) and sorted(p.name for p in out.iterdir()) == [
-        "efficiency.md", "efficiency.png", "runs.jsonl", "summary.json"]
+        "efficiency.md", "efficiency.png", "logs", "runs.jsonl", "summary.json"]
+    # beside the results: each agro cell's per-step log, as its run wrote it (TRL's cells write none)
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["agro-seed0.jsonl", "agro_replay_1_1-seed0.jsonl"]
+    assert (out / "logs" / "agro-seed0.jsonl").read_bytes() == (kept / "agro-seed0" / "metrics.jsonl").read_bytes()

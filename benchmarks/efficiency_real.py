@@ -32,8 +32,8 @@ time_step; TRL: the time since training began less the time in the evaluation ca
 
 A cell runs in --runs/NAME/METHOD-seedSEED (its logs are kept there, not its weights). Each finished cell is
 appended to <out>/runs.jsonl, an agro cell's per-step metrics.jsonl copied to <out>/logs/METHOD-seedSEED.jsonl
-(gradient norms, KL, rewards, replay: what the table's accuracies come from); a rerun skips the cells there (an unfinished one starts
-again), and refuses, in one line, a runs.jsonl made with other shared settings. <out> also gets summary.json
+(gradient norms, KL, rewards, replay: what the table's accuracies come from); a rerun skips the cells there (an
+unfinished one starts again), and refuses, in one line, a runs.jsonl made with other shared settings. <out> also gets summary.json
 (the JSON printed last), efficiency.md (the table, then the study's goals met or missed, each with its slack and
 the 95% noise of the accuracy difference: `GOALS`) and efficiency.png (accuracy against fresh tokens and against
 seconds, mean over seeds).

@@ -69,6 +69,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from common import CONFIG, TASKS, Z95, agro_cli, append, difference_noise, done_cells
 
 STALENESS = 4
@@ -122,8 +124,9 @@ def wilson(correct: int, n: int, z: float = Z95) -> list[float]:
 
 
 def settings_hash(config_path: Path, overrides: list[str]) -> str:
-    """What every cell shares, hashed: the base config's text and the --set overrides."""
-    text = config_path.read_text() + "\n" + "\n".join(overrides)
+    """What every cell shares, hashed: the base config's keys and values (not its comments or layout) and the
+    --set overrides."""
+    text = json.dumps(yaml.safe_load(config_path.read_text()), sort_keys=True) + "\n" + "\n".join(overrides)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

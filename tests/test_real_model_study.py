@@ -227,6 +227,34 @@ def test_the_committed_tables_are_the_report_of_the_committed_cells(folder):
         f"--out docs/{folder}/cells.jsonl > docs/{folder}/study.md")
 
 
+def test_the_settings_hash_reads_the_configs_values_not_its_comments(tmp_path):
+    """A cell's id hashes what the config sets: a comment or layout edit keeps every committed cell resumable, a
+    changed value starts new cells."""
+    base = tmp_path / "a.yaml"
+    base.write_text("beta: 0.05\nlearning_rate: 2.0e-5\n")
+    commented = tmp_path / "b.yaml"
+    commented.write_text("# a note\nlearning_rate: 2.0e-5   # the step size\nbeta:  0.05\n")
+    changed = tmp_path / "c.yaml"
+    changed.write_text("beta: 0.1\nlearning_rate: 2.0e-5\n")
+    digest = study.settings_hash(base, ["max_steps=20"])
+    assert study.settings_hash(commented, ["max_steps=20"]) == digest
+    assert study.settings_hash(changed, ["max_steps=20"]) != digest
+    assert study.settings_hash(base, ["max_steps=40"]) != digest
+
+
+@pytest.mark.parametrize("folder, argv", [
+    ("real_model", ["--task", "chain_sum_2", "--max-steps", "20", "--eval-every", "10"]),
+    ("real_model/fp32", ["--task", "chain_sum_2", "--max-steps", "20", "--eval-every", "10", "--set", "bf16=false"]),
+    ("real_model/basic_arithmetic_1", ["--task", "basic_arithmetic_1", "--max-steps", "40", "--eval-every", "20"]),
+])
+def test_the_committed_cells_are_those_of_the_shipped_config(folder, argv):
+    """Every committed cell has the id its documented command gives with configs/smollm2-135m-cpu.yaml as it is
+    now: the figures are the shipped config's, and rerunning the command resumes instead of starting over."""
+    args = study.parse(argv)
+    cells = [json.loads(line) for line in (SCRIPT.parents[1] / "docs" / folder / "cells.jsonl").read_text().splitlines()]
+    assert cells and {c["cell"] for c in cells} == {study.cell_id(args, c["method"], c["seed"]) for c in cells}
+
+
 @pytest.mark.parametrize("native, bf16, warned", [(False, "true", True), (False, "false", False), (True, "true", False)])
 def test_emulated_bf16_is_warned_and_each_cell_records_its_precision(chain_sum_model, tmp_path, monkeypatch, capsys, native, bf16, warned):
     """A CPU without native bf16 runs the config's bf16 emulated (several times slower than float32): the study

@@ -70,7 +70,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from common import CONFIG, TASKS, Z95, agro_cli, append, difference_noise, done_cells
 
 STALENESS = 4

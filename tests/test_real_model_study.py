@@ -216,10 +216,11 @@ def test_tiny_study_every_regime_resumes_and_skips(chain_sum_model, tmp_path, mo
     assert len(out.read_text().splitlines()) == 6
 
 
-@pytest.mark.parametrize("folder", ["real_model", "real_model/fp32"])
+@pytest.mark.parametrize("folder", ["real_model", "real_model/fp32", "real_model/basic_arithmetic_1"])
 def test_the_committed_tables_are_the_report_of_the_committed_cells(folder):
-    """docs/real_model/study.md is `--report` of docs/real_model/cells.jsonl, as committed, and so is the float32
-    replication's in docs/real_model/fp32/: no figure by hand."""
+    """docs/real_model/study.md is `--report` of docs/real_model/cells.jsonl, as committed, and so are the float32
+    replication's in docs/real_model/fp32/ and the harder task's in docs/real_model/basic_arithmetic_1/: no figure
+    by hand."""
     docs = SCRIPT.parents[1] / "docs" / folder
     committed = (docs / "study.md").read_text(encoding="utf-8")
     assert committed == study.report(docs / "cells.jsonl", None) + "\n", (

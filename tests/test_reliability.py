@@ -376,7 +376,8 @@ def check_checkpoints(out: Path) -> None:
 def test_kill_9_at_random_points_then_resume_matches_a_straight_run(assets, tmp_path):
     rng = random.Random(2503)
     extra = {"max_steps": 14, "save_steps": 3, "offline_data": assets / "offline.jsonl", "offline_per_group": 1,
-             "replay_per_group": 1, "lr_scheduler_type": "linear", "warmup_steps": 2}
+             "replay_per_group": 1, "replay_groups_per_step": 1, "replay_sampling": "reward_variance",
+             "lr_scheduler_type": "linear", "warmup_steps": 2}  # both replays: their buffers must come back exactly
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     threads = torch.get_num_threads()
     try:

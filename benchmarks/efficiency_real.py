@@ -412,7 +412,9 @@ def summarise(runs: list[dict]) -> dict:
     first = runs[0]
     return {"methods": methods, "task": first["task"], "task_kwargs": first["task_kwargs"], "model": first["model"],
             "steps": first["steps"], "heldout": first["heldout"],
-            "reference_accuracy": {str(r["seed"]): r["curve"][0][3] for r in runs if r["curve"][0][0] == 0},
+            # the first cell's step-0 evaluation of each seed (TRL's cells evaluate π_ref by their own path)
+            "reference_accuracy": {str(seed): accuracy for seed, accuracy in sorted(
+                {r["seed"]: r["curve"][0][3] for r in reversed(runs) if r["curve"][0][0] == 0}.items())},
             "goals": goals(runs)}
 
 

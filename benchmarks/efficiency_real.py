@@ -410,11 +410,12 @@ def summarise(runs: list[dict]) -> dict:
         entry["seconds_vs_grpo"] = entry["seconds"] / grpo["seconds"] if grpo and grpo["seconds"] else None
         entry["accuracy_vs_grpo"] = entry["final_accuracy"] - grpo["final_accuracy"] if grpo else None
     first = runs[0]
+    reference: dict[str, float] = {}  # each seed's first cell's step-0 evaluation (TRL's cells evaluate by their own path)
+    for r in runs:
+        if r["curve"][0][0] == 0:
+            reference.setdefault(str(r["seed"]), r["curve"][0][3])
     return {"methods": methods, "task": first["task"], "task_kwargs": first["task_kwargs"], "model": first["model"],
-            "steps": first["steps"], "heldout": first["heldout"],
-            # the first cell's step-0 evaluation of each seed (TRL's cells evaluate π_ref by their own path)
-            "reference_accuracy": {str(seed): accuracy for seed, accuracy in sorted(
-                {r["seed"]: r["curve"][0][3] for r in reversed(runs) if r["curve"][0][0] == 0}.items())},
+            "steps": first["steps"], "heldout": first["heldout"], "reference_accuracy": reference,
             "goals": goals(runs)}
 
 

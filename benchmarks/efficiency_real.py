@@ -33,10 +33,10 @@ time_step; TRL: the time since training began less the time in the evaluation ca
 A cell runs in --runs/NAME/METHOD-seedSEED (its logs are kept there, not its weights). Each finished cell is
 appended to <out>/runs.jsonl, an agro cell's per-step metrics.jsonl copied to <out>/logs/METHOD-seedSEED.jsonl
 (gradient norms, KL, rewards, replay: what the table's accuracies come from); a rerun skips the cells there (an
-unfinished one starts again), and refuses, in one line, a runs.jsonl made with other shared settings. <out> also gets summary.json
-(the JSON printed last), efficiency.md (the table, then the study's goals met or missed, each with its slack and
-the 95% noise of the accuracy difference: `GOALS`) and efficiency.png (accuracy against fresh tokens and against
-seconds, mean over seeds).
+unfinished one starts again), and refuses, in one line, a runs.jsonl made with other shared settings. <out> also
+gets summary.json (the JSON printed last), efficiency.md (the table, then the study's goals met or missed, each
+with its slack and the 95% noise of the accuracy difference: `GOALS`) and efficiency.png (accuracy against fresh
+tokens and against seconds, mean over seeds).
 """
 
 from __future__ import annotations
@@ -410,7 +410,8 @@ def summarise(runs: list[dict]) -> dict:
         entry["seconds_vs_grpo"] = entry["seconds"] / grpo["seconds"] if grpo and grpo["seconds"] else None
         entry["accuracy_vs_grpo"] = entry["final_accuracy"] - grpo["final_accuracy"] if grpo else None
     first = runs[0]
-    reference: dict[str, float] = {}  # each seed's first cell's step-0 evaluation (TRL's cells evaluate by their own path)
+    # each seed's first cell's step-0 evaluation of π_ref (TRL's cells evaluate by their own path)
+    reference: dict[str, float] = {}
     for r in runs:
         if r["curve"][0][0] == 0:
             reference.setdefault(str(r["seed"]), r["curve"][0][3])

@@ -216,11 +216,12 @@ def test_tiny_study_every_regime_resumes_and_skips(chain_sum_model, tmp_path, mo
     assert len(out.read_text().splitlines()) == 6
 
 
-@pytest.mark.parametrize("folder", ["real_model", "real_model/fp32", "real_model/basic_arithmetic_1"])
+@pytest.mark.parametrize("folder", ["real_model", "real_model/fp32", "real_model/basic_arithmetic_1",
+                                    "real_model/products"])
 def test_the_committed_tables_are_the_report_of_the_committed_cells(folder):
     """docs/real_model/study.md is `--report` of docs/real_model/cells.jsonl, as committed, and so are the float32
-    replication's in docs/real_model/fp32/ and the harder task's in docs/real_model/basic_arithmetic_1/: no figure
-    by hand."""
+    replication's in docs/real_model/fp32/ and the harder tasks' in docs/real_model/basic_arithmetic_1/ and
+    docs/real_model/products/: no figure by hand."""
     docs = SCRIPT.parents[1] / "docs" / folder
     committed = (docs / "study.md").read_text(encoding="utf-8")
     assert committed == study.report(docs / "cells.jsonl", None) + "\n", (
@@ -247,6 +248,7 @@ def test_the_settings_hash_reads_the_configs_values_not_its_comments(tmp_path):
     ("real_model", ["--task", "chain_sum_2", "--max-steps", "20", "--eval-every", "10"]),
     ("real_model/fp32", ["--task", "chain_sum_2", "--max-steps", "20", "--eval-every", "10", "--set", "bf16=false"]),
     ("real_model/basic_arithmetic_1", ["--task", "basic_arithmetic_1", "--max-steps", "40", "--eval-every", "20"]),
+    ("real_model/products", ["--task", "products", "--max-steps", "40", "--eval-every", "20"]),
 ])
 def test_the_committed_cells_are_those_of_the_shipped_config(folder, argv):
     """Every committed cell has the id its documented command gives with configs/smollm2-135m-cpu.yaml as it is
